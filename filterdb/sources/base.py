@@ -1,0 +1,41 @@
+"""What a source of models hands to the build: a spec to list, a loaded model to extract.
+
+A source (demo, robustbench, checkpoint, timm) lists ``ModelSpec``s cheaply, without
+loading weights, so that a build can skip models already in the database; ``load``
+then returns a ``LoadedModel`` with the networks and the model-table facts it knows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from filterdb.ids import model_id, model_key
+
+
+@dataclass
+class ModelSpec:
+    source: str
+    name: str
+    record: dict = field(default_factory=dict)  # model-table columns known before loading
+    load: Callable[["ModelSpec"], "LoadedModel"] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def key(self) -> str:
+        return model_key(self.source, self.name)
+
+    @property
+    def model_id(self) -> str:
+        return model_id(self.source, self.name)
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    members: list[nn.Module]  # one network, or each member of an ensemble
+    input_shape: tuple[int, int, int]  # C, H, W of the forward pass that orders the layers
+    weights_path: Path | None = None  # the file whose sha256 goes into the model table
+    record: dict = field(default_factory=dict)  # model-table columns learned while loading
+    cleanup: Callable[[], None] | None = field(default=None, repr=False)  # e.g. delete weights once stored
