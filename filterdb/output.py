@@ -1,0 +1,52 @@
+"""Results as a table on the terminal, or as CSV / JSON on request: one place for every command."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+FORMATS = ("table", "csv", "json")
+
+
+def _cell(value) -> str:
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def emit(frame: pd.DataFrame, fmt: str = "table", title: str | None = None, file=None) -> None:
+    """Print ``frame`` as a rich table, CSV or JSON records (NaN becomes null)."""
+    file = file or sys.stdout
+    if fmt == "csv":
+        frame.to_csv(file, index=False)
+    elif fmt == "json":
+        records = [{k: _jsonable(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+        json.dump(records, file, indent=2)
+        file.write("\n")
+    elif fmt == "table":
+        table = Table(title=title, show_lines=False)
+        for col in frame.columns:
+            numeric = pd.api.types.is_numeric_dtype(frame[col])
+            table.add_column(str(col), justify="right" if numeric else "left")
+        for row in frame.itertuples(index=False):
+            table.add_row(*(_cell(v) for v in row))
+        Console(file=file, width=max(120, Console().width)).print(table)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
