@@ -1,0 +1,56 @@
+"""Sources of models and the leaderboards they offer to ``filterdb build --leaderboard NAME``.
+
+Each source module exposes ``LEADERBOARDS``: a dict of name -> ``Leaderboard``. A
+leaderboard lists ``ModelSpec``s (cheap, no weights loaded); the build loads each.
+"""
+from __future__ import annotations
+
+import fnmatch
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+from filterdb.errors import FilterDBError
+from filterdb.sources.base import LoadedModel, ModelSpec
+
+SOURCE_MODULES = ("filterdb.sources.demo", "filterdb.sources.robustbench")
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    name: str
+    description: str
+    specs: Callable[..., list[ModelSpec]]  # keyword options from the CLI (offline, model_dir, ...)
+
+
+def leaderboards() -> dict[str, Leaderboard]:
+    found: dict[str, Leaderboard] = {}
+    for module_name in SOURCE_MODULES:
+        found.update(importlib.import_module(module_name).LEADERBOARDS)
+    return found
+
+
+def leaderboard_specs(name: str, patterns: tuple[str, ...] = (), **options) -> list[ModelSpec]:
+    """The specs of a leaderboard, optionally only the models whose name matches a pattern (glob)."""
+    boards = leaderboards()
+    if name not in boards:
+        raise FilterDBError(f"unknown leaderboard {name!r}; valid: {', '.join(sorted(boards))}")
+    specs = boards[name].specs(**options)
+    return select_specs(specs, patterns, where=f"leaderboard {name}")
+
+
+def select_specs(specs: list[ModelSpec], patterns: tuple[str, ...], where: str) -> list[ModelSpec]:
+    if not patterns:
+        return specs
+    chosen = [s for s in specs if any(fnmatch.fnmatchcase(s.name.rsplit("/", 1)[-1], p)
+                                      or fnmatch.fnmatchcase(s.name, p) for p in patterns)]
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(s.name.rsplit("/", 1)[-1], p)
+                                                or fnmatch.fnmatchcase(s.name, p) for s in specs)]
+    if unmatched:
+        names = ", ".join(s.name.rsplit("/", 1)[-1] for s in specs[:12])
+        more = f" and {len(specs) - 12} more ('filterdb leaderboards' lists them)" if len(specs) > 12 else ""
+        raise FilterDBError(f"no model in {where} matches {', '.join(map(repr, unmatched))}; models: {names}{more}")
+    return chosen
+
+
+__all__ = ["Leaderboard", "LoadedModel", "ModelSpec", "leaderboard_specs", "leaderboards", "select_specs"]

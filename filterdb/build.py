@@ -1,0 +1,130 @@
+"""The build: load each model of a source, extract its filters, store them; go on past failures.
+
+Models already in the database are skipped unless ``force``; a failure is recorded and
+the build continues with the next model. With ``jobs > 1`` worker processes load and
+extract in parallel, each writing its own shard; the parent registers finished shards.
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from filterdb.errors import FilterDBError
+from filterdb.progress import progress_bar
+from filterdb.records import extract_loaded
+from filterdb.sources.base import LoadedModel, ModelSpec
+from filterdb.store import FilterDB, write_shard
+
+
+@dataclass
+class ModelOutcome:
+    key: str
+    model_id: str
+    status: str  # "added", "skipped" or "failed"
+    n_layers: int = 0
+    n_filters: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class BuildReport:
+    outcomes: list[ModelOutcome] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[ModelOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([o.__dict__ for o in self.outcomes],
+                            columns=["key", "model_id", "status", "n_layers", "n_filters", "seconds", "error"])
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, FilterDBError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def load_spec(spec: ModelSpec) -> LoadedModel:
+    if spec.load is None:
+        raise FilterDBError(f"{spec.key}: its source gave no loader")
+    return spec.load(spec)
+
+
+def ingest_to_shard(db_dir: str, spec: ModelSpec) -> tuple[str, int, int]:
+    """Worker task: load, extract and write one model's shard. Returns (model_id, layers, filters)."""
+    loaded = load_spec(spec)
+    record, layers = extract_loaded(loaded)
+    write_shard(Path(db_dir), record, layers)
+    if loaded.cleanup:
+        loaded.cleanup()
+    return record["model_id"], record["n_layers"], record["n_filters"]
+
+
+def build(db: FilterDB, specs: list[ModelSpec], *, force: bool = False, jobs: int = 1,
+          show_progress: bool = True, description: str = "models") -> BuildReport:
+    """Add every spec's model to ``db``; returns what happened to each."""
+    report = BuildReport()
+    todo = []
+    for spec in specs:
+        if db.has_model(spec.model_id) and not force:
+            report.outcomes.append(ModelOutcome(spec.key, spec.model_id, "skipped"))
+        else:
+            todo.append(spec)
+    with progress_bar(unit="models", transient=not show_progress) as progress:
+        task = progress.add_task(description, total=len(todo), status="", visible=show_progress)
+        if jobs <= 1:
+            for spec in todo:
+                progress.update(task, status=spec.name)
+                report.outcomes.append(_ingest_here(db, spec))
+                progress.advance(task)
+        else:
+            _ingest_parallel(db, todo, jobs, report, lambda name: (progress.update(task, status=name),
+                                                                 progress.advance(task)))
+        progress.update(task, status="done")
+    return report
+
+
+def _ingest_here(db: FilterDB, spec: ModelSpec) -> ModelOutcome:
+    t0 = time.perf_counter()
+    try:
+        loaded = load_spec(spec)
+        record, layers = extract_loaded(loaded)
+        db.add_extracted(record, layers)
+        if loaded.cleanup:
+            loaded.cleanup()
+    except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the build
+        return ModelOutcome(spec.key, spec.model_id, "failed", seconds=time.perf_counter() - t0,
+                            error=describe_error(exc))
+    return ModelOutcome(spec.key, spec.model_id, "added", record["n_layers"], record["n_filters"],
+                        time.perf_counter() - t0)
+
+
+def _ingest_parallel(db: FilterDB, todo: list[ModelSpec], jobs: int, report: BuildReport, on_done) -> None:
+    started: dict[Future, tuple[ModelSpec, float]] = {}
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for spec in todo:
+            started[pool.submit(ingest_to_shard, os.fspath(db.path), spec)] = (spec, time.perf_counter())
+        pending = set(started)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                spec, t0 = started[future]
+                try:
+                    mid, n_layers, n_filters = future.result()
+                    db.adopt_shard(mid)
+                    outcome = ModelOutcome(spec.key, mid, "added", n_layers, n_filters, time.perf_counter() - t0)
+                except Exception as exc:  # noqa: BLE001
+                    outcome = ModelOutcome(spec.key, spec.model_id, "failed", seconds=time.perf_counter() - t0,
+                                           error=describe_error(exc))
+                report.outcomes.append(outcome)
+                on_done(spec.name)

@@ -1,0 +1,183 @@
+"""The ``filterdb`` command line. Each command is a thin layer over the Python API."""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from filterdb import paths
+from filterdb.errors import FilterDBError
+from filterdb.output import FORMATS, emit
+
+# Modules that contribute commands through a module-level list ``commands``.
+COMMAND_MODULES = ("filterdb.analysis.cli", "filterdb.training.cli", "filterdb.sources.cli")
+
+
+class FilterDBGroup(click.Group):
+    """Turns FilterDBError into a one-line message and exit code 1 (no traceback)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except FilterDBError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+
+
+db_option = click.option("--db", "db_path", type=click.Path(path_type=Path), default=None,
+                         help="Database directory [default: $FILTERDB_DB or $FILTERDB_HOME/db].")
+
+
+def resolve_db(db_path: Path | None) -> Path:
+    return db_path if db_path is not None else paths.default_db_path()
+
+
+@click.group(cls=FilterDBGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="filterdb")
+def main():
+    """filterdb: convolution filters of robust and normal CNNs, in one HDF5 database."""
+
+
+def report_build(report, fmt: str = "table") -> None:
+    """Print the build's summary table and exit non-zero if any model failed."""
+    frame = report.to_frame()
+    changed = frame[frame["status"] != "skipped"]
+    if len(changed):
+        emit(changed, fmt, title="build summary")
+    click.echo(f"{report.count('added')} added, {report.count('skipped')} already present, "
+               f"{report.count('failed')} failed", err=True)
+    if report.failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--leaderboard", "-l", default=None, help="Leaderboard to build ('filterdb leaderboards' lists them).")
+@click.option("--checkpoints", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Ingest every filterdb training checkpoint (*.pt) under this directory.")
+@click.option("--models", "-m", multiple=True, help="Only models whose name matches this glob (repeatable).")
+@db_option
+@click.option("--force", is_flag=True, help="Extract models again even if already in the database.")
+@click.option("--jobs", "-j", default=1, show_default=True, help="Worker processes.")
+@click.option("--scheduler", default=None, help="Dask scheduler address: run the build on that cluster.")
+@click.option("--offline", is_flag=True, help="Never touch the network; a missing weights file is an error.")
+@click.option("--model-dir", type=click.Path(path_type=Path), default=None,
+              help="robustbench weights cache [default: $FILTERDB_MODEL_DIR or $FILTERDB_HOME/models].")
+@click.option("--keep-weights/--no-keep-weights", default=True, show_default=True,
+              help="Keep each downloaded weights file once its filters are stored.")
+def build(leaderboard, checkpoints, models, db_path, force, jobs, scheduler, offline, model_dir, keep_weights):
+    """Build (or complete) a filter database from a leaderboard or a checkpoint directory.
+
+    Models already in the database are skipped, so a rerun resumes an interrupted build.
+    """
+    from filterdb.build import build as run_build
+    from filterdb.sources import leaderboard_specs, select_specs
+    from filterdb.store import FilterDB
+
+    if (leaderboard is None) == (checkpoints is None):
+        raise FilterDBError("give exactly one of --leaderboard NAME or --checkpoints DIR")
+    if leaderboard is not None:
+        specs = leaderboard_specs(leaderboard, models, offline=offline, keep_weights=keep_weights,
+                                  model_dir=model_dir or paths.robustbench_model_dir())
+    else:
+        from filterdb.sources.checkpoint import checkpoint_dir_specs
+        specs = select_specs(checkpoint_dir_specs(checkpoints), models, where=str(checkpoints))
+    with FilterDB.open(resolve_db(db_path), "a") as db:
+        click.echo(f"database {db.path}: {len(specs)} model(s) to check", err=True)
+        if scheduler:
+            from filterdb.distributed import build_on_dask
+            report = build_on_dask(db, specs, scheduler, force=force)
+        else:
+            report = run_build(db, specs, force=force, jobs=jobs, description=leaderboard or "checkpoints")
+    report_build(report)
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True)
+@db_option
+@click.option("--force", is_flag=True, help="Extract again even if already in the database.")
+def add(models, db_path, force):
+    """Add models: filterdb training checkpoints (FILE.pt) or pretrained names (timm:NAME, torchvision:NAME)."""
+    from filterdb.build import build as run_build
+    from filterdb.sources.named import spec_for_argument
+    from filterdb.store import FilterDB
+
+    specs = [spec_for_argument(m) for m in models]
+    with FilterDB.open(resolve_db(db_path), "a") as db:
+        report = run_build(db, specs, force=force, description="add")
+    report_build(report)
+
+
+def database_summary(db) -> dict:
+    layers = db.layers
+    per_kernel = layers.groupby("kernel")["n_filters"].sum().to_dict() if len(layers) else {}
+    return {"path": str(db.path), "models": int(len(db.models)), "layers": int(len(layers)),
+            "filters": int(layers["n_filters"].sum()) if len(layers) else 0,
+            "filters_per_kernel": {k: int(v) for k, v in sorted(per_kernel.items())},
+            "size_on_disk_bytes": int(db.size_on_disk())}
+
+
+INFO_COLUMNS = ["model_id", "source", "name", "dataset", "training", "architecture", "threat_model", "eps",
+                "clean_acc", "robust_acc", "n_layers", "n_filters"]
+
+
+@main.command()
+@db_option
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Shorthand for --format json (summary and models).")
+def info(db_path, fmt, as_json):
+    """Models, layers, filters per kernel size and size on disk of a database."""
+    from filterdb.store import open_database
+
+    with open_database(resolve_db(db_path)) as db:
+        summary = database_summary(db)
+        models = db.models[INFO_COLUMNS].reset_index(drop=True)
+    if as_json or fmt == "json":
+        records = json.loads(models.to_json(orient="records"))
+        click.echo(json.dumps({**summary, "model_table": records}, indent=2))
+        return
+    if fmt == "csv":
+        emit(models, "csv")
+        return
+    emit(models, "table", title=f"{summary['models']} models in {summary['path']}")
+    kernels = pd.DataFrame({"kernel": list(summary["filters_per_kernel"]),
+                            "filters": list(summary["filters_per_kernel"].values())})
+    emit(kernels, "table", title=f"{summary['layers']} layers, {summary['filters']} filters, "
+                                 f"{summary['size_on_disk_bytes'] / 2**20:.1f} MiB on disk")
+
+
+@main.command()
+@click.option("--db", "db_path", type=click.Path(path_type=Path), default=None,
+              help="Database directory [default: $FILTERDB_HOME/demo-db].")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+def demo(db_path, fmt):
+    """Build the demo database (3 matched pairs trained on digits; cached) and compare robust vs normal."""
+    from filterdb.build import build as run_build
+    from filterdb.sources import leaderboard_specs
+    from filterdb.store import FilterDB
+
+    db_path = db_path or paths.demo_db_path()
+    with FilterDB.open(db_path, "a") as db:
+        report = run_build(db, leaderboard_specs("demo"), description="demo")
+    if report.failed:
+        report_build(report)
+    from filterdb.analysis.compare import print_demo_comparison
+    print_demo_comparison(db_path, fmt)
+
+
+def _register_contributed_commands() -> None:
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        for command in module.commands:
+            main.add_command(command)
+
+
+_register_contributed_commands()

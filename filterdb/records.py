@@ -1,0 +1,51 @@
+"""The model-table row of an extracted model: what its source knows plus what extraction measured."""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+
+from filterdb import schema
+from filterdb.extract import ExtractedLayer, extract_members
+from filterdb.ids import model_id as make_model_id
+from filterdb.ids import model_key
+from filterdb.sources.base import LoadedModel
+
+
+def tool_version() -> str:
+    from filterdb import __version__
+    return __version__
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_record(source: str, name: str, layers: list[ExtractedLayer], record: dict, *, n_params: int,
+                 n_members: int, input_shape: tuple[int, ...], weights_sha256: str = "") -> dict:
+    """The model-table row for an extracted model: what the source knows plus what extraction measured."""
+    row = dict(record)
+    row.update(
+        model_id=make_model_id(source, name), key=model_key(source, name), source=source, name=name,
+        n_params=int(n_params), n_members=int(n_members), input_shape="x".join(str(int(s)) for s in input_shape),
+        n_layers=len(layers), n_filters=int(sum(layer.info["n_filters"] for layer in layers)),
+        weights_sha256=weights_sha256 or row.get("weights_sha256", ""), tool_version=tool_version(),
+        extracted_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    return schema.complete_record(row, schema.MODEL_COLUMNS, "model")
+
+
+
+def extract_loaded(loaded: LoadedModel) -> tuple[dict, list[ExtractedLayer]]:
+    """A loaded model's complete model-table row and its extracted layers."""
+    spec = loaded.spec
+    layers = extract_members(loaded.members, loaded.input_shape, model_name=spec.key)
+    n_params = sum(p.numel() for m in loaded.members for p in m.parameters())
+    sha = sha256_file(loaded.weights_path) if loaded.weights_path else ""
+    record = model_record(spec.source, spec.name, layers, {**spec.record, **loaded.record}, n_params=n_params,
+                          n_members=len(loaded.members), input_shape=loaded.input_shape, weights_sha256=sha)
+    return record, layers
