@@ -1,0 +1,27 @@
+"""Training submodule: models from model strings, training methods, attacks, checkpoints.
+
+Names are exported lazily (PEP 562) so that ``import filterdb.training`` stays cheap.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    # model strings and the model factory
+    "create_model": "registry",
+    "parse_model_string": "registry",
+    "list_models": "registry",
+    "describe_models": "registry",
+    "default_input_size": "registry",
+    "min_input_size": "registry",
+    "ArchSpec": "registry",
+    "ModelStringError": "registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

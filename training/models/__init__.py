@@ -1,0 +1,1 @@
+"""Native architectures of the training submodule; ``filterdb.training.registry`` builds them from model strings."""

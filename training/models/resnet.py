@@ -1,0 +1,54 @@
+"""open_lth-style CIFAR ResNet-D-W (He et al. 2016, section 4.2): post-activation basic blocks.
+
+D = 6n + 2: a k x k stem conv, three stages of n blocks with widths W, 2W, 4W (strides
+1, 2, 2), global average pooling and a linear classifier. A block whose shape changes gets
+a 1x1 conv + BN shortcut, as in open_lth.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .layers import LayerOptions, center_crop, conv1x1
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, options: LayerOptions):
+        super().__init__()
+        self.conv1 = options.conv(in_channels, out_channels, stride)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.act1 = options.act()
+        self.conv2 = options.conv(out_channels, out_channels)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.act2 = options.act()
+        self.stride = stride
+        self.crop = not options.pads
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+        if self.crop:
+            x = center_crop(x, out.shape[-2:], self.stride)
+        return self.act2(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int, width: int, num_classes: int, in_chans: int, options: LayerOptions):
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n + 2 (8, 14, 20, 32, 56, ...), got {depth}")
+        blocks_per_stage = (depth - 2) // 6
+        self.stem = nn.Sequential(options.conv(in_chans, width), nn.BatchNorm2d(width), options.act())
+        blocks, channels = [], width
+        for stage, stage_width in enumerate((width, 2 * width, 4 * width)):
+            for i in range(blocks_per_stage):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(BasicBlock(channels, stage_width, stride, options))
+                channels = stage_width
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.blocks(self.stem(x))).flatten(1))
