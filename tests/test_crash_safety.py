@@ -1,0 +1,84 @@
+"""A build killed with SIGKILL at any instant loses at most the model in flight; a rerun resumes."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from filterdb import open_database
+from filterdb.ids import model_id
+
+N_MODELS = 6
+
+BUILD_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from torch import nn
+    from filterdb.store import FilterDB
+    from filterdb.ids import model_id
+    sys.path.insert(0, {tests!r})
+    from test_crash_safety import make_model, N_MODELS
+    with FilterDB.open(sys.argv[1], "a") as db:
+        print("ready", flush=True)
+        for i in range(N_MODELS):
+            if not db.has_model(model_id("crash", f"m{{i}}")):
+                db.add_module(make_model(i), source="crash", name=f"m{{i}}", input_shape=(16, 8, 8))
+                print("added", i, flush=True)
+""")
+
+
+def make_model(i: int) -> nn.Module:
+    torch.manual_seed(i)  # ~1.2M 3x3 filters each: big enough that a kill lands mid-write
+    return nn.Sequential(nn.Conv2d(16, 256, 3), nn.Conv2d(256, 1024, 3), nn.Conv2d(1024, 800, 3, padding=1))
+
+
+def run_build(db, kill_after: float | None):
+    script = BUILD_SCRIPT.format(tests=os.path.dirname(__file__))
+    proc = subprocess.Popen([sys.executable, "-c", script, str(db)], stdout=subprocess.PIPE, text=True)
+    if kill_after is None:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0
+        return out
+    assert proc.stdout.readline() == "ready\n"
+    time.sleep(kill_after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc.stdout.read()
+
+
+def check_intact(db_path):
+    with open_database(db_path) as db:
+        for mid, row in db.models.iterrows():
+            i = int(row["name"][1:])
+            model = make_model(i)
+            rows = db.layers[db.layers["model_id"] == mid]
+            assert len(rows) == 3
+            for (_, layer), conv in zip(rows.iterrows(), model):
+                assert db.read_layer(layer).tobytes() == conv.weight.detach().numpy().reshape(-1, 3, 3).tobytes()
+        assert db.models["model_id"].is_unique
+        return sorted(db.models["name"])
+
+
+@pytest.mark.slow
+def test_sigkill_at_several_points_then_resume(tmp_path):
+    db = tmp_path / "db"
+    seen = []
+    for kill_after in (0.0, 0.3, 0.7, 1.2, 1.9):
+        out = run_build(db, kill_after)
+        names = check_intact(db)
+        added = [int(line.split()[1]) for line in out.splitlines() if line.startswith("added")]
+        assert all(f"m{i}" in names for i in added)  # whatever was reported done survived
+        seen.append(len(names))
+    assert seen == sorted(seen)  # progress is never lost
+    print("models present after each kill:", seen)
+    assert seen[-1] > 0 and seen[0] < N_MODELS  # the kills landed before, during and between models
+    run_build(db, None)
+    assert check_intact(db) == [f"m{i}" for i in range(N_MODELS)]
+    assert not [p for p in (db / "shards").iterdir() if p.name.startswith(".")]
+    with open_database(db) as reopened:
+        assert reopened.filters().shape[0] == N_MODELS * reopened.layers["n_filters"].sum() // N_MODELS

@@ -1,0 +1,112 @@
+"""Extraction reads every convolution, its effective weight, in execution order."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from filterdb.errors import FilterDBError
+from filterdb.extract import extract_layers, extract_members
+
+
+class ReversedDefinition(nn.Module):
+    """Defines its convolutions in the opposite order of use, plus one never used."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Conv2d(4, 4, 5)
+        self.last = nn.Conv2d(8, 4, 1)
+        self.middle = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.first = nn.Conv2d(3, 8, 7, stride=2, padding=3, padding_mode="reflect")
+
+    def forward(self, x):
+        return self.last(torch.relu(self.middle(self.first(x))))
+
+
+def test_execution_order_not_definition_order():
+    layers = extract_layers(ReversedDefinition(), (3, 16, 16))
+    assert [l.info["name"] for l in layers] == ["first", "middle", "last", "unused"]
+    assert [l.info["conv_depth"] for l in layers] == [0, 1, 2, -1]
+    assert [l.info["conv_depth_norm"] for l in layers[:3]] == [0.0, 0.5, 1.0]
+    assert math.isnan(layers[3].info["conv_depth_norm"])
+    assert [l.info["reached"] for l in layers] == [True, True, True, False]
+    first, middle = layers[0].info, layers[1].info
+    assert (first["kernel"], first["stride_h"], first["padding"], first["padding_mode"]) == ("7x7", 2, "3,3", "reflect")
+    assert (middle["groups"], middle["n_filters"]) == (4, 8 * 2)
+
+
+def test_filters_are_out_channel_major():
+    conv = nn.Conv2d(2, 3, 3)
+    (layer,) = extract_layers(nn.Sequential(conv), (2, 5, 5))
+    f = layer.filters()
+    assert f.shape == (6, 3, 3)
+    for o in range(3):
+        for i in range(2):
+            assert np.array_equal(f[o * 2 + i], conv.weight[o, i].detach().numpy())
+
+
+def test_weight_norm_and_parametrized_give_effective_weight():
+    torch.manual_seed(0)
+    wn = torch.nn.utils.weight_norm(nn.Conv2d(3, 4, 3))
+    with torch.no_grad():
+        wn.weight_g.mul_(3.0)  # the cached .weight is now stale
+    expected_wn = torch._weight_norm(wn.weight_v, wn.weight_g, 0)
+
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    pc = nn.Conv2d(4, 4, 3)
+    torch.nn.utils.parametrize.register_parametrization(pc, "weight", Double())
+    model = nn.Sequential(wn, pc)
+    layers = extract_layers(model, (3, 8, 8))
+    assert layers[0].info["weight_kind"] == "weight_norm"
+    assert np.array_equal(layers[0].filters(), expected_wn.detach().numpy().reshape(-1, 3, 3))
+    assert layers[1].info["weight_kind"] == "parametrized"
+    assert np.array_equal(layers[1].filters(), 2 * pc.parametrizations.weight.original.detach().numpy().reshape(-1, 3, 3))
+
+
+def test_conv_subclass_is_found():
+    class StdConv(nn.Conv2d):
+        pass
+
+    layers = extract_layers(nn.Sequential(StdConv(1, 2, 3)), (1, 6, 6))
+    assert len(layers) == 1 and layers[0].info["n_filters"] == 2
+
+
+def test_real_architecture_counts():
+    model = torchvision.models.mobilenet_v2(num_classes=10)
+    layers = extract_layers(model, (3, 32, 32))
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(layers) == len(convs) == 52
+    assert sum(l.info["n_filters"] for l in layers) == sum(c.weight.shape[0] * c.weight.shape[1] for c in convs)
+    depthwise = [l for l in layers if l.info["groups"] > 1]
+    assert depthwise and all(l.info["groups"] == l.info["in_channels"] == l.info["out_channels"] for l in depthwise)
+
+
+def test_no_convolutions_is_a_clear_error():
+    with pytest.raises(FilterDBError, match="mlp: the model has no Conv2d layers"):
+        extract_layers(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), (1, 2, 2), model_name="mlp")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_name_model_and_layer(bad):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3))
+    with torch.no_grad():
+        model[1].weight[0, 0, 1, 1] = bad
+    with pytest.raises(FilterDBError, match=r"mymodel, layer 1: 1 weight\(s\) are NaN or Inf"):
+        extract_layers(model, (1, 8, 8), model_name="mymodel")
+
+
+def test_failing_forward_names_the_input_shape():
+    with pytest.raises(FilterDBError, match="forward pass on a 1x3x4x4 input failed"):
+        extract_layers(nn.Sequential(nn.Conv2d(1, 2, 3)), (3, 4, 4), model_name="m")
+
+
+def test_ensemble_members_are_numbered():
+    members = [nn.Sequential(nn.Conv2d(3, 4, 3)), nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3))]
+    layers = extract_members(members, (3, 8, 8))
+    assert [(l.info["member"], l.info["layer_index"], l.info["conv_depth_norm"]) for l in layers] == [
+        (0, 0, 0.0), (1, 1, 0.0), (1, 2, 1.0)]

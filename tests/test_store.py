@@ -1,0 +1,164 @@
+"""The database: plain HDF5, self-describing, bit-for-bit filters, stable ids, atomic writes."""
+import os
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from filterdb import open_database
+from filterdb.errors import FilterDBError
+from filterdb.ids import model_id
+from filterdb.schema import LAYER_COLUMN_NAMES, MODEL_COLUMN_NAMES
+from filterdb.store import FilterDB
+
+
+def grouped_net():
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1, groups=4),
+                         nn.Conv2d(32, 32, 5, padding=2, groups=32, dilation=1), nn.Conv2d(32, 8, 1))
+
+
+ARCHITECTURES = {
+    "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), (3, 64, 64)),  # 7x7 stem, 1x1 shortcuts
+    "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=10), (3, 32, 32)),  # depthwise
+    "grouped": (grouped_net, (3, 16, 16)),
+}
+
+
+@pytest.fixture(scope="module")
+def zoo_db(tmp_path_factory):
+    path = tmp_path_factory.mktemp("zoo") / "db"
+    torch.manual_seed(1)
+    models = {name: make() for name, (make, _) in ARCHITECTURES.items()}
+    with FilterDB.open(path, "a") as db:
+        for name, model in models.items():
+            db.add_module(model, source="test", name=name, input_shape=ARCHITECTURES[name][1],
+                          record={"training": "normal", "architecture": name})
+    return path, models
+
+
+def effective_weights(model):
+    return {name: m.weight.detach().numpy() for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def test_filters_equal_weights_bit_for_bit(zoo_db):
+    path, models = zoo_db
+    with open_database(path) as db:
+        for name, model in models.items():
+            weights = effective_weights(model)
+            rows = db.layers[db.layers["model_id"] == model_id("test", name)]
+            assert len(rows) == len(weights)
+            for _, row in rows.iterrows():
+                expected = weights[row["name"]].reshape(-1, row["kernel_h"], row["kernel_w"])
+                assert db.read_layer(row).tobytes() == expected.tobytes()
+                assert db.filters(row["kernel"])[row["start"]:row["stop"]].tobytes() == expected.tobytes()
+            assert {k for k in rows["kernel"]} >= ({"7x7", "3x3", "1x1"} if name == "resnet18" else {"3x3"})
+
+
+def test_plain_h5py_reads_everything(zoo_db):
+    path, models = zoo_db
+    os.chdir("/")  # virtual datasets resolve shards relative to the master file, not the working directory
+    with h5py.File(path / "filterdb.h5", "r") as f:
+        assert f.attrs["format"] == "filterdb" and f.attrs["format_version"] == "1.0"
+        assert list(f["models"].attrs["column-order"]) == list(MODEL_COLUMN_NAMES)
+        assert list(f["layers"].attrs["column-order"]) == list(LAYER_COLUMN_NAMES)
+        for name in MODEL_COLUMN_NAMES:
+            assert f["models"][name].attrs["description"]
+        layers = {c: f["layers"][c][()] for c in ("model_id", "name", "kernel", "start", "stop")}
+        filters = f["filters/3x3"]
+        assert filters.dtype == np.float32 and filters.shape[1:] == (3, 3) and filters.is_virtual
+        total = sum(int(s) - int(a) for k, a, s in zip(layers["kernel"], layers["start"], layers["stop"]) if k == b"3x3")
+        assert filters.shape[0] == total
+        weights = effective_weights(models["grouped"])
+        for mid, name, kernel, start, stop in zip(*layers.values()):
+            if mid.decode() == model_id("test", "grouped") and kernel == b"3x3":
+                assert np.array_equal(filters[start:stop], weights[name.decode()].reshape(-1, 3, 3))
+        assert not np.isnan(filters[()]).any()
+
+
+def test_layer_slices_are_contiguous_and_cover_each_kernel(zoo_db):
+    path, _ = zoo_db
+    with open_database(path) as db:
+        for kernel, rows in db.layers.groupby("kernel"):
+            starts, stops = rows["start"].to_numpy(), rows["stop"].to_numpy()
+            assert starts[0] == 0 and np.array_equal(starts[1:], stops[:-1])
+            assert stops[-1] == db.filters(kernel).shape[0]
+            assert np.array_equal(stops - starts, rows["n_filters"].to_numpy())
+
+
+def test_model_table_and_ids(zoo_db):
+    path, models = zoo_db
+    with open_database(path) as db:
+        row = db.models.loc[model_id("test", "resnet18")]
+        assert row["key"] == "test:resnet18"
+        assert row["n_params"] == sum(p.numel() for p in models["resnet18"].parameters())
+        assert row["input_shape"] == "3x64x64" and row["n_members"] == 1 and row["training"] == "normal"
+        assert row["tool_version"] and row["extracted_at"].endswith("+00:00")
+        assert row["n_filters"] == db.layers[db.layers["model_id"] == row["model_id"]]["n_filters"].sum()
+
+
+def test_ids_do_not_depend_on_build_order(tmp_path):
+    nets = {n: nn.Sequential(nn.Conv2d(1, 2, 3)) for n in "abc"}
+    for order, sub in (("abc", "one"), ("cab", "two")):
+        with FilterDB.open(tmp_path / sub, "a") as db:
+            for n in order:
+                db.add_module(nets[n], source="s", name=n, input_shape=(1, 4, 4))
+    with open_database(tmp_path / "one") as one, open_database(tmp_path / "two") as two:
+        assert list(one.models.index) == list(two.models.index) == [model_id("s", n) for n in "abc"]
+        assert one.layers[["model_id", "start", "stop"]].equals(two.layers[["model_id", "start", "stop"]])
+        assert np.array_equal(one.filters()[()], two.filters()[()])
+
+
+def test_readd_replaces_and_remove_deletes(tmp_path):
+    net = nn.Sequential(nn.Conv2d(1, 2, 3))
+    with FilterDB.open(tmp_path / "db", "a") as db:
+        db.add_module(net, source="s", name="x", input_shape=(1, 4, 4))
+        with torch.no_grad():
+            net[0].weight.mul_(2)
+        db.add_module(net, source="s", name="x", input_shape=(1, 4, 4))
+        db.add_module(nn.Sequential(nn.Conv2d(1, 1, 3)), source="s", name="y", input_shape=(1, 4, 4))
+        assert len(db.models) == 2 and db.filters().shape[0] == 3
+        assert np.array_equal(db.read_model(model_id("s", "x")), net[0].weight.detach().numpy().reshape(-1, 3, 3))
+        db.remove_model(model_id("s", "x"))
+        assert list(db.models["name"]) == ["y"] and db.filters().shape[0] == 1
+
+
+def test_reader_keeps_its_view_while_a_writer_adds(tmp_path):
+    with FilterDB.open(tmp_path / "db", "a") as writer:
+        writer.add_module(nn.Sequential(nn.Conv2d(1, 2, 3)), source="s", name="a", input_shape=(1, 4, 4))
+        reader = open_database(tmp_path / "db")
+        writer.add_module(nn.Sequential(nn.Conv2d(1, 2, 3)), source="s", name="b", input_shape=(1, 4, 4))
+        assert len(reader.models) == 1 and reader.filters().shape[0] == 2
+        reader.close()
+    with open_database(tmp_path / "db") as reader:
+        assert len(reader.models) == 2
+
+
+def test_iterators_and_selection(zoo_db):
+    path, models = zoo_db
+    with open_database(path) as db:
+        sel = db.layers[(db.layers["kernel"] == "3x3") & (db.layers["model_id"] == model_id("test", "grouped"))]
+        chunks = list(db.iter_filter_chunks("3x3", sel, chunk_rows=100))
+        assert max(len(c) for c in chunks) <= 100
+        assert np.array_equal(np.concatenate(chunks), db.read_filters(sel))
+        rows = [(row["name"], f.shape) for row, f in db.iter_layers(sel)]
+        assert rows == [("0", (48, 3, 3)), ("2", (128, 3, 3))]
+
+
+def test_bad_paths(tmp_path):
+    plain = tmp_path / "file.txt"
+    plain.write_text("x")
+    with pytest.raises(FilterDBError, match="is a file, not a filterdb database directory"):
+        FilterDB.open(plain, "a")
+    with pytest.raises(FilterDBError, match="cannot write to database directory"):
+        FilterDB.open(plain / "db", "a")
+    with pytest.raises(FilterDBError, match="is not a filterdb database"):
+        open_database(tmp_path)
+
+
+def test_second_writer_is_refused(tmp_path):
+    with FilterDB.open(tmp_path / "db", "a"):
+        with pytest.raises(FilterDBError, match="being written by another filterdb process"):
+            FilterDB.open(tmp_path / "db", "a")
