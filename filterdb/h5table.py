@@ -19,6 +19,23 @@ TABLE_ENCODING_VERSION = "0.2.0"
 _STR = h5py.string_dtype("utf-8")
 
 
+def table_frame(rows: list[dict], columns: tuple[Column, ...], index: str | None = None) -> pd.DataFrame:
+    """The in-memory twin of a stored table: the same columns and dtypes that ``read_table`` returns."""
+    data = {c.name: np.array([r[c.name] for r in rows], dtype=c.numpy_dtype) for c in columns}
+    return _frame(data, {c.name for c in columns if c.kind == "str"}, index)
+
+
+def _frame(data: dict[str, np.ndarray], str_columns: set[str], index: str | None) -> pd.DataFrame:
+    """A DataFrame with strings as object columns (pandas 3 would infer its own string dtype)."""
+    frame = pd.DataFrame(data)
+    for name in str_columns:
+        frame[name] = frame[name].astype(object)
+    if index:
+        frame = frame.set_index(index, drop=False)
+        frame.index.name = None
+    return frame
+
+
 def write_table(parent: h5py.Group, name: str, rows: list[dict] | pd.DataFrame, columns: tuple[Column, ...],
                 index: str | None = None) -> h5py.Group:
     frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows), columns=[c.name for c in columns])
@@ -42,16 +59,7 @@ def write_table(parent: h5py.Group, name: str, rows: list[dict] | pd.DataFrame, 
 def read_table(group: h5py.Group) -> pd.DataFrame:
     if group.attrs.get("encoding-type") != TABLE_ENCODING:
         raise ValueError(f"{group.file.filename}:{group.name} is not a filterdb table (no encoding-type 'dataframe')")
-    data = {}
-    for name in group.attrs["column-order"]:
-        ds = group[name]
-        data[name] = ds.asstr()[()] if ds.attrs.get("kind") == "str" else ds[()]
-    frame = pd.DataFrame(data)
-    for name in frame.columns:
-        if group[name].attrs.get("kind") == "str":
-            frame[name] = frame[name].astype(object)
-    index = group.attrs.get("_index", "")
-    if index:
-        frame = frame.set_index(index, drop=False)
-        frame.index.name = None
-    return frame
+    names = list(group.attrs["column-order"])
+    str_columns = {name for name in names if group[name].attrs.get("kind") == "str"}
+    data = {name: group[name].asstr()[()] if name in str_columns else group[name][()] for name in names}
+    return _frame(data, str_columns, group.attrs.get("_index", "") or None)

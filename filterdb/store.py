@@ -28,7 +28,7 @@ from torch import nn
 from filterdb import schema
 from filterdb.errors import FilterDBError
 from filterdb.extract import ExtractedLayer
-from filterdb.h5table import read_table, write_table
+from filterdb.h5table import read_table, table_frame, write_table
 from filterdb.records import extract_loaded, tool_version
 from filterdb.sources.base import LoadedModel, ModelSpec
 
@@ -54,12 +54,13 @@ def shard_path(db_dir: Path, model_id: str) -> Path:
     return Path(db_dir) / SHARD_DIR / f"{model_id}.h5"
 
 
-def write_shard(db_dir: str | os.PathLike, record: dict, layers: list[ExtractedLayer]) -> Path:
+def write_shard(db_dir: str | os.PathLike, record: dict, layers: list[ExtractedLayer]
+                ) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     """Write one model's shard atomically: a temporary file, renamed into place once complete.
 
     ``record`` is a complete model-table row (``model_record``). Filters of one layer are
     contiguous and out-channel-major; ``start``/``stop`` in the shard's layer table are
-    local to the shard. Returns the shard's path.
+    local to the shard. Returns the shard's path and its model and layer tables.
     """
     final = shard_path(Path(db_dir), record["model_id"])
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +89,7 @@ def write_shard(db_dir: str | os.PathLike, record: dict, layers: list[ExtractedL
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return final
+    return final, table_frame([record], schema.MODEL_COLUMNS, "model_id"), table_frame(rows, schema.LAYER_COLUMNS)
 
 
 def read_shard_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -195,7 +196,7 @@ class FilterDB:
             return empty_models.set_index("model_id", drop=False).rename_axis(None), empty_layers
         pairs = sorted(parts.values(), key=lambda p: p[0]["key"].iloc[0])
         model_frame = pd.concat([m for m, _ in pairs])
-        model_frame.index.name = None
+        model_frame.index = pd.Index(model_frame["model_id"].to_numpy(dtype=object), dtype=object)
         offsets: dict[str, int] = {}
         shifted = []
         for _, layer_frame in pairs:
@@ -397,8 +398,8 @@ class FilterDB:
     def add_extracted(self, record: dict, layers: list[ExtractedLayer]) -> str:
         """Store an extracted model (a complete model-table row and its layers); returns its model_id."""
         self._require_writable()
-        path = write_shard(self.path, record, layers)
-        self._parts[record["model_id"]] = read_shard_tables(path)
+        _, models, layer_rows = write_shard(self.path, record, layers)
+        self._parts[record["model_id"]] = (models, layer_rows)
         self._publish()
         return record["model_id"]
 

@@ -3,6 +3,7 @@ import os
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torchvision
@@ -162,3 +163,16 @@ def test_second_writer_is_refused(tmp_path):
     with FilterDB.open(tmp_path / "db", "a"):
         with pytest.raises(FilterDBError, match="being written by another filterdb process"):
             FilterDB.open(tmp_path / "db", "a")
+
+
+def test_in_memory_tables_match_a_fresh_scan(tmp_path):
+    with FilterDB.open(tmp_path / "db", "a") as db:
+        for n in "ab":
+            db.add_module(grouped_net(), source="s", name=n, input_shape=(3, 8, 8), record={"eps": 0.5})
+        models, layers = db.models.copy(), db.layers.copy()
+    with FilterDB.open(tmp_path / "db", "a") as db:  # tables rebuilt from the shard files
+        pd.testing.assert_frame_equal(db.models, models)
+        pd.testing.assert_frame_equal(db.layers, layers)
+    with open_database(tmp_path / "db") as db:  # tables read from the master file
+        pd.testing.assert_frame_equal(db.models, models)
+        pd.testing.assert_frame_equal(db.layers, layers)
