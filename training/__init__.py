@@ -16,6 +16,27 @@ _EXPORTS = {
     "min_input_size": "registry",
     "ArchSpec": "registry",
     "ModelStringError": "registry",
+    # attacks
+    "AttackConfig": "attacks",
+    "pgd": "attacks",
+    "fgsm": "attacks",
+    "cw_margin_loss": "attacks",
+    "clean_accuracy": "attacks",
+    "robust_accuracy": "attacks",
+    "parse_eps": "attacks",
+    # training, matched pairs, checkpoints
+    "TrainConfig": "trainer",
+    "Trainer": "trainer",
+    "TrainResult": "trainer",
+    "train": "trainer",
+    "train_pair": "pairs",
+    "train_pair_config": "pairs",
+    "train_counterpart": "pairs",
+    "check_pair": "pairs",
+    "Checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "load_dataset": "data",
+    "dataset_info": "data",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,169 @@
+"""Training checkpoints: self-describing, resumable, written atomically.
+
+A checkpoint is one ``torch.save`` file holding a plain dict (loadable with
+``torch.load(weights_only=True)``; no pickled classes)::
+
+    format            "filterdb-training-checkpoint"
+    format_version    1
+    model_string      canonical model string, e.g. "cnn4-16" (create_model builds it)
+    dataset           "digits", "cifar10", ...
+    num_classes, in_chans, input_shape (C, H, W)
+    method            "standard", "fgsm", "pgd", "trades", "mart" or "cusp"
+    attack            the training attack's parameters (dict; None for standard)
+    method_params     beta (TRADES/MART), CuSP final budgets and milestones
+    selection         the checkpoint-selection rule: "last", "best-clean" or "best-robust"
+    metrics           clean_acc, robust_acc (percent, test split), robust_attack ("pgd-10"),
+                      robust_attack_params (dict), threat_model, eps, split, epoch
+    versions          filterdb, torch, python
+    epoch             epochs completed
+    history           one dict per epoch (lr, train loss/acc, budgets, val accuracies, data-order digest)
+    pairing           seed, init_sha256 (initial weights), data_seed, pair and role for matched pairs
+    config            the full training configuration
+    model_state       the network's state dict (CPU tensors, no DDP/compile prefixes)
+    train_state       optimizer, scheduler, scaler, rng (torch, cuda, numpy, python),
+                      curriculum, data_order, best score: what resuming needs
+"""
+from __future__ import annotations
+
+import os
+import platform
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from filterdb.errors import FilterDBError
+
+FORMAT = "filterdb-training-checkpoint"
+FORMAT_VERSION = 1
+
+
+def versions() -> dict:
+    from filterdb import __version__
+    return {"filterdb": str(__version__), "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+def save_atomic(payload: dict, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    model_string: str
+    dataset: str
+    num_classes: int
+    in_chans: int
+    input_shape: tuple[int, int, int]
+    method: str
+    attack: dict | None
+    metrics: dict
+    versions: dict
+    selection: str = "last"
+    epoch: int = 0
+    method_params: dict = field(default_factory=dict)
+    pairing: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    payload: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def state_dict(self) -> dict:
+        return self.payload["model_state"]
+
+    @property
+    def robust(self) -> bool:
+        return self.method != "standard"
+
+    def build_model(self) -> nn.Module:
+        """The network with the checkpoint's weights, in eval mode on the CPU."""
+        from filterdb.training.registry import create_model
+        try:
+            model = create_model(self.model_string, num_classes=self.num_classes, in_chans=self.in_chans)
+        except ValueError as exc:
+            raise FilterDBError(f"{self.path}: cannot build its model {self.model_string!r}: {exc}") from None
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())
+            if len(detail) > 300:
+                detail = detail[:300] + "..."
+            raise FilterDBError(f"{self.path}: its weights do not fit the architecture {self.model_string!r} "
+                                f"({detail}); the checkpoint's model string names another architecture") from None
+        return model.eval()
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise FilterDBError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure is reported the same way, by kind
+        if magic.startswith(b"PK") and not zipfile.is_zipfile(path):
+            raise FilterDBError(f"{path}: truncated or corrupt checkpoint (the archive is incomplete); "
+                                f"copy it again or retrain it") from None
+        if magic.startswith(b"PK"):
+            raise FilterDBError(f"{path}: cannot read this PyTorch file ({type(exc).__name__}); it is not a "
+                                f"filterdb training checkpoint or is corrupt; retrain it with 'filterdb train'") from None
+        raise FilterDBError(f"{path}: not a PyTorch checkpoint; give a .pt file written by 'filterdb train'") from None
+    if not isinstance(payload, dict):
+        raise FilterDBError(f"{path}: not a filterdb training checkpoint (it holds a {type(payload).__name__}); "
+                            f"give a .pt file written by 'filterdb train'")
+    if payload.get("format") != FORMAT:
+        if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+            raise FilterDBError(f"{path}: a bare state dict without a model string; filterdb cannot tell its "
+                                f"architecture: train with 'filterdb train' or wrap it with filterdb.training.checkpoint.wrap_state_dict")
+        raise FilterDBError(f"{path}: not a filterdb training checkpoint (no format '{FORMAT}'); "
+                            f"give a .pt file written by 'filterdb train'")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise FilterDBError(f"{path}: checkpoint format version {payload['format_version']} is newer than this "
+                            f"filterdb reads ({FORMAT_VERSION}); upgrade filterdb")
+    if not payload.get("model_string"):
+        raise FilterDBError(f"{path}: checkpoint without a model string, so its architecture is unknown; "
+                            f"retrain it with 'filterdb train' or set 'model_string' in the checkpoint")
+    if "model_state" not in payload:
+        raise FilterDBError(f"{path}: checkpoint without weights ('model_state' missing); retrain it")
+    return payload
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint written by the trainer; ``FilterDBError`` naming the file if it is not one."""
+    path = Path(path)
+    p = _read(path)
+    missing = [k for k in ("dataset", "num_classes", "in_chans", "input_shape", "method") if k not in p]
+    if missing:
+        raise FilterDBError(f"{path}: checkpoint lacks {', '.join(missing)}; retrain it with 'filterdb train'")
+    return Checkpoint(path=path, model_string=p["model_string"], dataset=p["dataset"], num_classes=int(p["num_classes"]),
+                      in_chans=int(p["in_chans"]), input_shape=tuple(int(v) for v in p["input_shape"]), method=p["method"],
+                      attack=p.get("attack"), metrics=dict(p.get("metrics") or {}), versions=dict(p.get("versions") or {}),
+                      selection=p.get("selection", "last"), epoch=int(p.get("epoch", 0)),
+                      method_params=dict(p.get("method_params") or {}), pairing=dict(p.get("pairing") or {}),
+                      history=list(p.get("history") or []), config=dict(p.get("config") or {}), payload=p)
+
+
+def wrap_state_dict(state_dict: dict, path: str | Path, model_string: str, dataset: str, num_classes: int,
+                    input_shape: tuple[int, int, int], method: str = "standard", attack: dict | None = None,
+                    metrics: dict | None = None) -> Path:
+    """Write weights trained elsewhere as a (non-resumable) checkpoint that ``load_checkpoint`` reads."""
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_string": model_string, "dataset": dataset,
+               "num_classes": num_classes, "in_chans": input_shape[0], "input_shape": list(input_shape),
+               "method": method, "attack": attack, "method_params": {}, "selection": "last", "metrics": metrics or {},
+               "versions": versions(), "epoch": 0, "history": [], "pairing": {}, "config": {},
+               "model_state": {k: v.detach().cpu() for k, v in state_dict.items()}}
+    return save_atomic(payload, path)
