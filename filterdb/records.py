@@ -45,7 +45,7 @@ def extract_loaded(loaded: LoadedModel) -> tuple[dict, list[ExtractedLayer]]:
     spec = loaded.spec
     layers = extract_members(loaded.members, loaded.input_shape, model_name=spec.key)
     n_params = sum(p.numel() for m in loaded.members for p in m.parameters())
-    sha = sha256_file(loaded.weights_path) if loaded.weights_path else ""
+    sha = spec.record.get("weights_sha256") or (sha256_file(loaded.weights_path) if loaded.weights_path else "")
     record = model_record(spec.source, spec.name, layers, {**spec.record, **loaded.record}, n_params=n_params,
                           n_members=len(loaded.members), input_shape=loaded.input_shape, weights_sha256=sha)
     return record, layers

@@ -1,0 +1,58 @@
+"""The checkpoint source: filterdb training checkpoints, ingested with all their metadata.
+
+A checkpoint's identity is its content: the name is ``<run dir>/<file stem>@<sha256[:12]>``,
+so adding the same file twice is a no-op and a retrained model gets a new id.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from filterdb.errors import FilterDBError
+from filterdb.records import sha256_file
+from filterdb.sources.base import LoadedModel, ModelSpec
+
+SOURCE = "checkpoint"
+
+
+def checkpoint_spec(path: str | Path) -> ModelSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise FilterDBError(f"{path}: no such checkpoint file")
+    sha = sha256_file(path)
+    name = f"{path.resolve().parent.name}/{path.stem}@{sha[:12]}"
+    return ModelSpec(SOURCE, name, record={"weights_sha256": sha}, load=partial(load_checkpoint_model, path))
+
+
+def checkpoint_dir_specs(directory: str | Path) -> list[ModelSpec]:
+    """Every ``*.pt`` under ``directory`` (recursively), in path order."""
+    paths = sorted(p for p in Path(directory).rglob("*.pt") if not p.name.startswith("."))
+    if not paths:
+        raise FilterDBError(f"{directory}: no checkpoint files (*.pt) found; give the run directory of 'filterdb train'")
+    return [checkpoint_spec(p) for p in paths]
+
+
+def checkpoint_record(ckpt) -> dict:
+    """Model-table columns from a training checkpoint's self-description."""
+    metrics = ckpt.metrics
+    attack = ckpt.attack or {}
+    return {
+        "dataset": ckpt.dataset,
+        "training": "robust" if ckpt.robust else "normal",
+        "training_method": ckpt.method,
+        "architecture": ckpt.model_string.split("_")[0],
+        "model_string": ckpt.model_string,
+        "threat_model": metrics.get("threat_model") or attack.get("norm", ""),
+        "eps": metrics.get("eps", attack.get("eps")),
+        "clean_acc": metrics.get("clean_acc"),
+        "robust_acc": metrics.get("robust_acc"),
+        "robust_attack": metrics.get("robust_attack", ""),
+        "extra_data": False,
+    }
+
+
+def load_checkpoint_model(path: Path, spec: ModelSpec) -> LoadedModel:
+    from filterdb.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    return LoadedModel(spec, [ckpt.build_model()], ckpt.input_shape, weights_path=path, record=checkpoint_record(ckpt))
