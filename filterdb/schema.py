@@ -105,3 +105,16 @@ def complete_record(record: dict, columns: tuple[Column, ...], what: str) -> dic
             value = c.missing
         out[c.name] = value
     return out
+
+
+def markdown_table(columns: tuple[Column, ...]) -> str:
+    """The README's documentation of a table: one row per column."""
+    lines = ["| column | type | missing | meaning |", "|---|---|---|---|"]
+    for c in columns:
+        missing = {"str": "`''`", "int": "`-1`", "float": "NaN", "bool": "`False`"}[c.kind]
+        lines.append(f"| `{c.name}` | {c.kind} | {missing} | {c.doc} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print("### /models\n\n" + markdown_table(MODEL_COLUMNS) + "\n\n### /layers\n\n" + markdown_table(LAYER_COLUMNS))
