@@ -16,6 +16,7 @@ _EXPORTS = {
     "min_input_size": "registry",
     "ArchSpec": "registry",
     "ModelStringError": "registry",
+    "ModelBuildError": "registry",
     # attacks
     "AttackConfig": "attacks",
     "pgd": "attacks",

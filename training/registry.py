@@ -41,7 +41,11 @@ DATASET_INPUT_SIZES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "cifar100": 
 
 
 class ModelStringError(ValueError):
-    """A model string that does not parse, or names a model that cannot be built."""
+    """A model string that does not parse."""
+
+
+class ModelBuildError(RuntimeError):
+    """A valid model string whose model cannot be built here (it downloads weights, needs CUDA, ...)."""
 
 
 @dataclass(frozen=True)
@@ -117,9 +121,24 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            lambda s, n, c: wrn_a(s.variant, n, c, s.layer_options)),
     Family("robustbench", r"robustbench:(?P<variant>.+)", ROBUSTBENCH_PREFIX + "{variant}",
            "any RobustBench model id <dataset>/<threat model>/<name>, built with random weights",
-           lambda s, n, c: robustbench_ids.build(s.variant, n, c),
+           lambda s, n, c: _build_robustbench(s.variant, n, c),
            lambda s: robustbench_ids.check(s.variant), takes_options=False),
 ]}
+
+
+def _build_robustbench(model_id: str, num_classes: int | None, in_chans: int | None) -> nn.Module:
+    dataset = model_id.split("/")[0]
+    classes = robustbench_ids.NUM_CLASSES[dataset]
+    if num_classes not in (None, classes) or in_chans not in (None, 3):
+        raise ModelBuildError(f"{ROBUSTBENCH_PREFIX}{model_id} has {classes} classes and 3 input channels; "
+                              f"got num_classes={num_classes}, in_chans={in_chans}")
+    if robustbench_ids.downloads_weights(model_id):
+        raise ModelBuildError(f"{ROBUSTBENCH_PREFIX}{model_id} cannot be built offline: its RobustBench "
+                              "constructor downloads pretrained weights (pretrained=True)")
+    try:
+        return robustbench_ids.build(model_id)
+    except Exception as error:
+        raise ModelBuildError(f"{ROBUSTBENCH_PREFIX}{model_id}: RobustBench's constructor failed: {error}") from error
 
 
 def _options_help() -> str:

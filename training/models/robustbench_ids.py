@@ -44,9 +44,12 @@ def check(model_id: str) -> str | None:
     return f"unknown RobustBench model {model_id!r}; {prefix[:-1]} has: {', '.join(n.rsplit('/', 1)[1] for n in known)}"
 
 
-def build(model_id: str, num_classes: int | None, in_chans: int | None) -> nn.Module:
-    dataset = model_id.split("/")[0]
-    if num_classes not in (None, NUM_CLASSES[dataset]) or in_chans not in (None, 3):
-        raise ValueError(f"robustbench:{model_id} has {NUM_CLASSES[dataset]} classes and 3 input channels; "
-                         f"got num_classes={num_classes}, in_chans={in_chans}")
+def downloads_weights(model_id: str) -> bool:
+    """Whether the id's constructor fetches pretrained weights (a ``pretrained=True`` call),
+    which no offline machine can build. Read from the constructor's code, without calling it."""
+    code = getattr(_zoo()[model_id]["model"], "__code__", None)
+    return code is not None and ("pretrained",) in code.co_consts and any(c is True for c in code.co_consts)
+
+
+def build(model_id: str) -> nn.Module:
     return _zoo()[model_id]["model"]()
