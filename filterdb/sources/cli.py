@@ -1,0 +1,90 @@
+"""Commands about where models come from: ``filterdb leaderboards`` and ``filterdb pairs``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from filterdb import paths
+from filterdb.output import FORMATS, emit
+
+format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+
+
+@click.command()
+@click.argument("name", required=False)
+@format_option
+def leaderboards(name, fmt):
+    """List the leaderboards that 'filterdb build --leaderboard' accepts, with model counts; or the models of NAME."""
+    from filterdb.errors import FilterDBError
+    from filterdb.sources import leaderboards as all_boards
+
+    boards = all_boards()
+    if name is None:
+        rows = []
+        for board in boards.values():
+            specs = board.specs()
+            normal = sum(s.record.get("training") == "normal" for s in specs)
+            rows.append({"leaderboard": board.name, "models": len(specs), "robust": len(specs) - normal,
+                         "normal": normal, "description": board.description})
+        emit(pd.DataFrame(rows), fmt, title="leaderboards")
+        return
+    if name not in boards:
+        raise FilterDBError(f"unknown leaderboard {name!r}; valid: {', '.join(sorted(boards))}")
+    columns = ["architecture", "training", "clean_acc", "robust_acc", "extra_data"]
+    rows = [{"model": s.name.rsplit("/", 1)[-1], **{c: s.record.get(c, "") for c in columns}}
+            for s in boards[name].specs()]
+    emit(pd.DataFrame(rows, columns=["model", *columns]), fmt, title=f"{name}: {len(rows)} models")
+
+
+def counterpart_candidates(dataset: str, architecture: str) -> list[str]:
+    """Normal models built by the same constructor: RobustBench's Standard entries, pretrained ImageNet models."""
+    from filterdb.sources.pretrained import COUNTERPARTS
+    from filterdb.sources.robustbench import model_table
+
+    table = model_table()
+    standard = table[(table["dataset"] == dataset) & (table["architecture"] == architecture)
+                     & (table["training"] == "normal")]
+    candidates = [f"robustbench:{r.dataset}/{r.threat_model}/{r.name}" for r in standard.itertuples()]
+    if dataset == "imagenet" and architecture in COUNTERPARTS:
+        candidates.append(COUNTERPARTS[architecture])
+    return candidates
+
+
+def pair_table(models: pd.DataFrame) -> pd.DataFrame:
+    """One row per robust model: the normal models of the same dataset and architecture, and those still missing."""
+    normal = models[models["training"] == "normal"]
+    present_keys = set(models["key"])
+    rows = []
+    for _, robust in models[models["training"] == "robust"].sort_values("key").iterrows():
+        same = normal[(normal["dataset"] == robust["dataset"]) & (normal["architecture"] == robust["architecture"])]
+        missing = [c for c in counterpart_candidates(robust["dataset"], robust["architecture"])
+                   if c not in present_keys]
+        rows.append({"robust_model": robust["key"], "dataset": robust["dataset"],
+                     "architecture": robust["architecture"], "normal_models": ", ".join(sorted(same["key"])),
+                     "missing": ", ".join(dict.fromkeys(missing))})
+    return pd.DataFrame(rows, columns=["robust_model", "dataset", "architecture", "normal_models", "missing"])
+
+
+@click.command()
+@click.option("--db", "db_path", type=click.Path(path_type=Path), default=None,
+              help="Database directory [default: $FILTERDB_DB or $FILTERDB_HOME/db].")
+@format_option
+def pairs(db_path, fmt):
+    """For each robust model, the normal models of the same architecture, and the counterparts still missing.
+
+    A missing robustbench counterpart is added with 'filterdb build --leaderboard ... --models NAME',
+    a pretrained one with 'filterdb add timm:NAME' or 'filterdb add torchvision:NAME'.
+    """
+    from filterdb.store import open_database
+
+    with open_database(db_path or paths.default_db_path()) as db:
+        table = pair_table(db.models)
+    emit(table, fmt, title=f"{len(table)} robust models and their normal counterparts")
+    unpaired = int((table["normal_models"] == "").sum())
+    if unpaired:
+        click.echo(f"{unpaired} robust model(s) have no normal counterpart in the database", err=True)
+
+
+commands = [leaderboards, pairs]

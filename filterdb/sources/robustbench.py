@@ -1,0 +1,157 @@
+"""RobustBench's model zoo as leaderboards: ``filterdb build --leaderboard linf-cifar10``.
+
+The models a leaderboard lists and their leaderboard facts (paper, architecture,
+accuracies, eps) come from the project's table ``filterdb/data/robustbench_models.csv``
+(regenerate it with ``filterdb/data/refresh_robustbench.py``), so listing is cheap.
+Weights come through robustbench's own loader and cache: ``load_model`` reads
+``<model_dir>/<dataset>/<threat_model>/<name>.pt`` (ensembles: ``<name>.pt_m<i>.pt``)
+and downloads only what is missing. Offline, a missing file is an error before
+robustbench is called, and models whose constructor fetches pretrained weights
+(timm / torchvision ``pretrained=True``) are refused.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from pathlib import Path
+
+import pandas as pd
+from torch import nn
+
+from filterdb import paths
+from filterdb.compat import import_robustbench
+from filterdb.errors import FilterDBError
+from filterdb.records import sha256_file
+from filterdb.sources import Leaderboard
+from filterdb.sources.base import LoadedModel, ModelSpec
+
+SOURCE = "robustbench"
+TABLE = Path(__file__).resolve().parents[1] / "data" / "robustbench_models.csv"
+INPUT_SHAPES = {"cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "imagenet": (3, 224, 224)}
+RECORD_COLUMNS = ("dataset", "threat_model", "architecture", "training", "training_method", "eps", "clean_acc",
+                  "robust_acc", "robust_attack", "extra_data", "paper", "venue", "paper_url")
+# name -> (dataset, threat model, convolutional models only)
+BOARDS = {
+    "linf-cifar10": ("cifar10", "Linf", False),
+    "linf-cifar100": ("cifar100", "Linf", False),
+    "linf-imagenet": ("imagenet", "Linf", False),
+    "l2-cifar10": ("cifar10", "L2", False),
+    "corruptions-cifar10": ("cifar10", "corruptions", True),
+    "corruptions-cifar100": ("cifar100", "corruptions", True),
+    "corruptions-imagenet": ("imagenet", "corruptions", True),
+}
+
+
+@functools.cache
+def model_table() -> pd.DataFrame:
+    """The leaderboard facts of every model in robustbench's zoo, one row per (dataset, threat model, name)."""
+    table = pd.read_csv(TABLE, keep_default_na=False, na_values={c: [""] for c in ("eps", "clean_acc", "robust_acc")},
+                        dtype={"extra_data": bool, "convolutional": bool, "ensemble_files": int})
+    return table
+
+
+def board_models(board: str) -> pd.DataFrame:
+    dataset, threat, convolutional_only = BOARDS[board]
+    table = model_table()
+    rows = table[(table["dataset"] == dataset) & (table["threat_model"] == threat)]
+    return rows[rows["convolutional"]] if convolutional_only else rows
+
+
+def weight_files(model_dir: str | os.PathLike, dataset: str, threat: str, name: str, n_files: int) -> list[Path]:
+    """Where robustbench keeps a model's weights: one file, or one per ensemble member."""
+    base = Path(model_dir) / dataset / threat / f"{name}.pt"
+    return [base] if n_files == 1 else [Path(f"{base}_m{i}.pt") for i in range(n_files)]
+
+
+def specs(board: str, *, offline: bool = False, keep_weights: bool = True,
+          model_dir: str | os.PathLike | None = None, **_options) -> list[ModelSpec]:
+    """The specs of one leaderboard, in the zoo's order; loading goes through robustbench."""
+    model_dir = os.fspath(model_dir or paths.robustbench_model_dir())
+    loader = functools.partial(load, model_dir=model_dir, offline=offline, keep_weights=keep_weights)
+    out = []
+    for row in board_models(board).to_dict(orient="records"):
+        record = {c: row[c] for c in RECORD_COLUMNS}
+        record["extra_data"] = bool(record["extra_data"])
+        out.append(ModelSpec(SOURCE, f"{row['dataset']}/{row['threat_model']}/{row['name']}", record=record, load=loader))
+    return out
+
+
+def zoo_entry(dataset: str, threat: str, name: str) -> dict:
+    import_robustbench()
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    try:
+        return model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat)][name]
+    except (KeyError, ValueError) as exc:
+        raise FilterDBError(f"robustbench:{dataset}/{threat}/{name} is not in the installed robustbench's model zoo; "
+                            "regenerate filterdb/data/robustbench_models.csv for this robustbench version") from exc
+
+
+def fetches_pretrained_weights(dataset: str, threat: str, name: str, entry: dict) -> bool:
+    """Whether building the model downloads weights outside robustbench's cache (timm / torchvision)."""
+    import timm
+
+    timm_name = f"{name.lower().replace('-', '_')}_{dataset}_{threat.lower()}"
+    if timm.is_model(timm_name):  # robustbench's load_model then hands the model to timm's hub
+        return True
+    try:
+        source = inspect.getsource(entry["model"])
+    except (OSError, TypeError):
+        return False
+    return "pretrained=True" in source
+
+
+def ensemble_members(model: nn.Module) -> list[nn.Module]:
+    """The separately trained networks under one id (each ensemble member), or the model itself."""
+    if isinstance(getattr(model, "models", None), nn.ModuleList) and not hasattr(model, "policy_net"):
+        return list(model.models)  # Chen2020Adversarial, the CARD decks: averaged members
+    if hasattr(model, "std_model") and hasattr(model, "rob_model"):
+        return [model.std_model, model.rob_model]  # MixedNUTS: a standard and a robust network
+    return [model]
+
+
+def delete_files(files: list[Path]) -> None:
+    for path in files:
+        path.unlink(missing_ok=True)
+
+
+def load(spec: ModelSpec, *, model_dir: str, offline: bool, keep_weights: bool) -> LoadedModel:
+    """Load one zoo model through robustbench's ``load_model`` (which downloads missing weights unless offline)."""
+    dataset, threat, name = spec.name.split("/", 2)
+    entry = zoo_entry(dataset, threat, name)
+    n_files = len(entry["gdrive_id"]) if isinstance(entry["gdrive_id"], list) else 1
+    external = fetches_pretrained_weights(dataset, threat, name, entry)
+    files = [] if external else weight_files(model_dir, dataset, threat, name, n_files)
+    if offline:
+        if external:
+            raise FilterDBError(f"{spec.key}: robustbench builds this model with pretrained weights that "
+                                "timm/torchvision download (pretrained=True); it cannot be built with --offline")
+        missing = [str(p) for p in files if not p.is_file()]
+        if missing:
+            raise FilterDBError(f"{spec.key}: weights file {', '.join(missing)} is missing and --offline forbids "
+                                "downloading it; place it there or build without --offline")
+    rb_utils = import_robustbench().utils
+    try:
+        model = rb_utils.load_model(name, model_dir=model_dir, dataset=dataset, threat_model=threat)
+    except Exception as exc:  # noqa: BLE001 - a corrupt or mismatched file: say which, briefly
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        where = f" from {files[0].parent}" if files else ""
+        raise FilterDBError(f"{spec.key}: robustbench could not load the model{where} "
+                            f"({type(exc).__name__}: {text[:300]})") from exc
+    record = {}
+    if n_files > 1:  # one sha256 per member file, in member order
+        record["weights_sha256"] = ",".join(sha256_file(p) for p in files)
+    return LoadedModel(spec, ensemble_members(model), INPUT_SHAPES[dataset],
+                       weights_path=files[0] if n_files == 1 and files else None, record=record,
+                       cleanup=None if keep_weights or not files else functools.partial(delete_files, files))
+
+
+def _description(board: str) -> str:
+    dataset, threat, convolutional_only = BOARDS[board]
+    what = "convolutional models" if convolutional_only else "models"
+    return f"RobustBench {threat} {dataset}: the zoo's {what}"
+
+
+LEADERBOARDS = {board: Leaderboard(board, _description(board), functools.partial(specs, board)) for board in BOARDS}
