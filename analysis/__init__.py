@@ -1,0 +1,22 @@
+"""Metrics of convolution filters and comparisons of groups of models (robust vs normal).
+
+The notebook API returns pandas DataFrames:
+
+>>> from filterdb.analysis import database_metrics, compare_groups
+>>> database_metrics("path/to/db")                                   # one row per layer
+>>> result = compare_groups("path/to/db", "robust", "normal", layer="deciles")
+>>> result.to_frame(), result.groups, result.per_model, result.divergence
+
+Single layers and in-memory groups: :func:`layer_metrics`, the metric functions of
+:mod:`filterdb.analysis.metrics`, and :func:`divergence`.
+"""
+from filterdb.analysis.compare import Comparison, compare_groups, emit_comparison, plot_comparison
+from filterdb.analysis.database import database_metrics
+from filterdb.analysis.divergence import divergence
+from filterdb.analysis.metrics import (DEFAULT_VE, METRIC_NAMES, layer_metrics, l1_norm, l2_norm,
+                                       normalized_variance_entropy, orthogonality, sparsity, variance_entropy,
+                                       variance_entropy_linf, variance_entropy_raw)
+
+__all__ = ["Comparison", "DEFAULT_VE", "METRIC_NAMES", "compare_groups", "database_metrics", "divergence",
+           "emit_comparison", "l1_norm", "l2_norm", "layer_metrics", "normalized_variance_entropy", "orthogonality",
+           "plot_comparison", "sparsity", "variance_entropy", "variance_entropy_linf", "variance_entropy_raw"]

@@ -1,0 +1,128 @@
+"""Per-layer metrics of a filter database: read one layer at a time, cached per model.
+
+:func:`database_metrics` is the notebook entry point (a DataFrame, one row per layer);
+:func:`model_metrics_job` is the unit of work for a process pool or a Dask executor
+(``client.get_executor()``): it opens the database itself and fills one model's cache file.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from concurrent.futures import Executor
+
+import pandas as pd
+
+from filterdb.analysis import cache
+from filterdb.analysis.metrics import METRIC_NAMES, SPARSITY_EPS, Moments, layer_metrics
+from filterdb.errors import FilterDBError
+
+LAYER_KEY_COLUMNS = ("model_id", "layer_index")
+LAYER_INFO_COLUMNS = ("model_id", "layer_index", "member", "name", "kernel", "conv_depth", "conv_depth_norm",
+                      "in_channels", "out_channels", "groups")
+EXTRA_COLUMNS = ("n_filters", "n_nonsparse", "absmax", "notes")
+
+
+def _open(db):
+    from filterdb.store import open_database
+    return (open_database(db), True) if isinstance(db, (str, os.PathLike)) else (db, False)
+
+
+def compute_model_metrics(db, model_id: str, eps: float = SPARSITY_EPS) -> tuple[pd.DataFrame, list[Moments]]:
+    """Metrics of every layer of one model, reading one layer at a time (no cache)."""
+    rows, moments = [], []
+    model_name = db.models.loc[model_id, "name"]
+    for row, filters in db.iter_layers(db.layers[db.layers["model_id"] == model_id]):
+        where = f"model {model_id} ({model_name}), layer {row['name']}"
+        try:
+            values, m = layer_metrics(filters, out_channels=int(row["out_channels"]), eps=eps, where=where)
+        except ValueError as exc:
+            raise FilterDBError(f"{exc}; re-extract the model ('filterdb build --force') or remove it") from None
+        rows.append({"model_id": model_id, "layer_index": int(row["layer_index"]), **values})
+        moments.append(m)
+    return pd.DataFrame(rows, columns=[*LAYER_KEY_COLUMNS, *METRIC_NAMES, *EXTRA_COLUMNS]), moments
+
+
+def model_metrics(db, model_id: str, eps: float = SPARSITY_EPS) -> tuple[pd.DataFrame, list[Moments]]:
+    """Metrics and moments of one model's layers, from the cache when it is current."""
+    token = db.shard_token(model_id)
+    cached = cache.load(db.path, model_id, token, eps)
+    if cached is not None:
+        return cached
+    frame, moments = compute_model_metrics(db, model_id, eps)
+    cache.store(db.path, model_id, token, eps, frame, moments)
+    return frame, moments
+
+
+def model_metrics_job(db_path: str, model_id: str, eps: float = SPARSITY_EPS) -> str:
+    """Fill one model's cache file; runs anywhere the database directory is visible."""
+    db, _ = _open(db_path)
+    try:
+        model_metrics(db, model_id, eps)
+    finally:
+        db.close()
+    return model_id
+
+
+def resolve_models(models: pd.DataFrame, wanted: Iterable[str] | None) -> list[str]:
+    """Model ids for ids or names in ``wanted`` (all models if None); unknown ones raise FilterDBError."""
+    if not wanted:
+        return list(models.index)
+    by_name = {name: mid for mid, name in zip(models.index, models["name"])}
+    out = []
+    for item in wanted:
+        if item in models.index:
+            out.append(item)
+        elif item in by_name:
+            out.append(by_name[item])
+        else:
+            known = ", ".join(f"{mid} ({name})" for mid, name in list(zip(models.index, models["name"]))[:20])
+            raise FilterDBError(f"no model {item!r} in the database; give a model id or name, e.g. {known}")
+    return out
+
+
+def layer_metrics_frame(db, model_ids: list[str], eps: float = SPARSITY_EPS, executor: Executor | None = None,
+                        on_model=None) -> tuple[pd.DataFrame, dict[tuple[str, int], Moments]]:
+    """Per-layer metrics (and moments keyed by (model_id, layer_index)) of some models.
+
+    Missing cache files are computed here, or on ``executor`` when given. ``on_model`` is
+    called once per model done (progress).
+    """
+    if executor is not None:
+        stale = [m for m in model_ids if cache.load(db.path, m, db.shard_token(m), eps) is None]
+        futures = [executor.submit(model_metrics_job, str(db.path), m, eps) for m in stale]
+        for future in futures:
+            future.result()
+    frames, moments = [], {}
+    for mid in model_ids:
+        frame, model_moments = model_metrics(db, mid, eps)
+        frames.append(frame)
+        moments.update({(mid, int(i)): m for i, m in zip(frame["layer_index"], model_moments)})
+        if on_model:
+            on_model(mid)
+    if not frames:
+        return pd.DataFrame(columns=[*LAYER_KEY_COLUMNS, *METRIC_NAMES, *EXTRA_COLUMNS]), moments
+    return pd.concat(frames, ignore_index=True), moments
+
+
+def database_metrics(db, models: Iterable[str] | None = None, eps: float = SPARSITY_EPS,
+                     executor: Executor | None = None, progress: bool = False) -> pd.DataFrame:
+    """One row per layer: layer-table identification columns, then every metric (NaN with a
+    reason in ``notes`` where undefined). ``db`` is a FilterDB or a database path."""
+    db, owned = _open(db)
+    try:
+        ids = resolve_models(db.models, models)
+        if progress:
+            from filterdb.progress import progress_bar
+            with progress_bar("models", transient=True) as bar:
+                task = bar.add_task("metrics", total=len(ids), status="")
+                frame, _ = layer_metrics_frame(db, ids, eps, executor, on_model=lambda _: bar.advance(task))
+        else:
+            frame, _ = layer_metrics_frame(db, ids, eps, executor)
+        info = db.layers[list(LAYER_INFO_COLUMNS)]
+        merged = info.merge(frame, on=list(LAYER_KEY_COLUMNS), how="inner")
+        model_names = db.models["name"].rename("model")
+        return merged.merge(model_names, left_on="model_id", right_index=True).pipe(
+            lambda f: f[["model", *[c for c in f.columns if c != "model"]]]).reset_index(drop=True)
+    finally:
+        if owned:
+            db.close()
