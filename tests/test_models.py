@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from filterdb.training import (
-    ModelStringError, create_model, default_input_size, describe_models, list_models, min_input_size,
+    ModelStringError, check_input_size, create_model, describe_models, list_models, min_input_size,
     parse_model_string,
 )
 from filterdb.training.models.layers import center_crop
@@ -118,7 +118,7 @@ def test_digits_models_train_on_8x8_grayscale(model_string):
     loss = nn.functional.cross_entropy(model(x), y)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
-    assert default_input_size(model_string, "digits") == (1, 8, 8)
+    assert check_input_size(model_string, (1, 8, 8)) == (1, 8, 8)
 
 
 def test_create_model_is_seeded_by_the_caller():
@@ -241,13 +241,14 @@ def test_padding_modes_change_the_function():
 
 
 def test_input_sizes():
-    assert default_input_size("resnet20-16", "cifar10") == (3, 32, 32)
-    assert default_input_size("preactresnet18", "cifar100") == (3, 32, 32)
+    assert check_input_size("resnet20-16", (3, 32, 32)) == (3, 32, 32)
+    assert check_input_size("cnn4-16_nopad", (1, 9, 9)) == (1, 9, 9)
     assert min_input_size("resnet20-16_nopad") == 81
+    assert min_input_size("resnet20-16_k5_nopad") == 161
     with pytest.raises(ModelStringError, match="at least 81x81"):
-        default_input_size("resnet20-16_nopad", "cifar10")
-    with pytest.raises(ModelStringError, match="unknown dataset"):
-        default_input_size("resnet20-16", "mnist")
+        check_input_size("resnet20-16_nopad", (3, 32, 32))
+    with pytest.raises(ModelStringError, match="at least 9x9"):
+        check_input_size("cnn4-16_nopad", (1, 8, 8))
 
 
 def test_robustresnet_forward_on_cpu():

@@ -12,7 +12,7 @@ _EXPORTS = {
     "parse_model_string": "registry",
     "list_models": "registry",
     "describe_models": "registry",
-    "default_input_size": "registry",
+    "check_input_size": "registry",
     "min_input_size": "registry",
     "ArchSpec": "registry",
     "ModelStringError": "registry",

@@ -24,6 +24,8 @@ from typing import Callable
 
 from torch import nn
 
+from filterdb.errors import FilterDBError
+
 from .models import robustbench_ids
 from .models.digits import PlainCNN
 from .models.layers import ACTIVATIONS, LayerOptions
@@ -37,14 +39,12 @@ ROBUSTBENCH_PREFIX = "robustbench:"
 PADDING_OPTIONS = {"zeros": "zeros", "reflect": "reflect", "replicate": "replicate", "circular": "circular", "nopad": "none"}
 _PADDING_NAMES = {mode: option for option, mode in PADDING_OPTIONS.items()}
 
-DATASET_INPUT_SIZES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "imagenet": (3, 224, 224)}
 
-
-class ModelStringError(ValueError):
+class ModelStringError(FilterDBError, ValueError):
     """A model string that does not parse."""
 
 
-class ModelBuildError(RuntimeError):
+class ModelBuildError(FilterDBError, RuntimeError):
     """A valid model string whose model cannot be built here (it downloads weights, needs CUDA, ...)."""
 
 
@@ -228,20 +228,17 @@ def describe_models() -> str:
     return "\n".join(lines)
 
 
-def default_input_size(model_string: str, dataset: str) -> tuple[int, int, int]:
-    """(C, H, W) of a dataset's images; checks that the model accepts that size.
+def check_input_size(model_string: str, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Return ``input_shape`` (C, H, W, e.g. a dataset's) if the model accepts it.
 
     Unpadded ("nopad") models shrink every map by k - 1 per conv; a model whose maps would
-    vanish at the dataset's size raises ``ModelStringError`` naming the smallest size it accepts.
+    vanish raises ``ModelStringError`` naming the smallest input side it accepts.
     """
-    if dataset not in DATASET_INPUT_SIZES:
-        raise ModelStringError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASET_INPUT_SIZES)}")
-    size = DATASET_INPUT_SIZES[dataset]
-    smallest = min_input_size(model_string, in_chans=size[0])
-    if smallest > min(size[1:]):
-        raise ModelStringError(f"{model_string!r} needs inputs of at least {smallest}x{smallest}; "
-                               f"{dataset} images are {size[1]}x{size[2]}")
-    return size
+    smallest = min_input_size(model_string, in_chans=input_shape[0])
+    if smallest > min(input_shape[1:]):
+        raise ModelStringError(f"{model_string!r} needs inputs of at least {smallest}x{smallest}, "
+                               f"got {input_shape[1]}x{input_shape[2]}")
+    return tuple(input_shape)
 
 
 def min_input_size(model_string: str, in_chans: int = 3, limit: int = 1024) -> int:

@@ -2,7 +2,7 @@
 
 D = 6n + 2: a k x k stem conv, three stages of n blocks with widths W, 2W, 4W (strides
 1, 2, 2), global average pooling and a linear classifier. A block whose shape changes gets
-a 1x1 conv + BN shortcut, as in open_lth.
+a 1x1 conv + BN shortcut, and conv and linear weights start Kaiming-normal, as in open_lth.
 """
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ class CifarResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
 
     def forward(self, x):
         return self.fc(self.pool(self.blocks(self.stem(x))).flatten(1))
