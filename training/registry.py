@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
 from filterdb.errors import FilterDBError
@@ -85,7 +86,6 @@ class Family:
     summary: str
     build: Callable[[ArchSpec, int, int], nn.Module]  # (spec, num_classes, in_chans) -> model
     check: Callable[[ArchSpec], str | None] = lambda spec: None  # an error message, or None
-    takes_options: bool = True
 
 
 def _depth_rule(step: int, offset: int, minimum: int):
@@ -122,7 +122,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("robustbench", r"robustbench:(?P<variant>.+)", ROBUSTBENCH_PREFIX + "{variant}",
            "any RobustBench model id <dataset>/<threat model>/<name>, built with random weights",
            lambda s, n, c: _build_robustbench(s.variant, n, c),
-           lambda s: robustbench_ids.check(s.variant), takes_options=False),
+           lambda s: robustbench_ids.check(s.variant)),
 ]}
 
 
@@ -172,7 +172,7 @@ def _parse_option(option: str, found: dict, model_string: str) -> None:
 
 def parse_model_string(model_string: str) -> ArchSpec:
     """Parse a model string strictly; raise ``ModelStringError`` naming what is wrong."""
-    if model_string.startswith(ROBUSTBENCH_PREFIX):
+    if model_string.startswith(ROBUSTBENCH_PREFIX):  # ids may contain "_": no options
         head, options = model_string, []
     else:
         head, *options = model_string.split("_")
@@ -243,8 +243,6 @@ def check_input_size(model_string: str, input_shape: tuple[int, int, int]) -> tu
 
 def min_input_size(model_string: str, in_chans: int = 3, limit: int = 1024) -> int:
     """The smallest square input side a model accepts (found on the meta device, no compute)."""
-    import torch
-
     with torch.device("meta"):
         model = create_model(model_string, in_chans=in_chans).eval()
 
