@@ -59,19 +59,18 @@ class Comparison:
 
     def display(self) -> pd.DataFrame:
         """The comparison table for people: mean ± std and median per group, the statistics."""
-        a, b = self.group_a, self.group_b
         t = self.tests
         keys = (["by"] if self.by else []) + ["layers"]
         return pd.DataFrame({
             **{k: t[k].astype(str) for k in keys}, "metric": t["metric"],
             "n": t["n_a"].astype(str) + " vs " + t["n_b"].astype(str),
-            f"{a} mean ± std": [_pm(m, s) for m, s in zip(t["mean_a"], t["std_a"])],
-            f"{a} median": t["median_a"],
-            f"{b} mean ± std": [_pm(m, s) for m, s in zip(t["mean_b"], t["std_b"])],
-            f"{b} median": t["median_b"],
-            "difference": t["difference"],
-            f"{CONFIDENCE:.0%} CI": [f"[{lo:.4g}, {hi:.4g}]" for lo, hi in zip(t["ci_low"], t["ci_high"])],
-            "p (Mann-Whitney)": t["p_value"], "Cliff's delta": t["cliffs_delta"],
+            "A mean ± std": [_pm(m, s) for m, s in zip(t["mean_a"], t["std_a"])],
+            "A median": t["median_a"],
+            "B mean ± std": [_pm(m, s) for m, s in zip(t["mean_b"], t["std_b"])],
+            "B median": t["median_b"],
+            "A - B": t["difference"],
+            f"{CONFIDENCE:.0%} CI": [f"[{lo:.3g}, {hi:.3g}]" for lo, hi in zip(t["ci_low"], t["ci_high"])],
+            "p (MWU)": t["p_value"], "Cliff's d": t["cliffs_delta"],
         })
 
 
@@ -129,8 +128,8 @@ def compare_groups(db, group_a: str = "robust", group_b: str = "normal", layer: 
         per_model = _per_model(selected, metrics)
         groups = _group_summary(per_model, metrics, group_a, group_b)
         tests = _tests(per_model, metrics, group_a, group_b, seed)
-        divergence = (_divergences(db, selected, moments, eps, executor, progress) if with_divergence
-                      else pd.DataFrame(columns=["by", "layers", "kernel", "divergence"]))
+        divergence = (_divergences(db, selected, moments, (group_a, group_b), eps, executor, progress)
+                      if with_divergence else pd.DataFrame(columns=["by", "layers", "kernel", "divergence"]))
         result = Comparison(group_a, group_b, str(layer), by, models, per_model, groups, tests, divergence, notes)
         return _drop_by(result) if by is None else result
     finally:
@@ -212,9 +211,9 @@ def _tests(per_model: pd.DataFrame, metrics, group_a, group_b, seed) -> pd.DataF
 
 # ---------------------------------------------------------------------------- divergence
 
-def _divergences(db, selected: pd.DataFrame, moments: dict, eps: float, executor, progress: bool) -> pd.DataFrame:
+def _divergences(db, selected: pd.DataFrame, moments: dict, groups: tuple[str, str], eps: float, executor,
+                 progress: bool) -> pd.DataFrame:
     """Divergence per (by, layers, kernel): basis from the cached moments, one histogram pass."""
-    groups = list(dict.fromkeys(selected["group"]))
     bases, targets = {}, defaultdict(list)
     for (by, cell, kernel), frame in selected.groupby(["by", "layers", "kernel"], observed=True, sort=True):
         if set(frame["group"]) != set(groups):
@@ -307,7 +306,9 @@ def emit_comparison(result: Comparison, fmt: str = "table", file=None) -> None:
     title = f"{result.group_a} vs {result.group_b}, layers: {result.layer}"
     groups = result.groups[[c for c in result.groups.columns if not c.endswith((" mean", " std", " median"))]]
     emit(groups, "table", title=f"Groups ({title})", file=file)
-    emit(result.display(), "table", title=f"Metrics per model ({EACH_MODEL_ONCE})", file=file)
+    emit(result.display(), "table", file=file,
+         title=f"A = {result.group_a}, B = {result.group_b}: Mann-Whitney U p-value (MWU), Cliff's delta, bootstrap CI\n"
+               f"({EACH_MODEL_ONCE})")
     if len(result.divergence):
         emit(result.divergence, "table", title="Divergence of the groups' filters (PCA, symmetric KL)", file=file)
     print("; ".join(result.notes[1:]), file=file)

@@ -42,9 +42,16 @@ def compute_model_metrics(db, model_id: str, eps: float = SPARSITY_EPS) -> tuple
     return pd.DataFrame(rows, columns=[*LAYER_KEY_COLUMNS, *METRIC_NAMES, *EXTRA_COLUMNS]), moments
 
 
+def cache_token(db, model_id: str) -> str:
+    """``db.shard_token`` plus the shard file's identity: the token alone has one-second
+    resolution when a model has no weights file hash, and a re-extraction can be quicker."""
+    stat = db.shard_path(model_id).stat()
+    return f"{db.shard_token(model_id)}|{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_size}"
+
+
 def model_metrics(db, model_id: str, eps: float = SPARSITY_EPS) -> tuple[pd.DataFrame, list[Moments]]:
     """Metrics and moments of one model's layers, from the cache when it is current."""
-    token = db.shard_token(model_id)
+    token = cache_token(db, model_id)
     cached = cache.load(db.path, model_id, token, eps)
     if cached is not None:
         return cached
@@ -88,7 +95,7 @@ def layer_metrics_frame(db, model_ids: list[str], eps: float = SPARSITY_EPS, exe
     called once per model done (progress).
     """
     if executor is not None:
-        stale = [m for m in model_ids if cache.load(db.path, m, db.shard_token(m), eps) is None]
+        stale = [m for m in model_ids if cache.load(db.path, m, cache_token(db, m), eps) is None]
         futures = [executor.submit(model_metrics_job, str(db.path), m, eps) for m in stale]
         for future in futures:
             future.result()
