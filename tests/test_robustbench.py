@@ -145,6 +145,17 @@ def test_rerun_skips_completed_models_quickly(built, zoo):
     assert elapsed < 0.25 * len(MODELS)
 
 
+def test_pairs_matches_robust_and_normal_models_of_one_architecture(built):
+    db_path, _ = built
+    result = run_cli("pairs", "--db", str(db_path), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = {line.split(",")[0]: line.split(",") for line in result.output.splitlines()[1:]}
+    assert rows["robustbench:cifar10/Linf/Gowal2020Uncovering_28_10_extra"][2:4] == \
+        ["WideResNet-28-10", "robustbench:cifar10/Linf/Standard"]
+    assert rows["robustbench:cifar10/Linf/Wong2020Fast"][3] == ""  # no normal PreActResNet-18 anywhere yet
+    assert "robustbench:cifar10/Linf/Standard" not in rows  # normal models are not rows
+
+
 def test_failures_are_reported_per_model_and_the_rest_lands(zoo, tmp_path):
     model_dir, _ = zoo
     corrupt = weight_files(model_dir, "cifar10", "Linf", "Sehwag2021Proxy_R18", 1)[0]
