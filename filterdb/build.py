@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,10 +83,13 @@ def build(db: FilterDB, specs: list[ModelSpec], *, force: bool = False, jobs: in
     with progress_bar(unit="models", transient=not show_progress) as progress:
         task = progress.add_task(description, total=len(todo), status="", visible=show_progress)
         if jobs <= 1:
-            for spec in todo:
-                progress.update(task, status=spec.name)
-                report.outcomes.append(_ingest_here(db, spec))
-                progress.advance(task)
+            with ThreadPoolExecutor(max_workers=1) as prefetcher:
+                for spec, following in zip(todo, [*todo[1:], None]):
+                    if following is not None and hasattr(following.load, "prefetch"):
+                        prefetcher.submit(following.load.prefetch, following)  # download while this one extracts
+                    progress.update(task, status=spec.name)
+                    report.outcomes.append(_ingest_here(db, spec))
+                    progress.advance(task)
         else:
             _ingest_parallel(db, todo, jobs, report, lambda name: (progress.update(task, status=name),
                                                                  progress.advance(task)))
