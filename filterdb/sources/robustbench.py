@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -68,7 +70,7 @@ def specs(board: str, *, offline: bool = False, keep_weights: bool = True,
           model_dir: str | os.PathLike | None = None, **_options) -> list[ModelSpec]:
     """The specs of one leaderboard, in the zoo's order; loading goes through robustbench."""
     model_dir = os.fspath(model_dir or paths.robustbench_model_dir())
-    loader = functools.partial(load, model_dir=model_dir, offline=offline, keep_weights=keep_weights)
+    loader = Loader(model_dir, offline, keep_weights)
     out = []
     for row in board_models(board).to_dict(orient="records"):
         record = {c: row[c] for c in RECORD_COLUMNS}
@@ -117,11 +119,65 @@ def delete_files(files: list[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
+_download_locks: dict[Path, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def ensure_downloaded(path: Path, gdrive_id: str) -> None:
+    """Fetch one weights file with robustbench's downloader unless present; atomically, so that a killed
+    download never leaves a truncated file that robustbench would take for a complete one."""
+    with _locks_guard:
+        lock = _download_locks.setdefault(path, threading.Lock())
+    with lock:  # a prefetch of the same file in another thread finishes first
+        if path.is_file():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+        try:
+            import_robustbench().utils.download_gdrive_new(gdrive_id, partial)
+            if not partial.is_file():
+                raise FilterDBError(f"downloading {path.name} (gdrive id {gdrive_id}) produced no file")
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Loader:
+    """``spec.load`` of the robustbench leaderboards (a picklable object, so --jobs and Dask can ship it)."""
+    model_dir: str
+    offline: bool
+    keep_weights: bool
+
+    def __call__(self, spec: ModelSpec) -> LoadedModel:
+        return load(spec, model_dir=self.model_dir, offline=self.offline, keep_weights=self.keep_weights)
+
+    def prefetch(self, spec: ModelSpec) -> None:
+        """Download the spec's weights ahead of its load (the build calls it while extracting another model)."""
+        if self.offline:
+            return
+        dataset, threat, name = spec.name.split("/", 2)
+        entry = zoo_entry(dataset, threat, name)
+        if not fetches_pretrained_weights(dataset, threat, name, entry):
+            for path, gdrive_id in zip(weight_files(self.model_dir, dataset, threat, name, n_weight_files(entry)),
+                                       gdrive_ids(entry)):
+                ensure_downloaded(path, gdrive_id)
+
+
+def n_weight_files(entry: dict) -> int:
+    return len(gdrive_ids(entry))
+
+
+def gdrive_ids(entry: dict) -> list[str]:
+    ids = entry["gdrive_id"]
+    return list(ids) if isinstance(ids, list) else [ids]
+
+
 def load(spec: ModelSpec, *, model_dir: str, offline: bool, keep_weights: bool) -> LoadedModel:
-    """Load one zoo model through robustbench's ``load_model`` (which downloads missing weights unless offline)."""
+    """Load one zoo model through robustbench's ``load_model``; missing weights are downloaded first unless offline."""
     dataset, threat, name = spec.name.split("/", 2)
     entry = zoo_entry(dataset, threat, name)
-    n_files = len(entry["gdrive_id"]) if isinstance(entry["gdrive_id"], list) else 1
+    n_files = n_weight_files(entry)
     external = fetches_pretrained_weights(dataset, threat, name, entry)
     files = [] if external else weight_files(model_dir, dataset, threat, name, n_files)
     if offline:
@@ -132,6 +188,14 @@ def load(spec: ModelSpec, *, model_dir: str, offline: bool, keep_weights: bool) 
         if missing:
             raise FilterDBError(f"{spec.key}: weights file {', '.join(missing)} is missing and --offline forbids "
                                 "downloading it; place it there or build without --offline")
+    else:
+        try:
+            for path, gdrive_id in zip(files, gdrive_ids(entry)):
+                ensure_downloaded(path, gdrive_id)
+        except Exception as exc:  # noqa: BLE001 - network, quota or Google Drive errors
+            raise FilterDBError(f"{spec.key}: downloading its weights into {files[0].parent} failed "
+                                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''})"
+                                ) from exc
     rb_utils = import_robustbench().utils
     try:
         model = rb_utils.load_model(name, model_dir=model_dir, dataset=dataset, threat_model=threat)
