@@ -95,7 +95,7 @@ def test_a_timm_based_id_builds_and_runs_on_cpu():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("FILTERDB_SLOW_TESTS"), reason="set FILTERDB_SLOW_TESTS=1 (~70 s, ~8 GB)")
+@pytest.mark.skipif(not os.environ.get("FILTERDB_SLOW_TESTS"), reason="set FILTERDB_SLOW_TESTS=1 (minutes, ~8 GB of memory)")
 def test_meta_incompatible_ids_build_on_cpu():
     for model_id in sorted(NOT_ON_META):
         assert sum(p.numel() for p in create_model("robustbench:" + model_id).parameters()) > 0
