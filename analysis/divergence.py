@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from filterdb.analysis.metrics import SPARSITY_EPS, Moments, as_filter_matrix, linf_scaled_nonsparse
+from filterdb.analysis.metrics import (SPARSITY_EPS, Moments, as_filter_matrix, linf_scaled_nonsparse,
+                                      single_threaded_blas)
 
 N_BINS = 70
 EMPTY_BIN = float(np.finfo(np.float32).eps)
@@ -78,12 +79,16 @@ class Histograms:
     def add(self, filters, absmax: float, eps: float = SPARSITY_EPS) -> "Histograms":
         """Count a chunk of filters of one layer whose max |w| is ``absmax`` (sparse ones are dropped)."""
         w = as_filter_matrix(filters, check_values=False)
-        for start in range(0, len(w), _BLOCK):
-            self._add_block(w[start:start + _BLOCK], eps * absmax)
+        with single_threaded_blas():
+            for start in range(0, len(w), _BLOCK):
+                self._add_block(w[start:start + _BLOCK], eps * absmax)
         return self
 
     def _add_block(self, w: np.ndarray, threshold: float) -> None:
-        x = np.array(w.T, dtype=np.float64, order="C")  # (d, n): reductions over filters run along rows
+        # float32 filters are projected in float32 (the projections' round-off, ~1e-7 of the
+        # range, is below the filters' own precision); anything else in float64
+        dtype = np.float32 if w.dtype == np.float32 else np.float64
+        x = np.array(w.T, dtype=dtype, order="C")  # (d, n): reductions over filters run along rows
         a = np.abs(x).max(axis=0)
         keep = a >= threshold
         keep &= a > 0
@@ -91,11 +96,11 @@ class Histograms:
             x, a = x[:, keep], a[keep]
         if not len(a):
             return
-        p = self._matrix @ x
+        p = self._matrix.astype(dtype, copy=False) @ x
         p /= a
-        p += self._offset
-        idx = p.astype(np.intp)  # truncation = floor: p >= 0 up to round-off, clipped below
-        np.clip(idx, 0, self.bins - 1, out=idx)
+        p += self._offset.astype(dtype, copy=False)
+        idx = p.astype(np.intp)  # truncation: floor for p >= 0, and round-off below 0 lands in bin 0
+        np.minimum(idx, self.bins - 1, out=idx)  # the upper bound itself belongs to the last bin
         idx += self._base
         self.counts += np.bincount(idx.ravel(), minlength=self.counts.size).reshape(self.counts.shape)
 

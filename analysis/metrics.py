@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -311,8 +313,32 @@ class _Blocks:
 
 
 def _blockwise(w: np.ndarray, eps: float, where: str) -> _Blocks:
-    with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf are reported after the pass
+    with np.errstate(invalid="ignore", over="ignore"), single_threaded_blas():  # NaN/Inf: reported after the pass
         return _blockwise_sums(w, eps, where)
+
+
+@lru_cache(maxsize=1)
+def _blas_libraries() -> tuple:
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # threadpoolctl comes with scikit-learn; without it, BLAS keeps its threads
+        return ()
+    return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+
+
+@contextmanager
+def single_threaded_blas():
+    """BLAS on one thread: the products of thin blocks (d x block) are too small to share,
+    and thread hand-offs cost more than they save (much more on a busy machine)."""
+    libraries = _blas_libraries()
+    before = [lib.num_threads for lib in libraries]
+    for lib in libraries:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(libraries, before):
+            lib.set_num_threads(n)
 
 
 def _blockwise_sums(w: np.ndarray, eps: float, where: str) -> _Blocks:
