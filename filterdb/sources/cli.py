@@ -58,9 +58,11 @@ def pair_table(models: pd.DataFrame) -> pd.DataFrame:
     present_keys = set(models["key"])
     rows = []
     for _, robust in models[models["training"] == "robust"].sort_values("key").iterrows():
-        same = normal[(normal["dataset"] == robust["dataset"]) & (normal["architecture"] == robust["architecture"])]
+        known = robust["architecture"] != ""  # an unknown architecture pairs with nothing
+        same = normal[(normal["dataset"] == robust["dataset"]) & (normal["architecture"] == robust["architecture"])
+                      & known]
         missing = [c for c in counterpart_candidates(robust["dataset"], robust["architecture"])
-                   if c not in present_keys]
+                   if c not in present_keys] if known else []
         rows.append({"robust_model": robust["key"], "dataset": robust["dataset"],
                      "architecture": robust["architecture"], "normal_models": ", ".join(sorted(same["key"])),
                      "missing": ", ".join(dict.fromkeys(missing))})
