@@ -1,6 +1,7 @@
 """``filterdb metrics`` and ``filterdb compare`` (registered by filterdb.cli through ``commands``)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -11,6 +12,32 @@ from filterdb.output import FORMATS, emit
 
 _DB_HELP = "Database directory [default: $FILTERDB_DB or $FILTERDB_HOME/db]."
 _TABLE_COLUMNS = ("model", "name", "kernel", "conv_depth_norm", "n_filters", *METRIC_NAMES, "notes")
+
+
+_JOBS_HELP = "Worker processes for the per-model work (metrics of uncached models, histograms)."
+_SCHEDULER_HELP = "Dask scheduler address (tcp://HOST:8786): run the per-model work on that cluster."
+
+
+@contextmanager
+def _executor(jobs: int, scheduler: str | None):
+    """A process pool, a Dask client (both have submit(fn, *args) -> future.result()), or None."""
+    if scheduler:
+        from dask.distributed import Client
+
+        from filterdb.errors import FilterDBError
+        try:
+            client = Client(scheduler, timeout="20s")
+        except OSError as exc:
+            raise FilterDBError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); "
+                                "check the address (e.g. tcp://HOST:8786) and that the scheduler runs") from exc
+        with client:
+            yield client
+    elif jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            yield pool
+    else:
+        yield None
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -32,9 +59,13 @@ column says why.
 @click.option("--models", "-m", multiple=True, metavar="ID|NAME",
               help="Models to report, by model id or name (repeat or separate with commas) [default: all].")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-def metrics(db_path, models, fmt):
+@click.option("--jobs", "-j", default=1, show_default=True, help=_JOBS_HELP)
+@click.option("--scheduler", default=None, help=_SCHEDULER_HELP)
+def metrics(db_path, models, fmt, jobs, scheduler):
     from filterdb.analysis.database import database_metrics
-    frame = database_metrics(db_path or paths.default_db_path(), _split(models), progress=fmt == "table")
+    with _executor(jobs, scheduler) as executor:
+        frame = database_metrics(db_path or paths.default_db_path(), _split(models), executor=executor,
+                                 progress=fmt == "table")
     if fmt == "table":
         frame = frame[list(_TABLE_COLUMNS)].rename(columns={"name": "layer"})
     emit(frame, fmt, title="Per-layer metrics (default variance entropy: ve_linf)")
@@ -56,7 +87,10 @@ def metrics(db_path, models, fmt):
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also save a figure (mean ± std per group and layer group) to this file.")
 @click.option("--db", "db_path", type=click.Path(path_type=Path), default=None, help=_DB_HELP)
-def compare(group_a, group_b, layer, by, metric_names, kernel, no_divergence, seed, fmt, plot, db_path):
+@click.option("--jobs", "-j", default=1, show_default=True, help=_JOBS_HELP)
+@click.option("--scheduler", default=None, help=_SCHEDULER_HELP)
+def compare(group_a, group_b, layer, by, metric_names, kernel, no_divergence, seed, fmt, plot, db_path, jobs,
+            scheduler):
     """Compare two groups of models, e.g. `filterdb compare robust normal --layer first`.
 
     GROUP_A and GROUP_B select models by the model table: robust, normal, COLUMN=VALUE
@@ -67,9 +101,10 @@ def compare(group_a, group_b, layer, by, metric_names, kernel, no_divergence, se
     and the divergence of the groups' filters.
     """
     from filterdb.analysis.compare import compare_groups, emit_comparison, plot_comparison
-    result = compare_groups(db_path or paths.default_db_path(), group_a, group_b, layer, by=by,
-                            metrics=list(metric_names) or None, kernel=kernel, seed=seed,
-                            with_divergence=not no_divergence, progress=fmt == "table")
+    with _executor(jobs, scheduler) as executor:
+        result = compare_groups(db_path or paths.default_db_path(), group_a, group_b, layer, by=by,
+                                metrics=list(metric_names) or None, kernel=kernel, seed=seed,
+                                with_divergence=not no_divergence, executor=executor, progress=fmt == "table")
     emit_comparison(result, fmt)
     if plot:
         plot_comparison(result, plot)

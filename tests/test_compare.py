@@ -110,6 +110,14 @@ def test_a_process_pool_gives_the_same_result(db_path):
     assert pooled.tests["p_value"].equals(plain.tests["p_value"])
 
 
+def test_a_dask_client_gives_the_same_result(db_path):
+    from dask.distributed import Client
+    plain = compare_groups(db_path, "robust", "normal", layer="last")
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        distributed = compare_groups(db_path, "robust", "normal", layer="last", executor=client)
+    assert distributed.divergence["divergence"].tolist() == plain.divergence["divergence"].tolist()
+
+
 def test_errors_list_the_valid_choices(db_path):
     with pytest.raises(FilterDBError, match="training values there: normal, robust"):
         compare_groups(db_path, "training=adversarial", "normal")
@@ -162,7 +170,7 @@ def test_cli_compare_and_metrics(db_path, tmp_path):
     assert (sparsity["difference"], sparsity["cliffs_delta"]) == (0.5, 1.0)
     assert any(r["metric"] == "divergence" and r["divergence"] > 0 for r in records)
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
-    out = runner.invoke(main, ["compare", "robust", "normal", "--layer", "deciles", "--db", str(db_path)])
+    out = runner.invoke(main, ["compare", "robust", "normal", "--layer", "deciles", "--db", str(db_path), "-j", "2"])
     assert out.exit_code == 0 and "Cliff" in out.output and "(0.9, 1]" in out.output
     out = runner.invoke(main, ["metrics", "--db", str(db_path), "--models", "robust-0,normal-0", "--format", "csv"])
     assert out.exit_code == 0 and len(out.stdout.strip().splitlines()) == 1 + 2 * 4
