@@ -159,7 +159,7 @@ def test_pairs_matches_robust_and_normal_models_of_one_architecture(built):
 def test_failures_are_reported_per_model_and_the_rest_lands(zoo, tmp_path):
     model_dir, _ = zoo
     corrupt = weight_files(model_dir, "cifar10", "Linf", "Sehwag2021Proxy_R18", 1)[0]
-    corrupt.write_bytes(b"not a checkpoint" * 100)
+    corrupt.write_bytes(b"<!DOCTYPE html><html>Google Drive - Virus scan warning</html>")
     db = tmp_path / "db"
     result = run_cli("build", "-l", "linf-cifar10", "-m", "Wong2020Fast", "-m", "Rebuffi2021Fixing_R18_ddpm",
                      "-m", "Sehwag2021Proxy_R18", "-m", "Debenedetti2022Light_XCiT-S12", "--offline",
@@ -172,6 +172,7 @@ def test_failures_are_reported_per_model_and_the_rest_lands(zoo, tmp_path):
     assert str(missing.name) in out
     assert not missing.exists()  # nothing tried to download it
     assert "robustbench could not load the model" in out
+    assert "Sehwag2021Proxy_R18.pt is a web page from a failed download: delete it and rerun" in out
     assert "cannot be built with --offline" in out
     with open_database(db) as opened:
         assert list(opened.models["name"]) == ["cifar10/Linf/Wong2020Fast"]

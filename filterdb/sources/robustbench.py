@@ -137,9 +137,18 @@ def ensure_downloaded(path: Path, gdrive_id: str) -> None:
             import_robustbench().utils.download_gdrive_new(gdrive_id, partial)
             if not partial.is_file():
                 raise FilterDBError(f"downloading {path.name} (gdrive id {gdrive_id}) produced no file")
+            if looks_like_html(partial):
+                raise FilterDBError(f"Google Drive sent a web page instead of {path.name} (gdrive id {gdrive_id}; "
+                                    "quota exceeded or confirmation needed); try again later")
             os.replace(partial, path)
         finally:
             partial.unlink(missing_ok=True)
+
+
+def looks_like_html(path: Path) -> bool:
+    """A failed Google Drive download saves an HTML page under the checkpoint's name."""
+    with open(path, "rb") as fh:
+        return fh.read(64).lstrip().startswith(b"<")
 
 
 @dataclass(frozen=True)
@@ -202,8 +211,10 @@ def load(spec: ModelSpec, *, model_dir: str, offline: bool, keep_weights: bool) 
     except Exception as exc:  # noqa: BLE001 - a corrupt or mismatched file: say which, briefly
         text = str(exc).splitlines()[0] if str(exc) else ""
         where = f" from {files[0].parent}" if files else ""
+        html = [p.name for p in files if p.is_file() and looks_like_html(p)]
+        hint = f"; {', '.join(html)} is a web page from a failed download: delete it and rerun" if html else ""
         raise FilterDBError(f"{spec.key}: robustbench could not load the model{where} "
-                            f"({type(exc).__name__}: {text[:300]})") from exc
+                            f"({type(exc).__name__}: {text[:300]}){hint}") from exc
     record = {}
     if n_files > 1:  # one sha256 per member file, in member order
         record["weights_sha256"] = ",".join(sha256_file(p) for p in files)
