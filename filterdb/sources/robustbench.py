@@ -4,8 +4,10 @@ The models a leaderboard lists and their leaderboard facts (paper, architecture,
 accuracies, eps) come from the project's table ``filterdb/data/robustbench_models.csv``
 (regenerate it with ``filterdb/data/refresh_robustbench.py``), so listing is cheap.
 Weights come through robustbench's own loader and cache: ``load_model`` reads
-``<model_dir>/<dataset>/<threat_model>/<name>.pt`` (ensembles: ``<name>.pt_m<i>.pt``)
-and downloads only what is missing. Offline, a missing file is an error before
+``<model_dir>/<dataset>/<threat_model>/<name>.pt`` (ensembles: ``<name>.pt_m<i>.pt``).
+A missing file is fetched first with robustbench's downloader into a temporary name and
+renamed into place, so a killed download never leaves a file robustbench would trust;
+a present file is never fetched again. Offline, a missing file is an error before
 robustbench is called, and models whose constructor fetches pretrained weights
 (timm / torchvision ``pretrained=True``) are refused.
 """
