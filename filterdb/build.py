@@ -48,10 +48,13 @@ class BuildReport:
                             columns=["key", "model_id", "status", "n_layers", "n_filters", "seconds", "error"])
 
 
-def describe_error(exc: BaseException) -> str:
-    if isinstance(exc, FilterDBError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+def describe_error(exc: BaseException, spec: ModelSpec | None = None) -> str:
+    """One line naming the model (unless the message already does) and what went wrong."""
+    text = str(exc) if isinstance(exc, FilterDBError) else f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    if spec is None or spec.label in text or spec.name in text:
+        return text
+    return f"{spec.label}: {text}"
 
 
 def load_spec(spec: ModelSpec) -> LoadedModel:
@@ -107,7 +110,7 @@ def _ingest_here(db: FilterDB, spec: ModelSpec) -> ModelOutcome:
             loaded.cleanup()
     except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the build
         return ModelOutcome(spec.key, spec.model_id, "failed", seconds=time.perf_counter() - t0,
-                            error=describe_error(exc))
+                            error=describe_error(exc, spec))
     return ModelOutcome(spec.key, spec.model_id, "added", record["n_layers"], record["n_filters"],
                         time.perf_counter() - t0)
 
@@ -128,6 +131,6 @@ def _ingest_parallel(db: FilterDB, todo: list[ModelSpec], jobs: int, report: Bui
                     outcome = ModelOutcome(spec.key, mid, "added", n_layers, n_filters, time.perf_counter() - t0)
                 except Exception as exc:  # noqa: BLE001
                     outcome = ModelOutcome(spec.key, spec.model_id, "failed", seconds=time.perf_counter() - t0,
-                                           error=describe_error(exc))
+                                           error=describe_error(exc, spec))
                 report.outcomes.append(outcome)
                 on_done(spec.name)

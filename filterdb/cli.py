@@ -46,8 +46,10 @@ def report_build(report, fmt: str = "table") -> None:
     """Print the build's summary table and exit non-zero if any model failed."""
     frame = report.to_frame()
     changed = frame[frame["status"] != "skipped"]
-    if len(changed):
-        emit(changed, fmt, title="build summary")
+    if len(changed) > 1 or report.count("added"):
+        emit(changed.drop(columns="error") if not report.failed else changed, fmt, title="build summary")
+    for outcome in report.failed:
+        click.secho(f"error: {outcome.error}", fg="red", err=True)
     click.echo(f"{report.count('added')} added, {report.count('skipped')} already present, "
                f"{report.count('failed')} failed", err=True)
     if report.failed:
@@ -145,8 +147,9 @@ def info(db_path, fmt, as_json):
     emit(models, "table", title=f"{summary['models']} models in {summary['path']}")
     kernels = pd.DataFrame({"kernel": list(summary["filters_per_kernel"]),
                             "filters": list(summary["filters_per_kernel"].values())})
-    emit(kernels, "table", title=f"{summary['layers']} layers, {summary['filters']} filters, "
-                                 f"{summary['size_on_disk_bytes'] / 2**20:.1f} MiB on disk")
+    emit(kernels, "table")
+    click.echo(f"{summary['models']} models, {summary['layers']} layers, {summary['filters']} filters, "
+               f"{summary['size_on_disk_bytes'] / 2**20:.1f} MiB on disk")
 
 
 @main.command()

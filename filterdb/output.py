@@ -44,9 +44,13 @@ def emit(frame: pd.DataFrame, fmt: str = "table", title: str | None = None, file
         table = Table(title=title, show_lines=False)
         for col in frame.columns:
             numeric = pd.api.types.is_numeric_dtype(frame[col])
-            table.add_column(str(col), justify="right" if numeric else "left")
+            # Cells wrap ("fold") rather than lose their ends: a cut model name is useless.
+            table.add_column(str(col), justify="right" if numeric else "left", overflow="fold")
         for row in frame.itertuples(index=False):
             table.add_row(*(_cell(v) for v in row))
-        Console(file=file, width=max(120, Console().width)).print(table)
+        console = Console(file=file)
+        # Piped or captured output is never wrapped to a guessed terminal width.
+        width = console.width if console.is_terminal else 400
+        Console(file=file, width=max(120, width)).print(table)
     else:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -43,7 +43,7 @@ def model_record(source: str, name: str, layers: list[ExtractedLayer], record: d
 def extract_loaded(loaded: LoadedModel) -> tuple[dict, list[ExtractedLayer]]:
     """A loaded model's complete model-table row and its extracted layers."""
     spec = loaded.spec
-    layers = extract_members(loaded.members, loaded.input_shape, model_name=spec.key)
+    layers = extract_members(loaded.members, loaded.input_shape, model_name=spec.label)
     n_params = sum(p.numel() for m in loaded.members for p in m.parameters())
     sha = spec.record.get("weights_sha256") or (sha256_file(loaded.weights_path) if loaded.weights_path else "")
     record = model_record(spec.source, spec.name, layers, {**spec.record, **loaded.record}, n_params=n_params,

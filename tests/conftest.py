@@ -1,17 +1,42 @@
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
-# Tests never touch the user's cache or the network.
-os.environ.setdefault("FILTERDB_HOME", "/tmp/filterdb-tests-home-unused")
 torch.set_num_threads(2)
 
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own FILTERDB_HOME: tests never touch the user's cache or the network."""
     home = tmp_path_factory.mktemp("filterdb-home")
     monkeypatch.setenv("FILTERDB_HOME", str(home))
     monkeypatch.delenv("FILTERDB_DB", raising=False)
     monkeypatch.delenv("FILTERDB_MODEL_DIR", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory) -> Path:
+    """A FILTERDB_HOME holding the real demo: trained checkpoints and the demo database (built once)."""
+    from filterdb import paths
+    from filterdb.build import build
+    from filterdb.sources.demo import demo_specs
+    from filterdb.store import FilterDB
+
+    home = tmp_path_factory.mktemp("demo-home")
+    with FilterDB.open(home / "demo-db", "a") as db:
+        report = build(db, demo_specs(home / "demo-checkpoints"), show_progress=False)
+    assert not report.failed, report.to_frame()
+    assert paths.demo_db_path().name == "demo-db"
+    return home
+
+
+@pytest.fixture
+def demo_db(demo_home, tmp_path) -> Path:
+    """A private copy of the demo database (tests may change it)."""
+    copy = tmp_path / "demo-db"
+    shutil.copytree(demo_home / "demo-db", copy)
+    return copy

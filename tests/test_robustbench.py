@@ -200,3 +200,20 @@ def test_leaderboards_command_lists_boards_with_counts():
     assert "corruptions-cifar10" in lines
     listing = run_cli("leaderboards", "linf-cifar10", "--format", "csv")
     assert "Chen2020Adversarial,ResNet-50" in listing.output
+
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "robustbench_model_info"
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason="RobustBench's published model_info is not next to the repo")
+def test_committed_table_is_what_the_refresh_script_derives(tmp_path):
+    import subprocess
+    import sys
+
+    from filterdb.sources.robustbench import TABLE
+
+    script = Path(__file__).resolve().parents[1] / "filterdb" / "data" / "refresh_robustbench.py"
+    done = subprocess.run([sys.executable, str(script), "--model-info", str(REFERENCE), "--out",
+                           str(tmp_path / "table.csv")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "table.csv").read_text() == TABLE.read_text()

@@ -12,6 +12,8 @@ A checkpoint is one ``torch.save`` file holding a plain dict (loadable with
     attack            the training attack's parameters (dict; None for standard)
     method_params     beta (TRADES/MART), CuSP final budgets and milestones
     selection         the checkpoint-selection rule: "last", "best-clean" or "best-robust"
+    selected          True for the run's result (the checkpoint the rule selected, evaluated on the
+                      test split); False for an unfinished run's last.pt, or last.pt beside best.pt
     metrics           clean_acc, robust_acc (percent, test split), robust_attack ("pgd-10"),
                       robust_attack_params (dict), threat_model, eps, split, epoch
     versions          filterdb, torch, python
@@ -74,6 +76,7 @@ class Checkpoint:
     metrics: dict
     versions: dict
     selection: str = "last"
+    selected: bool = False
     epoch: int = 0
     method_params: dict = field(default_factory=dict)
     pairing: dict = field(default_factory=dict)
@@ -152,7 +155,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path=path, model_string=p["model_string"], dataset=p["dataset"], num_classes=int(p["num_classes"]),
                       in_chans=int(p["in_chans"]), input_shape=tuple(int(v) for v in p["input_shape"]), method=p["method"],
                       attack=p.get("attack"), metrics=dict(p.get("metrics") or {}), versions=dict(p.get("versions") or {}),
-                      selection=p.get("selection", "last"), epoch=int(p.get("epoch", 0)),
+                      selection=p.get("selection", "last"), selected=bool(p.get("selected", False)), epoch=int(p.get("epoch", 0)),
                       method_params=dict(p.get("method_params") or {}), pairing=dict(p.get("pairing") or {}),
                       history=list(p.get("history") or []), config=dict(p.get("config") or {}), payload=p)
 
@@ -163,7 +166,7 @@ def wrap_state_dict(state_dict: dict, path: str | Path, model_string: str, datas
     """Write weights trained elsewhere as a (non-resumable) checkpoint that ``load_checkpoint`` reads."""
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_string": model_string, "dataset": dataset,
                "num_classes": num_classes, "in_chans": input_shape[0], "input_shape": list(input_shape),
-               "method": method, "attack": attack, "method_params": {}, "selection": "last", "metrics": metrics or {},
+               "method": method, "attack": attack, "method_params": {}, "selection": "last", "selected": True, "metrics": metrics or {},
                "versions": versions(), "epoch": 0, "history": [], "pairing": {}, "config": {},
                "model_state": {k: v.detach().cpu() for k, v in state_dict.items()}}
     return save_atomic(payload, path)

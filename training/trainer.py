@@ -367,7 +367,7 @@ class Trainer:
             "in_chans": self.info.in_chans, "input_shape": list(self.info.input_shape),
             "method": cfg.method, "attack": cfg.attack.to_dict() if cfg.attack else None,
             "method_params": {"beta": cfg.beta, **({"cusp": self.curriculum.state_dict()} if self.curriculum else {})},
-            "selection": cfg.selection, "metrics": metrics, "versions": versions(), "epoch": self.epoch,
+            "selection": cfg.selection, "selected": False, "metrics": metrics, "versions": versions(), "epoch": self.epoch,
             "history": list(self.history), "pairing": dict(self.pairing), "config": cfg.to_dict(),
             "model_state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "train_state": {
@@ -452,6 +452,7 @@ class Trainer:
         if self.ctx.is_main:
             payload = load_checkpoint(selected).payload
             payload["metrics"] = metrics
+            payload["selected"] = True
             save_atomic(payload, selected)
         distributed.barrier(self.ctx)
         return TrainResult(checkpoint=selected, last=last, metrics=metrics, history=list(self.history))

@@ -21,10 +21,15 @@ class ModelSpec:
     name: str
     record: dict = field(default_factory=dict)  # model-table columns known before loading
     load: Callable[["ModelSpec"], "LoadedModel"] | None = field(default=None, repr=False, compare=False)
+    origin: str = ""  # what error messages name, e.g. the checkpoint file; default: the key
 
     @property
     def key(self) -> str:
         return model_key(self.source, self.name)
+
+    @property
+    def label(self) -> str:
+        return self.origin or self.key
 
     @property
     def model_id(self) -> str:

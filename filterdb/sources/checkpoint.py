@@ -21,7 +21,8 @@ def checkpoint_spec(path: str | Path) -> ModelSpec:
         raise FilterDBError(f"{path}: no such checkpoint file")
     sha = sha256_file(path)
     name = f"{path.resolve().parent.name}/{path.stem}@{sha[:12]}"
-    return ModelSpec(SOURCE, name, record={"weights_sha256": sha}, load=partial(load_checkpoint_model, path))
+    return ModelSpec(SOURCE, name, record={"weights_sha256": sha}, load=partial(load_checkpoint_model, path),
+                     origin=str(path))
 
 
 def checkpoint_dir_specs(directory: str | Path) -> list[ModelSpec]:

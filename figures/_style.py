@@ -1,0 +1,155 @@
+"""What every figure script shares: the command line, the style, the data helpers and saving.
+
+One style for all figures: seaborn's "whitegrid" theme in the "paper" context, the
+colorblind palette for robust vs normal, a colorblind-safe diverging map (RdBu) for
+filter weights, axis labels in words. ``save`` writes PNG and PDF without time stamps or
+version strings, so a rerun on the same inputs gives the same bytes.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from filterdb import paths  # noqa: E402
+
+FIGURES_DIR = Path(__file__).resolve().parent
+DEFAULT_OUT = FIGURES_DIR / "out"
+DPI = 150
+
+TRAINING_ORDER = ("normal", "robust")
+TRAINING_LABELS = {"normal": "Normal training", "robust": "Adversarial training"}
+_PALETTE = sns.color_palette("colorblind")
+TRAINING_COLORS = {"normal": _PALETTE[0], "robust": _PALETTE[1]}
+REFERENCE_COLOR = _PALETTE[7]  # grey
+WEIGHT_CMAP = "RdBu_r"  # diverging, colorblind-safe (ColorBrewer); zero is white
+ACTIVATION_CMAP = "magma"  # sequential, perceptually uniform
+
+DATASET_LABELS = {"digits": "Digits (8x8)", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
+                  "imagenet": "ImageNet", "svhn": "SVHN"}
+
+
+def apply_style() -> None:
+    sns.set_theme(context="paper", style="whitegrid", palette="colorblind", font_scale=1.1)
+    plt.rcParams.update({
+        "figure.dpi": DPI, "savefig.dpi": DPI, "savefig.bbox": "tight", "savefig.pad_inches": 0.05,
+        "axes.titlesize": "medium", "axes.titleweight": "bold", "legend.frameon": False,
+        "image.interpolation": "nearest", "pdf.fonttype": 42, "svg.hashsalt": "filterdb",
+    })
+
+
+def dataset_label(name: str) -> str:
+    return DATASET_LABELS.get(name, name)
+
+
+# ---------------------------------------------------------------------------- command line
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every script has: --db and --out."""
+    p = argparse.ArgumentParser(description=(doc or "").strip().split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--db", type=Path, default=None,
+                   help="filter database directory [default: the demo database, $FILTERDB_HOME/demo-db]")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory [default: {DEFAULT_OUT}]")
+    return p
+
+
+def open_db(path: Path | None):
+    from filterdb.errors import FilterDBError
+    from filterdb.store import open_database
+
+    path = Path(path) if path else paths.demo_db_path()
+    if not path.exists():
+        raise SystemExit(f"no filter database at {path}: build the demo with 'filterdb demo' "
+                         "(or run figures/make_all.py, which builds it), or pass --db PATH")
+    try:
+        return open_database(path)
+    except FilterDBError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def save(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
+    """Write ``<out_dir>/<name>.png`` and ``.pdf`` (no time stamps: deterministic) and close the figure."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    fig.savefig(written[0], metadata={"Software": None})
+    fig.savefig(written[1], metadata={"CreationDate": None, "Creator": None, "Producer": None})
+    plt.close(fig)
+    return written
+
+
+# ---------------------------------------------------------------------------- data
+
+def conv_layers(db, kernel: str = "3x3") -> pd.DataFrame:
+    """Reached layers of one kernel size, with their model's training, dataset, architecture and name."""
+    layers = db.layers
+    layers = layers[(layers["kernel"] == kernel) & layers["reached"].astype(bool) & (layers["conv_depth"] >= 0)]
+    info = db.models[["training", "dataset", "architecture", "name"]].rename(columns={"name": "model_name"})
+    return layers.join(info, on="model_id")
+
+
+def require_both_groups(models: pd.DataFrame, what: str) -> None:
+    present = set(models["training"])
+    missing = [t for t in TRAINING_ORDER if t not in present]
+    if missing:
+        raise SystemExit(f"{what} compares robust and normal models, but the database has no "
+                         f"{' or '.join(missing)} models (training column values: {', '.join(sorted(present)) or 'none'})")
+
+
+def matched_pairs(db, robust: str | None = None, normal: str | None = None) -> list[tuple[pd.Series, pd.Series]]:
+    """(robust, normal) pairs of models, best matches first: same dataset, same architecture,
+    names that differ only in the last part (the role, as in the demo), then name order.
+
+    ``robust`` / ``normal`` (a model id or name) fix that side of every pair.
+    """
+    models = db.models.sort_values("name")
+    require_both_groups(models, "this figure")
+
+    def side(key: str | None, training: str) -> list[pd.Series]:
+        if key is None:
+            return [row for _, row in models[models["training"] == training].iterrows()]
+        hit = models[(models["model_id"] == key) | (models["name"] == key)]
+        if hit.empty:
+            raise SystemExit(f"no model {key!r} in {db.path}; 'filterdb info' lists the models")
+        return [hit.iloc[0]]
+
+    def mismatch(a: pd.Series, b: pd.Series) -> tuple[bool, bool, bool]:
+        return (a["dataset"] != b["dataset"], a["architecture"] != b["architecture"],
+                a["name"].rsplit("/", 1)[0] != b["name"].rsplit("/", 1)[0])
+
+    pairs = [(a, b) for a in side(robust, "robust") for b in side(normal, "normal")]
+    order = sorted(range(len(pairs)), key=lambda i: (mismatch(*pairs[i]), i))
+    return [pairs[i] for i in order]
+
+
+def matched_pair(db, robust: str | None = None, normal: str | None = None) -> tuple[pd.Series, pd.Series]:
+    """The best-matched (robust, normal) pair; see :func:`matched_pairs`."""
+    return matched_pairs(db, robust, normal)[0]
+
+
+def model_label(row: pd.Series) -> str:
+    """A short name for a model in a title: its name without the dataset prefix."""
+    name = row["name"]
+    dataset = row["dataset"]
+    return name[len(dataset) + 1:] if dataset and name.startswith(dataset + "/") else name
+
+
+def filter_mosaic(filters: np.ndarray, cols: int, gap: int = 1) -> np.ndarray:
+    """Tile (n, kh, kw) or (n, kh, kw, 3) filters into one image, ``gap`` NaN (or white) pixels between them."""
+    n, kh, kw = filters.shape[:3]
+    rows = -(-n // cols)
+    shape = (rows * (kh + gap) - gap, cols * (kw + gap) - gap, *filters.shape[3:])
+    mosaic = np.full(shape, np.nan if filters.ndim == 3 else 1.0, dtype=np.float64)
+    for i, f in enumerate(filters):
+        r, c = divmod(i, cols)
+        mosaic[r * (kh + gap):r * (kh + gap) + kh, c * (kw + gap):c * (kw + gap) + kw] = f
+    return mosaic
+

@@ -1,0 +1,116 @@
+"""Divergence by depth: how far the 3x3 filters of robust models are from those of normal ones.
+
+*Adversarial Robustness through the Lens of Convolutional Filters* (CVPR-W 2022), the
+divergence figure (Fig. 4): per dataset, the symmetric KL divergence D between the
+filter distributions of robust and of normal models (DESIGN.md: L-inf-scaled non-sparse
+filters, a shared 9-component PCA basis, 70-bin histograms per component, weighted by
+explained variance), for the first convolution and for each decile of relative depth.
+The grey dashed line is a reference: D between two halves of the normal models
+(alternating in name order), the spread expected between models trained alike; it is
+drawn where a depth group has at least two normal models.
+
+Streams layer by layer (two passes over the selected filters), so any database size fits
+in memory.
+
+    python figures/divergence_by_depth.py [--db DB] [--out DIR]
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _style  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from filterdb.analysis import compare_groups  # noqa: E402
+from filterdb.analysis.divergence import Histograms, PCABasis, divergence_from_histograms  # noqa: E402
+from filterdb.analysis.groups import DECILE_LABELS, select_layers  # noqa: E402
+from filterdb.analysis.metrics import Moments, linf_scaled_nonsparse  # noqa: E402
+
+NAME = "divergence_by_depth"
+TICKS = ("first",) + tuple(f"{10 * i}–{10 * (i + 1)}" for i in range(10))
+
+
+def group_divergence(db, layers_a: pd.DataFrame, layers_b: pd.DataFrame) -> float:
+    """D between the filters of two sets of layers (NaN if either has no non-sparse filter).
+
+    compare_groups computes the same D for groups that model columns define; the halves
+    of a group are not such a group, hence this two-pass version of the definition."""
+    pooled = Moments.empty(9)
+    for layers in (layers_a, layers_b):
+        for _, filters in db.iter_layers(layers):
+            pooled = pooled + Moments.of(linf_scaled_nonsparse(filters))
+    basis = PCABasis.from_moments(pooled)
+    hists = []
+    for layers in (layers_a, layers_b):
+        hist = Histograms(basis)
+        for _, filters in db.iter_layers(layers):
+            if len(filters):
+                hist.add(filters, float(np.abs(filters).max()))
+        hists.append(hist)
+    return divergence_from_histograms(*hists).value
+
+
+def halves(layers: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    names = sorted(layers["model_name"].unique())
+    if len(names) < 2:
+        return None
+    first = set(names[0::2])
+    mask = layers["model_name"].isin(first)
+    return layers[mask], layers[~mask]
+
+
+def divergences(db) -> pd.DataFrame:
+    """Per dataset and depth group: D(robust, normal) and the reference D between halves of the normal models."""
+    result = compare_groups(db, "robust", "normal", layer="deciles", by="dataset", kernel="3x3", metrics=["sparsity"])
+    values = result.divergence.rename(columns={"by": "dataset", "divergence": "robust_vs_normal"})
+    values["position"] = values["layers"].astype(str).map({label: i for i, label in enumerate(DECILE_LABELS)})
+    layers = select_layers(_style.conv_layers(db, "3x3"), "deciles")
+    normal = layers[layers["training"] == "normal"]
+    reference = {}
+    for (dataset, group), frame in normal.groupby(["dataset", "layers"], observed=True):
+        split = halves(frame)
+        if split:
+            reference[(dataset, str(group))] = group_divergence(db, *split)
+    values["normal_halves"] = [reference.get((d, str(g)), np.nan) for d, g in zip(values["dataset"], values["layers"])]
+    return values[["dataset", "position", "robust_vs_normal", "normal_halves"]]
+
+
+def plot(values: pd.DataFrame) -> plt.Figure:
+    datasets = sorted(values["dataset"].unique())
+    fig, axes = plt.subplots(1, len(datasets), figsize=(1.2 + 4.6 * len(datasets), 3.8), sharey=True, squeeze=False)
+    color = _style.TRAINING_COLORS["robust"]
+    for ax, dataset in zip(axes[0], datasets):
+        data = values[values["dataset"] == dataset].sort_values("position")
+        ax.plot(data["position"], data["robust_vs_normal"], marker="o", color=color, label="Robust vs normal models")
+        ref = data.dropna(subset=["normal_halves"])
+        ax.plot(ref["position"], ref["normal_halves"], marker="^", linestyle="--", color=_style.REFERENCE_COLOR,
+                label="Normal vs normal (two halves of the models)")
+        ax.set_xlim(-0.5, len(DECILE_LABELS) - 0.5)
+        ax.set_xticks(range(len(DECILE_LABELS)), TICKS, rotation=45, ha="right", rotation_mode="anchor")
+        ax.set_ylim(bottom=0)
+        ax.set_title(_style.dataset_label(dataset))
+        ax.set_xlabel("Depth: first layer, then relative depth (%)")
+    axes[0, 0].set_ylabel("Divergence of the 3x3 filters\n(symmetric KL, EVR-weighted)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=2, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    return fig
+
+
+def main(argv=None) -> list[Path]:
+    args = _style.parser(__doc__).parse_args(argv)
+    _style.apply_style()
+    with _style.open_db(args.db) as db:
+        _style.require_both_groups(db.models, "The divergence figure")
+        values = divergences(db)
+    if values.empty:
+        raise SystemExit("no depth group has 3x3 filters of both robust and normal models of one dataset")
+    return _style.save(plot(values), args.out, NAME)
+
+
+if __name__ == "__main__":
+    main()
