@@ -46,6 +46,7 @@ MODEL_COLUMNS: tuple[Column, ...] = (
     Column("clean_acc", "float", "Clean test accuracy in percent; NaN if unknown."),
     Column("robust_acc", "float", "Robust test accuracy in percent under robust_attack at eps; NaN if unknown."),
     Column("robust_attack", "str", "Attack behind robust_acc, e.g. autoattack, pgd-10 ('' if none)."),
+    Column("evaluation_json", "str", "Checkpoints evaluated by 'filterdb evaluate': all its results as JSON (attacks, budgets, border ratios, fooling rates); '' if none."),
     Column("extra_data", "bool", "Whether training used data beyond the dataset's training set."),
     Column("paper", "str", "Title of the paper that published the model ('' if none)."),
     Column("venue", "str", "Venue of that paper ('' if none)."),

@@ -137,8 +137,11 @@ class FilterDB:
         if path.exists() and not path.is_dir():
             raise FilterDBError(f"{path} is a file, not a filterdb database directory; choose another --db path")
         if mode == "r" and not (path / MASTER_NAME).exists() and not (path / SHARD_DIR).is_dir():
-            raise FilterDBError(f"{path} is not a filterdb database (no {MASTER_NAME}); "
-                                "build one with 'filterdb build --db PATH' or 'filterdb demo'")
+            from filterdb.paths import demo_db_path
+
+            raise FilterDBError(f"{path} is not a filterdb database (no {MASTER_NAME}); build one with "
+                                f"'filterdb build --leaderboard NAME --db {path}', or run 'filterdb demo' and pass "
+                                f"--db {demo_db_path()}")
         if mode == "r" and _master_is_stale(path):
             try:  # a build was killed between writing a shard and the master: bring the master up to date
                 cls.open(path, "a").close()

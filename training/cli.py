@@ -197,4 +197,22 @@ def show_command(checkpoints, fmt):
     emit(pd.DataFrame(rows), fmt, title="checkpoints")
 
 
-commands = [train]
+@click.command("models")
+@click.argument("model_string", required=False)
+def models_command(model_string):
+    """The model-string grammar; with MODEL_STRING, check it and show what it builds (on the meta device)."""
+    from filterdb.training.registry import create_model, describe_models, parse_model_string
+
+    if model_string is None:
+        click.echo(describe_models())
+        return
+    import torch
+
+    spec = parse_model_string(model_string)
+    with torch.device("meta"):
+        model = create_model(model_string)
+    n_params = sum(p.numel() for p in model.parameters())
+    click.echo(f"{spec}: {type(model).__name__}, {n_params:,} parameters")
+
+
+commands = [train, models_command]
