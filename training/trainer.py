@@ -11,8 +11,8 @@ At the end the selected checkpoint is evaluated on the test split (clean accurac
 robust accuracy under ``eval_attack``) and its metrics are written into it.
 
 Reproducibility: the weights are initialised right after seeding with ``seed`` (or
-given, for matched pairs); the data order is ``randperm`` seeded by ``seed + epoch``
-(``DistributedSampler``) and the batch augmentation draws from a generator seeded by
+given, for matched pairs); the data order is ``randperm`` seeded by
+``data_order_seed(seed) + epoch`` (``DistributedSampler``) and the batch augmentation draws from a generator seeded by
 ``seed`` and the epoch, so that both are independent of everything else the run does.
 The attacks' random starts use the global generators, whose states the checkpoint keeps.
 """
@@ -146,6 +146,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def data_order_seed(seed: int) -> int:
+    """The sampler's seed for run seed ``seed``. A hash, not ``seed`` itself: the sampler draws
+    with ``seed + epoch``, so seed 3 at epoch 1 would otherwise repeat seed 4 at epoch 0."""
+    return int.from_bytes(hashlib.sha256(f"data-order:{seed}".encode()).digest()[:4], "little") >> 1
+
+
 def state_sha256(state_dict: dict) -> str:
     """A digest of a state dict's names and values: equal for equal weights."""
     h = hashlib.sha256()
@@ -255,7 +261,7 @@ class Trainer:
             self.test_set = Subset(self.test_set, range(min(cfg.eval_samples, len(self.test_set))))
         per_process = max(1, cfg.batch_size // self.ctx.world_size)
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
-                                          shuffle=True, seed=cfg.seed)
+                                          shuffle=True, seed=data_order_seed(cfg.seed))
         self.train_loader = self._loader(self.train_set, per_process, self.sampler)
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler=None) -> DataLoader:
@@ -374,7 +380,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": _rng_state(),
                 "curriculum": self.curriculum.state_dict() if self.curriculum else None,
-                "data_order": {"seed": cfg.seed, "epoch": self.epoch, "sampler": "DistributedSampler(seed + epoch)"},
+                "data_order": {"seed": cfg.seed, "epoch": self.epoch, "sampler": "DistributedSampler(data_order_seed(seed) + epoch)"},
                 "best_score": self.best_score,
             },
         }
