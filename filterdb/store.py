@@ -78,18 +78,36 @@ def write_shard(db_dir: str | os.PathLike, record: dict, layers: list[ExtractedL
             write_table(f, "layers", rows, schema.LAYER_COLUMNS)
             group = f.create_group("filters")
             shapes = {layer.kernel: (layer.info["kernel_h"], layer.info["kernel_w"]) for layer in layers}
-            datasets = {}
-            for kernel, n in sizes.items():
-                datasets[kernel] = group.create_dataset(kernel, shape=(n, *shapes[kernel]), dtype=np.float32)
-                datasets[kernel].attrs["encoding-type"] = FILTERS_ENCODING
-                datasets[kernel].attrs["encoding-version"] = schema.FORMAT_VERSION
+            offsets = {kernel: _allocate_contiguous(group, kernel, (n, *shapes[kernel])) for kernel, n in sizes.items()}
+        # The filter datasets are contiguous, unfiltered little-endian float32 at known file
+        # offsets: write the bytes there directly (HDF5's own write path is 2x slower).
+        with open(tmp, "r+b") as fh:
             for layer, row in zip(layers, rows):
-                datasets[layer.kernel].write_direct(layer.filters(), dest_sel=np.s_[row["start"]:row["stop"]])
+                filters = np.ascontiguousarray(layer.filters(), dtype="<f4")
+                if filters.size:
+                    fh.seek(offsets[layer.kernel] + row["start"] * filters[0].nbytes)
+                    fh.write(memoryview(filters).cast("B"))
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return final, table_frame([record], schema.MODEL_COLUMNS, "model_id"), table_frame(rows, schema.LAYER_COLUMNS)
+
+
+def _allocate_contiguous(group: h5py.Group, name: str, shape: tuple[int, ...]) -> int:
+    """Create a contiguous float32 dataset, allocated now and never filled; return its file offset."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.CONTIGUOUS)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    space = h5py.h5s.create_simple(shape)
+    dataset = h5py.Dataset(h5py.h5d.create(group.id, name.encode(), h5py.h5t.IEEE_F32LE, space, dcpl=dcpl))
+    dataset.attrs["encoding-type"] = FILTERS_ENCODING
+    dataset.attrs["encoding-version"] = schema.FORMAT_VERSION
+    offset = dataset.id.get_offset()
+    if offset is None:  # only for an empty dataset: nothing to write
+        return 0
+    return offset
 
 
 def read_shard_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
