@@ -83,10 +83,16 @@ def phase_raw(db_path: Path) -> dict:
     return {"seconds": time.perf_counter() - t, "filters": n}
 
 
-def phase_analysis(db_path: Path) -> dict:
+def phase_analysis(db_path: Path, jobs: int) -> dict:
+    from concurrent.futures import ProcessPoolExecutor
+
     from filterdb.analysis.compare import compare_groups
     t = time.perf_counter()
-    result = compare_groups(db_path, "robust", "normal", layer="all")
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as executor:
+            result = compare_groups(db_path, "robust", "normal", layer="all", executor=executor)
+    else:
+        result = compare_groups(db_path, "robust", "normal", layer="all")
     seconds = time.perf_counter() - t
     tests = result.tests.set_index("metric")
     div = result.divergence.set_index("kernel")
@@ -104,10 +110,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_phase(name: str, db_path: Path, cold: bool) -> dict:
+def run_phase(name: str, db_path: Path, cold: bool, jobs: int = 1) -> dict:
     if cold:
         drop_page_cache(db_path)
-    out = subprocess.run([sys.executable, __file__, "--db", str(db_path), "--phase", name],
+    out = subprocess.run([sys.executable, __file__, "--db", str(db_path), "--phase", name, "--jobs", str(jobs)],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -117,10 +123,11 @@ def main() -> None:
     parser.add_argument("--db", type=Path, default=Path("/tmp/filterdb-bench-db"))
     parser.add_argument("--filters", type=int, default=100_000_000)
     parser.add_argument("--cold", action="store_true", help="drop the page cache before each phase")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes of the analysis (peak RSS: the main process's)")
     parser.add_argument("--phase", choices=["raw", "analysis"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
-        result = phase_raw(args.db) if args.phase == "raw" else phase_analysis(args.db)
+        result = phase_raw(args.db) if args.phase == "raw" else phase_analysis(args.db, args.jobs)
         result["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(result))
         return
@@ -131,11 +138,11 @@ def main() -> None:
         n3 = int((db.layers.loc[db.layers["kernel"] == "3x3", "n_filters"]).sum())
         size = sum(p.stat().st_size for p in (args.db / "shards").glob("*.h5"))
     print(f"database: {args.db}, {n3:,} 3x3 filters, shards {size / 1e9:.2f} GB; "
-          f"page cache {'dropped before each phase' if args.cold else 'warm'}")
+          f"page cache {'dropped before each phase' if args.cold else 'warm'}; analysis jobs {args.jobs}")
     shutil.rmtree(args.db / "metrics", ignore_errors=True)
     raw = run_phase("raw", args.db, args.cold)
-    cold_cache = run_phase("analysis", args.db, args.cold)
-    warm_cache = run_phase("analysis", args.db, args.cold)
+    cold_cache = run_phase("analysis", args.db, args.cold, args.jobs)
+    warm_cache = run_phase("analysis", args.db, args.cold, args.jobs)
     raw_rate = raw["filters"] / raw["seconds"]
     print(f"raw sequential h5py read: {raw['seconds']:.1f}s, {raw_rate / 1e6:.1f} M filters/s, "
           f"peak RSS {raw['peak_rss_mb']:.0f} MB")
