@@ -113,6 +113,19 @@ def add(models, db_path, force):
     report_build(report)
 
 
+@main.command()
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@db_option
+def export(out, db_path):
+    """Pack the database into one self-contained .h5 file (same layout as filterdb.h5, filters copied in)."""
+    from filterdb.store import open_database
+
+    with open_database(resolve_db(db_path)) as db:
+        path = db.export(out)
+        n_models = len(db.models)
+    click.echo(f"{path}: {n_models} models, {path.stat().st_size / 2**20:.1f} MiB", err=True)
+
+
 def database_summary(db) -> dict:
     layers = db.layers
     per_kernel = layers.groupby("kernel")["n_filters"].sum().to_dict() if len(layers) else {}

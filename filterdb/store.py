@@ -393,6 +393,38 @@ class FilterDB:
     def size_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
+    def export(self, out: str | os.PathLike, chunk_rows: int = 1 << 20) -> Path:
+        """Pack the database into one self-contained HDF5 file for publication: the master's
+        layout (root attributes, /models, /layers, /filters/<kernel>) with the filters copied
+        in (no virtual datasets, no shards beside it). Written under a temporary name."""
+        out = Path(out).expanduser()
+        if out.is_dir():
+            raise FilterDBError(f"{out} is a directory; give the path of the .h5 file to write")
+        tmp = out.with_name(f".{out.name}.{os.getpid()}{TMP_SUFFIX}")
+        try:
+            with h5py.File(tmp, "w", libver="latest") as f:
+                _root_attrs(f, DATABASE_ENCODING)
+                f.attrs["n_models"] = len(self._models)
+                f.attrs["packed"] = True
+                write_table(f, "models", self._models, schema.MODEL_COLUMNS, index="model_id")
+                write_table(f, "layers", self._layers, schema.LAYER_COLUMNS)
+                group = f.create_group("filters")
+                for kernel in self.kernels:
+                    source = self.filters(kernel)
+                    target = group.create_dataset(kernel, shape=source.shape, dtype=np.float32)
+                    for attr, value in source.attrs.items():
+                        target.attrs[attr] = value
+                    for lo in range(0, len(source), chunk_rows):
+                        target[lo:lo + chunk_rows] = source[lo:lo + chunk_rows]
+            os.replace(tmp, out)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise FilterDBError(f"{out}: cannot write the export ({exc.strerror or exc}); choose a writable path") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return out
+
     # ---------------------------------------------------------------- writing
 
     def _require_writable(self) -> None:

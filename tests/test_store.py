@@ -176,3 +176,30 @@ def test_in_memory_tables_match_a_fresh_scan(tmp_path):
     with open_database(tmp_path / "db") as db:  # tables read from the master file
         pd.testing.assert_frame_equal(db.models, models)
         pd.testing.assert_frame_equal(db.layers, layers)
+
+
+def test_export_packs_one_self_contained_file(zoo_db, tmp_path):
+    path, models = zoo_db
+    out = tmp_path / "packed.h5"
+    with open_database(path) as db:
+        db.export(out)
+        layers, kernels = db.layers, db.kernels
+    with h5py.File(out, "r") as f:
+        assert f.attrs["format"] == "filterdb" and f.attrs["encoding-type"] == "filterdb-database"
+        assert sorted(f["filters"]) == sorted(kernels)
+        assert not any(f["filters"][k].is_virtual for k in f["filters"])
+        names = f["layers/name"][:].astype(str)
+        ids = f["layers/model_id"][:].astype(str)
+        for name, model in models.items():
+            mid = model_id("test", name)
+            for module_name, module in model.named_modules():
+                if isinstance(module, nn.Conv2d):
+                    row = np.flatnonzero((ids == mid) & (names == module_name))[0]
+                    kernel = f["layers/kernel"][row].decode()
+                    stored = f["filters"][kernel][f["layers/start"][row]:f["layers/stop"][row]]
+                    expected = module.weight.detach().numpy().reshape(stored.shape)
+                    assert stored.tobytes() == expected.tobytes()
+    assert len(layers) == sum(isinstance(m, nn.Conv2d) for model in models.values() for m in model.modules())
+    assert not list(tmp_path.glob(".packed*")), "no temporary file left behind"
+    with open_database(path) as db, pytest.raises(FilterDBError, match="is a directory"):
+        db.export(tmp_path)
