@@ -83,6 +83,14 @@ def build(db: FilterDB, specs: list[ModelSpec], *, force: bool = False, jobs: in
             report.outcomes.append(ModelOutcome(spec.key, spec.model_id, "skipped"))
         else:
             todo.append(spec)
+    t_start = time.perf_counter()
+
+    def stored() -> str:
+        """Filters stored so far in this build, their size and rate."""
+        n = sum(o.n_filters for o in report.outcomes if o.status == "added")
+        rate = n / max(time.perf_counter() - t_start, 1e-9)
+        return f"{n / 1e6:.2f}M filters stored, {rate / 1e6:.2f}M filters/s"
+
     with progress_bar(unit="models", transient=not show_progress) as progress:
         task = progress.add_task(description, total=len(todo), status="", visible=show_progress)
         if jobs <= 1:
@@ -90,13 +98,13 @@ def build(db: FilterDB, specs: list[ModelSpec], *, force: bool = False, jobs: in
                 for spec, following in zip(todo, [*todo[1:], None]):
                     if following is not None and hasattr(following.load, "prefetch"):
                         prefetcher.submit(following.load.prefetch, following)  # download while this one extracts
-                    progress.update(task, status=spec.name)
+                    progress.update(task, status=f"{stored()} | {spec.name}")
                     report.outcomes.append(_ingest_here(db, spec))
                     progress.advance(task)
         else:
-            _ingest_parallel(db, todo, jobs, report, lambda name: (progress.update(task, status=name),
+            _ingest_parallel(db, todo, jobs, report, lambda name: (progress.update(task, status=f"{stored()} | {name}"),
                                                                  progress.advance(task)))
-        progress.update(task, status="done")
+        progress.update(task, status=f"{stored()} | done")
     return report
 
 
