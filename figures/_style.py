@@ -28,6 +28,7 @@ TRAINING_ORDER = ("normal", "robust")
 TRAINING_LABELS = {"normal": "Normal training", "robust": "Adversarial training"}
 _PALETTE = sns.color_palette("colorblind")
 TRAINING_COLORS = {"normal": _PALETTE[0], "robust": _PALETTE[1]}
+TRAINING_MARKERS = {"normal": "o", "robust": "s"}
 REFERENCE_COLOR = _PALETTE[7]  # grey
 WEIGHT_CMAP = "RdBu_r"  # diverging, colorblind-safe (ColorBrewer); zero is white
 ACTIVATION_CMAP = "magma"  # sequential, perceptually uniform
@@ -47,6 +48,51 @@ def apply_style() -> None:
 
 def dataset_label(name: str) -> str:
     return DATASET_LABELS.get(name, name)
+
+
+# ---------------------------------------------------------------------------- depth axis
+
+DEPTH_TICKS = ("first",) + tuple(f"{10 * i}–{10 * (i + 1)}" for i in range(10))
+DEPTH_LABEL = "Depth: first convolution, then relative depth (%)"
+
+
+def depth_axis(ax) -> None:
+    """The x axis of the by-depth figures: the first convolution (position 0), a thin
+    separator, then the ten deciles of relative depth (positions 1..10)."""
+    ax.set_xlim(-0.5, len(DEPTH_TICKS) - 0.5)
+    ax.set_xticks(range(len(DEPTH_TICKS)), DEPTH_TICKS, rotation=45, ha="right", rotation_mode="anchor")
+    ax.axvline(0.5, color=REFERENCE_COLOR, linewidth=0.8, zorder=0)
+
+
+def depth_runs(positions) -> list[list[int]]:
+    """Sorted positions split where a line must not join them: the first convolution stands
+    alone, and deciles without data break the line (no line over missing data)."""
+    runs: list[list[int]] = []
+    for p in sorted(int(v) for v in positions):
+        if runs and p != 1 and p == runs[-1][-1] + 1:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    return runs
+
+
+def depth_line(ax, x, y, offset: float = 0.0, **kwargs) -> None:
+    """Lines over the runs of :func:`depth_runs` (markers are drawn by the caller)."""
+    values = dict(zip((int(v) for v in x), y))
+    for run in depth_runs(values):
+        if len(run) > 1:
+            ax.plot([p + offset for p in run], [values[p] for p in run], **kwargs)
+
+
+def bootstrap_ci(values, n_boot: int = 1000, level: float = 95.0, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (deterministic: fixed seed)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float(values.mean()), float(values.mean())
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
+    tail = (100.0 - level) / 2
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100.0 - tail))
 
 
 # ---------------------------------------------------------------------------- command line

@@ -7,7 +7,8 @@ filters, a shared 9-component PCA basis, 70-bin histograms per component, weight
 explained variance), for the first convolution and for each decile of relative depth.
 The grey dashed line is a reference: D between two halves of the normal models
 (alternating in name order), the spread expected between models trained alike; it is
-drawn where a depth group has at least two normal models.
+drawn where a depth group has at least two normal models. Lines join neighbouring
+deciles only (not the first layer, not over deciles without layers).
 
 Streams layer by layer (two passes over the selected filters), so any database size fits
 in memory.
@@ -31,7 +32,6 @@ from filterdb.analysis.groups import DECILE_LABELS, select_layers  # noqa: E402
 from filterdb.analysis.metrics import Moments, linf_scaled_nonsparse  # noqa: E402
 
 NAME = "divergence_by_depth"
-TICKS = ("first",) + tuple(f"{10 * i}–{10 * (i + 1)}" for i in range(10))
 
 
 def group_divergence(db, layers_a: pd.DataFrame, layers_b: pd.DataFrame) -> float:
@@ -81,23 +81,27 @@ def divergences(db) -> pd.DataFrame:
 
 def plot(values: pd.DataFrame) -> plt.Figure:
     datasets = sorted(values["dataset"].unique())
-    fig, axes = plt.subplots(1, len(datasets), figsize=(1.2 + 4.6 * len(datasets), 3.8), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(1.4 + 4.6 * len(datasets), 4.2), sharey=True, squeeze=False)
     color = _style.TRAINING_COLORS["robust"]
     for ax, dataset in zip(axes[0], datasets):
+        _style.depth_axis(ax)
         data = values[values["dataset"] == dataset].sort_values("position")
-        ax.plot(data["position"], data["robust_vs_normal"], marker="o", color=color, label="Robust vs normal models")
+        main = data.dropna(subset=["robust_vs_normal"])
+        ax.plot(main["position"], main["robust_vs_normal"], "o", color=color, zorder=3)
+        _style.depth_line(ax, main["position"], main["robust_vs_normal"], color=color)
         ref = data.dropna(subset=["normal_halves"])
-        ax.plot(ref["position"], ref["normal_halves"], marker="^", linestyle="--", color=_style.REFERENCE_COLOR,
-                label="Normal vs normal (two halves of the models)")
-        ax.set_xlim(-0.5, len(DECILE_LABELS) - 0.5)
-        ax.set_xticks(range(len(DECILE_LABELS)), TICKS, rotation=45, ha="right", rotation_mode="anchor")
-        ax.set_ylim(bottom=0)
+        ax.plot(ref["position"], ref["normal_halves"], "^", color=_style.REFERENCE_COLOR, zorder=2)
+        _style.depth_line(ax, ref["position"], ref["normal_halves"], color=_style.REFERENCE_COLOR, linestyle="--")
         ax.set_title(_style.dataset_label(dataset))
-        ax.set_xlabel("Depth: first layer, then relative depth (%)")
+        ax.set_xlabel(_style.DEPTH_LABEL)
+    top = float(np.nanmax(values[["robust_vs_normal", "normal_halves"]].to_numpy(dtype=float), initial=0.0))
+    axes[0, 0].set_ylim(0, 1.08 * top if top > 0 else 1.0)  # shared: room above the highest marker
     axes[0, 0].set_ylabel("Divergence of the 3x3 filters\n(symmetric KL, EVR-weighted)")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=2, bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    handles = [plt.Line2D([], [], color=color, marker="o", label="Robust vs normal models"),
+               plt.Line2D([], [], color=_style.REFERENCE_COLOR, marker="^", linestyle="--",
+                          label="Normal vs normal (two halves of the normal models)")]
+    fig.legend(handles=handles, loc="upper center", ncol=1 if len(datasets) == 1 else 2, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 0.87 if len(datasets) == 1 else 0.9))
     return fig
 
 

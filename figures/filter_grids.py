@@ -55,48 +55,70 @@ def first_layer_image(row: pd.Series, filters: np.ndarray) -> tuple[np.ndarray, 
     return _style.filter_mosaic(filters, cols=min(len(filters), 8 if len(filters) <= 32 else 16)), "weights"
 
 
-def deep_layer_image(row: pd.Series, filters: np.ndarray) -> tuple[np.ndarray, str]:
+def deep_layer_image(row: pd.Series, filters: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """One row per output channel, one column per input channel (at most MAX_CHANNELS each);
+    also (output channels shown, of, input channels shown, of)."""
     out, cin = int(row["out_channels"]), int(row["in_channels"]) // int(row["groups"])
     grid = filters.reshape(out, cin, *filters.shape[1:])[:MAX_CHANNELS, :MAX_CHANNELS]
-    shown = f"{grid.shape[0]} of {out} output x {grid.shape[1]} of {cin} input channels" \
-        if (out > MAX_CHANNELS or cin > MAX_CHANNELS) else f"{out} output x {cin} input channels"
-    return _style.filter_mosaic(grid.reshape(-1, *filters.shape[1:]), cols=grid.shape[1]), shown
+    mosaic = _style.filter_mosaic(grid.reshape(-1, *filters.shape[1:]), cols=grid.shape[1])
+    return mosaic, (grid.shape[0], out, grid.shape[1], cin)
 
 
-def draw(fig, ax, image: np.ndarray, kind: str, scale: float, title: str) -> None:
+def _bare(ax) -> None:
     ax.grid(False)
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title(title, fontsize="medium")
+
+
+def draw(fig, ax, image: np.ndarray, kind: str, scale: float, title: str) -> None:
+    _bare(ax)
+    ax.set_title(title, fontsize="medium", fontweight="normal")
     if kind == "rgb":
         ax.imshow(np.clip(np.nan_to_num(image, nan=1.0), 0, 1))
         return
     im = ax.imshow(image, cmap=_style.WEIGHT_CMAP, vmin=-scale, vmax=scale)
-    cbar = fig.colorbar(im, ax=ax, shrink=0.8, pad=0.02, fraction=0.05)
+    cax = ax.inset_axes([1.03, 0.0, 0.035, 1.0])
+    cbar = fig.colorbar(im, cax=cax)
     cbar.set_label("Weight", fontsize="small")
     cbar.ax.tick_params(labelsize="x-small")
 
 
+def _shown(n: int, of: int) -> str:
+    return f"all {n}" if n == of else f"first {n} of {of}"
+
+
 def plot(db, pair: dict[str, pd.Series], deep_index: int | None) -> plt.Figure:
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8.4), gridspec_kw={"height_ratios": [1, 2.3]})
-    for col, training in enumerate(_style.TRAINING_ORDER):
+    panels = {}
+    for training in _style.TRAINING_ORDER:
         model = pair[training]
         layers = model_layers(db, model["model_id"])
-        first = layers.iloc[0]
-        deep = pick_deep(layers, deep_index)
-        filters = db.read_layer(first)
-        image, kind = first_layer_image(first, filters)
-        header = f"{_style.TRAINING_LABELS[training]}: {_style.model_label(model)}"
-        draw(fig, axes[0, col], image, kind, float(np.abs(filters).max()),
-             f"{header}\nFirst convolution ({first['name']}, {len(filters)} filters of {first['kernel']})")
-        filters = db.read_layer(deep)
-        image, shown = deep_layer_image(deep, filters)
-        draw(fig, axes[1, col], image, "weights", float(np.abs(filters).max()),
-             f"Deep convolution ({deep['name']}, relative depth {deep['conv_depth_norm']:.2f})\n"
-             f"rows: output channels, columns: input channels ({shown})")
-    fig.tight_layout()
+        first, deep = layers.iloc[0], pick_deep(layers, deep_index)
+        first_filters, deep_filters = db.read_layer(first), db.read_layer(deep)
+        panels[training] = (model, first, first_filters, *first_layer_image(first, first_filters),
+                            deep, deep_filters, *deep_layer_image(deep, deep_filters))
+    # row heights follow the mosaics' aspect, so that no row is mostly white space
+    aspect = [max(p[3].shape[0] / p[3].shape[1] for p in panels.values()),
+              max(p[7].shape[0] / p[7].shape[1] for p in panels.values())]
+    width = 11.0
+    heights = [max(0.6, 4.3 * a) + 0.6 for a in aspect]
+    fig, axes = plt.subplots(2, 2, figsize=(width, sum(heights) + 0.6), gridspec_kw={"height_ratios": heights})
+    for col, training in enumerate(_style.TRAINING_ORDER):
+        model, first, first_filters, image, kind, deep, deep_filters, deep_image, counts = panels[training]
+        kernel = f"{first['kernel']} filters" + (", RGB" if kind == "rgb" else "")
+        draw(fig, axes[0, col], image, kind, float(np.abs(first_filters).max()),
+             f"First convolution ({first['name']}): {int(first['out_channels'])} {kernel}")
+        draw(fig, axes[1, col], deep_image, "weights", float(np.abs(deep_filters).max()),
+             f"Deep convolution ({deep['name']}, {deep['kernel']}, relative depth {deep['conv_depth_norm']:.2f})")
+        shown_out, out, shown_in, cin = counts
+        axes[1, col].set_ylabel(f"Output channel ({_shown(shown_out, out)})", fontsize="small")
+        axes[1, col].set_xlabel(f"Input channel ({_shown(shown_in, cin)})", fontsize="small")
+        axes[0, col].annotate(f"{_style.TRAINING_LABELS[training]}\n{_style.model_label(model)}",
+                              (0.5, 1.0), xycoords="axes fraction", xytext=(0, 26), textcoords="offset points",
+                              ha="center", va="bottom", fontsize="large", fontweight="bold",
+                              color=_style.TRAINING_COLORS[training])
+    fig.tight_layout(h_pad=2.0, w_pad=4.0)
     return fig
 
 

@@ -134,42 +134,53 @@ def show_input(ax, x: torch.Tensor, title: str) -> None:
         image_axis(ax, np.clip(image, 0, 1), title)
 
 
+MODEL_NAMES = {"normal": "Normal", "robust": "Robust"}
+
+
+def _colorbar(fig, ax, image) -> None:
+    """A colorbar beside ``ax`` that takes no room from it (every panel keeps one size)."""
+    cbar = fig.colorbar(image, cax=ax.inset_axes([1.04, 0.0, 0.06, 1.0]))
+    cbar.ax.tick_params(labelsize="x-small")
+
+
 def plot(rows: dict, inputs: dict, n_channels: int) -> plt.Figure:
     n_rows = 1 + len(rows) * n_channels
-    fig, axes = plt.subplots(n_rows, 4, figsize=(8.2, 1.95 * n_rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(n_rows, 4, figsize=(8.6, 1.95 * n_rows + 0.4), squeeze=False,
+                             gridspec_kw={"wspace": 0.45, "hspace": 0.5})
     x, label, predictions = inputs["clean"], inputs["label"], inputs["predictions"]
     show_input(axes[0, 0], x, f"Clean input\n(true class {label})")
     for col, training in enumerate(_style.TRAINING_ORDER, start=1):
-        name = _style.TRAINING_LABELS[training].split()[0].lower()
-        show_input(axes[0, col], inputs[training], f"Adversarial input for\nthe {name} model "
-                                                   f"(predicted {predictions[training]})")
+        show_input(axes[0, col], inputs[training], f"Attack on the {MODEL_NAMES[training].lower()} model\n"
+                                                   f"(it predicts {predictions[training]})")
     axes[0, 3].axis("off")
-    axes[0, 3].text(0, 0.5, f"PGD-10, L-inf,\neps = {inputs['eps']:g}\n(against each model)",
+    axes[0, 3].text(0.05, 0.5, f"PGD-10, L-inf,\neps = {inputs['eps']:g},\nagainst each model",
                     transform=axes[0, 3].transAxes, va="center", fontsize="small")
     r = 1
     for training, data in rows.items():
-        for channel in data["channels"]:
+        for i, channel in enumerate(data["channels"]):
             clean, adv, f = data["clean"][channel], data["adv"][channel], data["filters"][channel]
             top = float(max(clean.max(), adv.max())) or 1.0
             diff = adv - clean
             dmax = float(np.abs(diff).max()) or 1.0
             fmax = float(np.abs(f).max()) or 1.0
             ax = axes[r]
-            first = r == 1 or (r - 1) % n_channels == 0
+            first = i == 0
             if f.ndim == 3:  # RGB: grey is 0
                 image_axis(ax[0], 0.5 + f / (2 * fmax), "Filter (RGB)" if first else "")
             else:
-                image_axis(ax[0], f, "Filter" if first else "", cmap=_style.WEIGHT_CMAP, vmin=-fmax, vmax=fmax)
-            im = image_axis(ax[1], clean, "Clean activation" if first else "", cmap=_style.ACTIVATION_CMAP, vmin=0, vmax=top)
-            image_axis(ax[2], adv, "Adversarial activation" if first else "", cmap=_style.ACTIVATION_CMAP, vmin=0, vmax=top)
-            fig.colorbar(im, ax=ax[2], fraction=0.046, pad=0.04).ax.tick_params(labelsize="x-small")
+                _colorbar(fig, ax[0], image_axis(ax[0], f, "Filter" if first else "", cmap=_style.WEIGHT_CMAP,
+                                                 vmin=-fmax, vmax=fmax))
+            image_axis(ax[1], clean, "Clean activation" if first else "", cmap=_style.ACTIVATION_CMAP, vmin=0, vmax=top)
+            im = image_axis(ax[2], adv, "Adversarial activation\n(same scale)" if first else "",
+                            cmap=_style.ACTIVATION_CMAP, vmin=0, vmax=top)
+            _colorbar(fig, ax[2], im)
             im = image_axis(ax[3], diff, "Difference\n(adversarial - clean)" if first else "",
                             cmap=_style.WEIGHT_CMAP, vmin=-dmax, vmax=dmax)
-            fig.colorbar(im, ax=ax[3], fraction=0.046, pad=0.04).ax.tick_params(labelsize="x-small")
+            _colorbar(fig, ax[3], im)
             ax[0].set_ylabel(f"{data['label']}\nchannel {channel}", fontsize="small",
                              color=_style.TRAINING_COLORS[training], fontweight="bold")
             r += 1
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.1, right=0.93, bottom=0.02, top=0.96)  # saved with a tight box
     return fig
 
 
@@ -208,7 +219,7 @@ def main(argv=None) -> list[Path]:
         per_channel = filters[t].reshape(len(adv), in_per_group, *filters[t].shape[1:])
         per_channel = per_channel.transpose(0, 2, 3, 1) if in_per_group == 3 else per_channel.mean(1)
         rows[t] = {"clean": clean, "adv": adv, "filters": per_channel, "channels": channels,
-                   "label": f"{_style.TRAINING_LABELS[t].split()[0]} model\n{_style.model_label(pair[t])}"}
+                   "label": f"{MODEL_NAMES[t]} model\n{_style.model_label(pair[t])}"}
     inputs = {"clean": x, "label": label, "predictions": predictions, "eps": eps, **adversarial}
     return _style.save(plot(rows, inputs, args.channels), args.out, NAME)
 

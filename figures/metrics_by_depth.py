@@ -5,7 +5,8 @@ The main figure of *Adversarial Robustness through the Lens of Convolutional Fil
 first convolution on its own, then the deciles of relative depth (conv_depth_norm,
 right-closed, as ``compare --layer deciles``). Every 3x3 convolution counts; a model's
 value in a decile is the mean over its layers there, so each model counts once per
-point. Lines join the mean over models, bands are 95% bootstrap intervals (seed 0).
+point. Markers are the mean over models, bars 95% bootstrap intervals of it (seed 0);
+lines join neighbouring deciles only (not the first layer, not over deciles without layers).
 Variance entropy is the default variant ``ve_linf`` (filters scaled by their L-inf
 norm, sparse filters removed).
 
@@ -20,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _style  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
 
 from filterdb.analysis import compare_groups  # noqa: E402
 from filterdb.analysis.groups import DECILE_LABELS  # noqa: E402
@@ -29,7 +29,6 @@ NAME = "metrics_by_depth"
 METRICS = {"sparsity": "Sparsity\n(share of near-zero filters)",
            "ve_linf": "Variance entropy\n(filter diversity)",
            "orthogonality": "Orthogonality\n(of output channels)"}
-TICKS = ("first",) + tuple(f"{10 * i}–{10 * (i + 1)}" for i in range(10))
 
 
 def model_means(db) -> pd.DataFrame:
@@ -43,32 +42,50 @@ def model_means(db) -> pd.DataFrame:
     return long.dropna(subset=["value"])
 
 
+def summarize(long: pd.DataFrame) -> pd.DataFrame:
+    """Mean over models and 95% bootstrap interval per dataset, metric, training and position."""
+    rows = []
+    for (dataset, metric, training, position), frame in long.groupby(["dataset", "metric", "training", "position"]):
+        low, high = _style.bootstrap_ci(frame["value"])
+        rows.append({"dataset": dataset, "metric": metric, "training": training, "position": position,
+                     "mean": frame["value"].mean(), "low": low, "high": high, "models": frame["model_id"].nunique()})
+    return pd.DataFrame(rows)
+
+
 def plot(long: pd.DataFrame, datasets: list[str]) -> plt.Figure:
-    fig, axes = plt.subplots(len(METRICS), len(datasets), figsize=(1.2 + 4.2 * len(datasets), 7.6),
+    stats = summarize(long)
+    fig, axes = plt.subplots(len(METRICS), len(datasets), figsize=(1.4 + 4.4 * len(datasets), 8.2),
                              sharex=True, sharey="row", squeeze=False)
+    offsets = {"normal": -0.1, "robust": 0.1}  # side by side, so that the intervals do not hide each other
+    markers = _style.TRAINING_MARKERS
     for col, dataset in enumerate(datasets):
         for row, metric in enumerate(METRICS):
             ax = axes[row, col]
-            data = long[(long["dataset"] == dataset) & (long["metric"] == metric)]
-            sns.lineplot(data=data, x="position", y="value", hue="training", hue_order=_style.TRAINING_ORDER,
-                         palette=_style.TRAINING_COLORS, style="training", style_order=_style.TRAINING_ORDER,
-                         markers=["o", "s"], dashes=False, errorbar=("ci", 95), n_boot=1000, seed=0,
-                         err_kws={"alpha": 0.2, "linewidth": 0}, ax=ax, legend=False)
-            ax.set_xlim(-0.5, len(DECILE_LABELS) - 0.5)
-            ax.set_xticks(range(len(DECILE_LABELS)), TICKS, rotation=45, ha="right", rotation_mode="anchor")
-            ax.set_xlabel("")
-            ax.set_ylabel(METRICS[metric] if col == 0 else "")
+            _style.depth_axis(ax)
+            data = stats[(stats["dataset"] == dataset) & (stats["metric"] == metric)]
+            for training in _style.TRAINING_ORDER:
+                d = data[data["training"] == training].sort_values("position")
+                color = _style.TRAINING_COLORS[training]
+                x = d["position"] + offsets[training]
+                ax.errorbar(x, d["mean"], yerr=[d["mean"] - d["low"], d["high"] - d["mean"]], fmt=markers[training],
+                            color=color, markersize=5, capsize=2, elinewidth=1, linestyle="none", zorder=3)
+                _style.depth_line(ax, d["position"], d["mean"], offsets[training], color=color, linewidth=1.5)
             if metric == "sparsity":
                 ax.set_ylim(bottom=-0.02)
+                if len(data) and float(data["high"].max()) == 0.0:
+                    ax.text(0.5, 0.75, "no sparse filters in these models", transform=ax.transAxes,
+                            ha="center", va="center", fontsize="small", color="dimgray")
+            ax.set_xlabel("")
+            ax.set_ylabel(METRICS[metric] if col == 0 else "")
             if row == 0:
-                n = data.groupby("training")["model_id"].nunique()
-                ax.set_title(f"{_style.dataset_label(dataset)}  ({n.get('robust', 0)} robust, "
+                n = long[long["dataset"] == dataset].groupby("training")["model_id"].nunique()
+                ax.set_title(f"{_style.dataset_label(dataset)}\n({n.get('robust', 0)} robust, "
                              f"{n.get('normal', 0)} normal models)")
-        axes[-1, col].set_xlabel("Depth: first layer, then relative depth (%)")
-    handles = [plt.Line2D([], [], color=_style.TRAINING_COLORS[t], marker=m, label=_style.TRAINING_LABELS[t])
-               for t, m in zip(_style.TRAINING_ORDER, "os")]
+        axes[-1, col].set_xlabel(_style.DEPTH_LABEL)
+    handles = [plt.Line2D([], [], color=_style.TRAINING_COLORS[t], marker=markers[t], label=_style.TRAINING_LABELS[t])
+               for t in _style.TRAINING_ORDER]
     fig.legend(handles=handles, loc="upper center", ncol=2, bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.tight_layout(rect=(0, 0, 1, 0.955))
     return fig
 
 

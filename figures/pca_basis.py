@@ -40,8 +40,8 @@ def group_basis(db, layers) -> tuple[PCABasis, int]:
 
 
 def plot(bases: dict, title: str) -> plt.Figure:
-    fig = plt.figure(figsize=(12.5, 3.6))
-    grid = fig.add_gridspec(2, 11, width_ratios=[1] * 9 + [0.35, 4.2], wspace=0.12, hspace=0.55)
+    fig = plt.figure(figsize=(13.2, 3.6))
+    grid = fig.add_gridspec(2, 11, width_ratios=[1] * 9 + [1.1, 4.2], wspace=0.12, hspace=0.55)
     vmax = max(np.abs(b.components).max() for b, _ in bases.values())
     for r, (training, (basis, count)) in enumerate(bases.items()):
         for i, (component, evr) in enumerate(zip(basis.components, basis.explained_variance_ratio)):
@@ -56,7 +56,7 @@ def plot(bases: dict, title: str) -> plt.Figure:
                               f"({count:,} filters)", fontsize="small")
     ax = fig.add_subplot(grid[:, 10])
     for training, (basis, _) in bases.items():
-        ax.plot(np.arange(1, 10), np.cumsum(basis.explained_variance_ratio), marker="o",
+        ax.plot(np.arange(1, 10), np.cumsum(basis.explained_variance_ratio), marker=_style.TRAINING_MARKERS[training],
                 color=_style.TRAINING_COLORS[training], label=_style.TRAINING_LABELS[training])
     ax.set_xticks(range(1, 10))
     ax.set_ylim(top=1.02)

@@ -3,7 +3,9 @@
 The database: random-weight digits CNNs (two matched robust/normal pairs) and one
 3-channel pair (dataset cifar10, for the RGB filter path), stored from checkpoint files
 so that the activation figure can attack them; and random-weight padding variants for
-the padding figure. All under a private FILTERDB_HOME.
+the padding figure: cnn3-8 padding variants trained for a moment on digits and
+evaluated as ``filterdb evaluate`` does (on a few test images). All under a private
+FILTERDB_HOME.
 """
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
-import numpy as np
 import pytest
 import torch
 
@@ -45,11 +46,31 @@ def random_checkpoint(path: Path, model_string: str, dataset: str, in_chans: int
     return model
 
 
+def quick_checkpoint(path: Path, model_string: str, seed: int) -> None:
+    """A digits model trained for a moment (full-batch Adam), so that attacks fool some images."""
+    from filterdb.training import create_model, load_dataset
+    from filterdb.training.checkpoint import wrap_state_dict
+    from filterdb.training.data import to_float
+
+    data = load_dataset("digits", "train")
+    x = to_float(torch.stack([data[i][0] for i in range(len(data))]))
+    y = torch.as_tensor([int(data[i][1]) for i in range(len(data))])
+    torch.manual_seed(seed)
+    model = create_model(model_string, num_classes=10, in_chans=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(25):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    wrap_state_dict(model.eval().state_dict(), path, model_string, "digits", 10, (1, 8, 8), metrics={"clean_acc": 0.0})
+
+
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     """A FILTERDB_HOME with a small database, the models' checkpoints and padding variants."""
     from filterdb import paths
     from filterdb.store import FilterDB
+    from filterdb.training.evaluation import EvaluationConfig, evaluate_checkpoint
 
     root = tmp_path_factory.mktemp("figure-home")
     patch = pytest.MonkeyPatch()
@@ -67,9 +88,12 @@ def home(tmp_path_factory):
                               weights_path=path, record={"training": "normal" if role == "normal" else "robust",
                                                          "dataset": dataset, "architecture": model_string,
                                                          "model_string": model_string, "eps": 0.1})
-    padding = figure_module("padding_perturbation").default_models_dir()
+    padding_module = figure_module("padding_perturbation")
+    evaluation = EvaluationConfig(**{**padding_module.DEMO_EVALUATION, "n_samples": 48})
     for seed, mode in enumerate(PADDING_MODES):
-        random_checkpoint(padding / mode / "last.pt", f"cnn3-8_{mode}", "digits", 1, seed)
+        path = padding_module.default_models_dir() / mode / "last.pt"
+        quick_checkpoint(path, f"cnn3-8_{mode}", seed)
+        evaluate_checkpoint(path, evaluation)
     yield root
     patch.undo()
 
@@ -147,3 +171,33 @@ def test_a_database_without_robust_models_is_a_clear_error(home, tmp_path):
     for name in ("metrics_by_depth", "divergence_by_depth", "pca_basis", "filter_grids"):
         with pytest.raises(SystemExit, match="robust"):
             figure_module(name).main(["--db", str(tmp_path / "db"), "--out", str(tmp_path / "out")])
+
+
+def test_padding_figure_reads_evaluation_results(home, tmp_path):
+    """Several checkpoints of one mode are averaged; unevaluated ones are left out; the key is chosen."""
+    import shutil
+
+    from filterdb.training.evaluation import evaluation_path, maps_path
+
+    module = figure_module("padding_perturbation")
+    source = module.default_models_dir()
+    models = tmp_path / "models"
+    shutil.copytree(source, models)
+    shutil.copytree(source / "zeros", models / "zeros-seed1")  # a second zeros model
+    (models / "circular" / "last.pt").rename(models / "circular" / "unevaluated.pt")  # results no longer match it
+    results = module.load_results(models)
+    assert sorted(r["mode"] for r in results) == ["nopad", "reflect", "replicate", "zeros", "zeros"]
+    key = module.choose_key(results, None, None)
+    assert key == module.DEMO_KEY
+    modes = module.by_mode([module.per_model(r, key, 1) for r in results], 1)
+    assert list(modes) == ["zeros", "reflect", "replicate", "nopad"] and modes["zeros"]["n_models"] == 2
+    assert all(m["map"].shape == (8, 8) for m in modes.values())
+    paths = module.main(["--models", str(models), "--out", str(tmp_path / "out"), "--budget", "L2:1"])
+    assert_images(paths)
+    with pytest.raises(SystemExit, match="no attack and budget"):
+        module.main(["--models", str(models), "--out", str(tmp_path / "out"), "--budget", "Linf:8/255"])
+    for path in models.rglob("*.pt"):
+        evaluation_path(path).unlink(missing_ok=True)
+        maps_path(path).unlink(missing_ok=True)
+    with pytest.raises(SystemExit, match="no evaluated checkpoints"):
+        module.main(["--models", str(models), "--out", str(tmp_path / "out")])
