@@ -194,9 +194,9 @@ def by_mode(models: list[dict], frame: int) -> dict[str, dict]:
 
 def plot(modes: dict[str, dict], key: tuple[str, str, str], frame: int) -> plt.Figure:
     n = len(modes)
-    fig = plt.figure(figsize=(2.2 * n + 4.4, 3.6))
+    fig = plt.figure(figsize=(2.2 * n + 4.9, 3.6))
     maps_grid = fig.add_gridspec(1, n + 1, width_ratios=[1] * n + [0.07], wspace=0.12, left=0.0,
-                                 right=(2.2 * n + 0.3) / (2.2 * n + 4.4))
+                                 right=(2.2 * n + 0.3) / (2.2 * n + 4.9))
     finite = [float(np.nanmax(m["map"])) for m in modes.values() if np.isfinite(m["map"]).any()]
     vmax = max(finite, default=0.0) or 1.0
     image = None
@@ -217,7 +217,7 @@ def plot(modes: dict[str, dict], key: tuple[str, str, str], frame: int) -> plt.F
     cbar = fig.colorbar(image, cax=fig.add_subplot(maps_grid[0, n]))
     cbar.set_label("Mean |perturbation| per pixel")
 
-    bars_grid = fig.add_gridspec(1, 1, left=(2.2 * n + 1.75) / (2.2 * n + 4.4), right=1.0, bottom=0.22, top=0.86)
+    bars_grid = fig.add_gridspec(1, 1, left=(2.2 * n + 2.25) / (2.2 * n + 4.9), right=1.0, bottom=0.22, top=0.86)
     ax = fig.add_subplot(bars_grid[0, 0])
     names = list(modes)
     ratios = np.array([modes[m]["ratio"] for m in names], dtype=float)
