@@ -33,8 +33,8 @@ def _executor(jobs: int, scheduler: str | None):
         with client:
             yield client
     elif jobs > 1:
-        from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        from filterdb.analysis.database import worker_pool
+        with worker_pool(jobs) as pool:
             yield pool
     else:
         yield None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ProcessPoolExecutor
 
 import pandas as pd
 
@@ -20,6 +20,23 @@ LAYER_KEY_COLUMNS = ("model_id", "layer_index")
 LAYER_INFO_COLUMNS = ("model_id", "layer_index", "member", "name", "kernel", "conv_depth", "conv_depth_norm",
                       "in_channels", "out_channels", "groups")
 EXTRA_COLUMNS = ("n_filters", "n_nonsparse", "absmax", "notes")
+
+
+def worker_pool(jobs: int) -> ProcessPoolExecutor:
+    """A process pool for the per-model work whose workers share the cores: each limits its
+    BLAS and torch threads to cores // jobs (unlimited, N workers x N BLAS threads thrash)."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    return ProcessPoolExecutor(max_workers=jobs, initializer=_limit_threads, initargs=(threads,))
+
+
+def _limit_threads(threads: int) -> None:
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=threads)
+    except ImportError:
+        pass
+    import torch
+    torch.set_num_threads(threads)
 
 
 def _open(db):

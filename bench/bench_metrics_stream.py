@@ -84,12 +84,11 @@ def phase_raw(db_path: Path) -> dict:
 
 
 def phase_analysis(db_path: Path, jobs: int) -> dict:
-    from concurrent.futures import ProcessPoolExecutor
-
     from filterdb.analysis.compare import compare_groups
+    from filterdb.analysis.database import worker_pool
     t = time.perf_counter()
     if jobs > 1:
-        with ProcessPoolExecutor(jobs) as executor:
+        with worker_pool(jobs) as executor:
             result = compare_groups(db_path, "robust", "normal", layer="all", executor=executor)
     else:
         result = compare_groups(db_path, "robust", "normal", layer="all")
