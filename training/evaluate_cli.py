@@ -37,7 +37,8 @@ def _join(values) -> str:
               help="Also attack every transformed image with PGD-10, e.g. Linf:8/255.")
 @click.option("--no-spatial", is_flag=True, help="Skip the rotation/translation grid.")
 @click.option("--headline", default=None, metavar="NORM:EPS",
-              help="Budget behind the model table's robust_acc [the checkpoint's own threat model, else Linf:8/255].")
+              help="Budget behind the model table's robust_acc, one of the evaluated budgets "
+                   "[the checkpoint's own threat model, else Linf:8/255].")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the dataset lies in its standard format [default: $FILTERDB_HOME/data].")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 [default: cuda if available].")

@@ -19,7 +19,9 @@ convention), with accuracies and rates in percent:
 
 Every attack's random draws are seeded from (seed, attack, budget, batch index), so a
 result does not depend on which other attacks ran. With ``amp`` the attacks search under
-``torch.autocast``; every prediction that is counted is made in float32.
+``torch.autocast``; every prediction that is counted is made in float32, on an example inside
+the eps ball and inside [0, 1] (an attack's example that strays beyond float rounding is
+projected back, and the attack's notes say so).
 
 Files beside the checkpoint ``run/best.pt``:
 
@@ -54,7 +56,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from filterdb.errors import FilterDBError
-from filterdb.training.attacks import NORMS, AttackConfig, eval_mode, format_eps, parse_eps, pgd
+from filterdb.training.attacks import NORMS, AttackConfig, eval_mode, format_eps, parse_eps, pgd, project
 from filterdb.training.data import to_float
 from filterdb.training.perturbation import PerturbationMap, ratio
 from filterdb.training.spatial import FILL_MODES, INTERPOLATION, SpatialTally, grid_predictions, spatial_grid
@@ -248,6 +250,14 @@ class EvaluationConfig:
             raise FilterDBError(f"n_samples and batch_size must be >= 1 (got {self.n_samples}, {self.batch_size})")
         if not self.attacks and not self.spatial:
             raise FilterDBError("nothing to evaluate: give at least one attack or enable the spatial evaluation")
+        if self.headline is not None:
+            norm, eps = self.headline
+            if not self.attacks:
+                raise FilterDBError(f"headline {norm}:{eps:g} needs at least one attack")
+            if not any(n == norm and math.isclose(e, eps, rel_tol=1e-6) for n, e in self.budgets):
+                evaluated = ", ".join(f"{n}:{format_eps(e)}" for n, e in self.budgets) or "none"
+                raise FilterDBError(f"headline {norm}:{eps:g} is not among the evaluated budgets "
+                                    f"({evaluated}); add it with --{norm.lower()}")
 
     @property
     def budgets(self) -> list[tuple[str, float]]:
@@ -323,6 +333,24 @@ def _seed(seed: int, *parts) -> int:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _into_ball(x_adv: torch.Tensor, x: torch.Tensor, norm: str, eps: float, notes: set[str]) -> torch.Tensor:
+    """``x_adv`` inside the eps ball around ``x`` and inside [0, 1], whatever the attack returned:
+    only such examples are counted. Non-finite examples are replaced by the clean image. An
+    excess beyond float rounding is projected away and noted."""
+    x_adv = x_adv.detach().to(x.dtype)
+    finite = torch.isfinite(x_adv)
+    if not bool(finite.all()):
+        notes.add("the attack returned non-finite examples; those samples count as not fooled")
+        x_adv = torch.where(finite.flatten(1).all(1).view(-1, *([1] * (x.dim() - 1))), x_adv, x)
+    excess = _norm_of(x_adv - x, norm) - eps
+    out_of_range = bool((x_adv < 0).any() or (x_adv > 1).any())
+    if excess > 1e-6 + 1e-5 * eps or out_of_range:
+        notes.add(f"the attack returned examples outside the {norm} ball of eps {format_eps(eps)} "
+                  f"(by up to {max(excess, 0.0):.3g}) or outside [0, 1]; they were projected back")
+    delta = project((x_adv - x).float(), norm, eps).to(x.dtype)
+    return (x + delta).clamp(0, 1)
 
 
 def _norm_of(delta: torch.Tensor, norm: str) -> float:
@@ -432,6 +460,7 @@ def _evaluate(model, dataset, config, device, progress, description) -> Evaluati
             t0 = time.perf_counter()
             x_adv = job.spec.run(attack_model, x, y, job.norm, job.eps, _seed(config.seed, *job.key, batch_index),
                                  num_classes, job.notes)
+            x_adv = _into_ball(x_adv, x, job.norm, job.eps, job.notes)
             with torch.no_grad():
                 adv_pred = model(x_adv).argmax(1)
             _sync(device)
@@ -538,6 +567,7 @@ def evaluate_checkpoint(checkpoint: str | Path, config: EvaluationConfig | None 
 
     config = config or EvaluationConfig()
     path = Path(checkpoint)
+    sha = sha256_file(path) if path.is_file() else ""
     ckpt = load_checkpoint(path)
     check_budgets(config.budgets, ckpt.input_shape)
     model = ckpt.build_model()
@@ -545,11 +575,14 @@ def evaluate_checkpoint(checkpoint: str | Path, config: EvaluationConfig | None 
     bar = _stderr_progress() if progress else contextlib.nullcontext(None)
     with bar as prog:
         result = evaluate_model(model, dataset, config, progress=prog, description=f"{path.parent.name}/{path.name}")
+    if sha256_file(path) != sha:
+        raise FilterDBError(f"{path}: the checkpoint changed while it was evaluated (retrained?); "
+                            f"run 'filterdb evaluate {path}' again")
     s = result.summary
     preferred = [(config.headline[0], config.headline[1])] if config.headline else []
     if ckpt.metrics.get("threat_model") and ckpt.metrics.get("eps"):
         preferred.append((ckpt.metrics["threat_model"], float(ckpt.metrics["eps"])))
-    s.update(checkpoint=str(path), checkpoint_sha256=sha256_file(path), model_string=ckpt.model_string,
+    s.update(checkpoint=str(path), checkpoint_sha256=sha, model_string=ckpt.model_string,
              dataset=ckpt.dataset, method=ckpt.method, split="test", headline=headline(s, preferred),
              maps_file=maps_path(path).name)
     if save:
@@ -588,7 +621,7 @@ def save_evaluation(result: EvaluationResult, checkpoint: str | Path) -> tuple[P
 
     checkpoint = Path(checkpoint)
     json_path, h5_path = evaluation_path(checkpoint), maps_path(checkpoint)
-    counts = {(a["attack"], a["norm"], a["eps_label"]): a["perturbation"]["n_samples"] for a in result.summary["attacks"]}
+    rows = {(a["attack"], a["norm"], a["eps_label"]): a for a in result.summary["attacks"]}
 
     def write_maps(tmp: Path):
         with h5py.File(tmp, "w") as f:
@@ -597,8 +630,9 @@ def save_evaluation(result: EvaluationResult, checkpoint: str | Path) -> tuple[P
             group = f.create_group("maps")
             for i, ((attack, norm, label), pmap) in enumerate(result.maps.items()):
                 ds = group.create_dataset(str(i), data=np.asarray(pmap, dtype=np.float16))
-                ds.attrs.update(attack=attack, norm=norm, eps=float(parse_eps(label)), eps_label=label,
-                                n_samples=int(counts.get((attack, norm, label), 0)))
+                row = rows.get((attack, norm, label))
+                ds.attrs.update(attack=attack, norm=norm, eps=float(row["eps"] if row else parse_eps(label)),
+                                eps_label=label, n_samples=int(row["perturbation"]["n_samples"] if row else 0))
 
     def write_json(tmp: Path):
         with open(tmp, "w") as fh:
@@ -640,16 +674,30 @@ def load_evaluation(path: str | Path, verify: bool = True) -> dict:
     return summary
 
 
-def load_perturbation_maps(path: str | Path) -> dict[tuple[str, str, str], np.ndarray]:
+def load_perturbation_maps(path: str | Path, verify: bool = True) -> dict[tuple[str, str, str], np.ndarray]:
     """(attack, norm, eps_label) -> float16 (H, W) perturbation map, e.g.
-    ``maps[("pgd-20", "Linf", "8/255")]``; give the checkpoint or its ``.eval.h5``."""
+    ``maps[("pgd-20", "Linf", "8/255")]``; give the checkpoint or its ``.eval.h5``. With
+    ``verify``, maps of other weights than the checkpoint's (retrained since) are an error."""
     import h5py
 
     path = Path(path)
     h5_path = path if path.name.endswith(".eval.h5") else maps_path(path)
     if not h5_path.is_file():
         raise FilterDBError(f"{h5_path}: no perturbation maps; run 'filterdb evaluate' on the checkpoint")
-    with h5py.File(h5_path, "r") as f:
+    checkpoint = h5_path.with_name(h5_path.name[: -len(".eval.h5")])
+    try:
+        f = h5py.File(h5_path, "r")
+    except OSError as exc:
+        raise FilterDBError(f"{h5_path}: unreadable perturbation maps ({exc}); run 'filterdb evaluate' again") from None
+    with f:
+        if f.attrs.get("format") != MAPS_FORMAT or "maps" not in f:
+            raise FilterDBError(f"{h5_path}: not a filterdb perturbation-maps file")
+        sha = f.attrs.get("checkpoint_sha256", "")
+        if verify and sha and checkpoint.is_file():
+            from filterdb.records import sha256_file
+            if sha256_file(checkpoint) != sha:
+                raise FilterDBError(f"{h5_path}: the maps belong to earlier weights of {checkpoint.name} (its "
+                                    f"sha256 changed); run 'filterdb evaluate {checkpoint}' again")
         return {(str(ds.attrs["attack"]), str(ds.attrs["norm"]), str(ds.attrs["eps_label"])): ds[()]
                 for _, ds in sorted(f["maps"].items(), key=lambda kv: int(kv[0]))}
 

@@ -54,6 +54,9 @@ def checkpoint_record(ckpt) -> dict:
 
 def load_checkpoint_model(path: Path, spec: ModelSpec) -> LoadedModel:
     from filterdb.training.checkpoint import load_checkpoint
+    from filterdb.training.evaluation import evaluation_record
 
     ckpt = load_checkpoint(path)
-    return LoadedModel(spec, [ckpt.build_model()], ckpt.input_shape, weights_path=path, record=checkpoint_record(ckpt))
+    # Results of 'filterdb evaluate' beside the checkpoint override its training-time metrics.
+    record = {**checkpoint_record(ckpt), **evaluation_record(path)}
+    return LoadedModel(spec, [ckpt.build_model()], ckpt.input_shape, weights_path=path, record=record)
