@@ -150,3 +150,34 @@ def test_model_without_convolutions_leaves_nothing(tmp_path):
             db.add_module(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)), source="test", name="mlp",
                           input_shape=(1, 2, 2))
     assert [p.name for p in (tmp_path / "db" / "shards").iterdir()] == []
+
+
+def test_compare_on_the_demo_database_reports_differences_and_statistics(demo_db):
+    from filterdb.analysis.metrics import METRIC_NAMES
+
+    first = run("compare", "robust", "normal", "--layer", "first", "--db", demo_db, "--format", "json")
+    assert first.exit_code == 0, first.output
+    records = json.loads(first.output[first.output.index("["):])
+    rows = [r for r in records if r["metric"] != "divergence"]
+    divergence = [r for r in records if r["metric"] == "divergence"]
+    assert {r["metric"] for r in rows} == set(METRIC_NAMES)
+    assert len(divergence) == 1 and divergence[0]["divergence"] > 0 and divergence[0]["filters_a"] > 0
+    for r in rows:
+        assert r["layers"] == "first" and r["n_a"] == r["n_b"] == 3  # 3 robust, 3 normal demo models
+        assert r["difference"] == pytest.approx(r["mean_a"] - r["mean_b"], abs=1e-12)
+        assert 0 <= r["p_value"] <= 1 and -1 <= r["cliffs_delta"] <= 1
+        assert r["ci_low"] <= r["difference"] <= r["ci_high"]
+
+    deciles = run("compare", "robust", "normal", "--layer", "deciles", "--db", demo_db, "--format", "csv")
+    assert deciles.exit_code == 0, deciles.output
+    import io
+
+    import pandas as pd
+    frame = pd.read_csv(io.StringIO(deciles.output[deciles.output.index("layers,"):]), dtype={"layers": str})
+    assert frame["layers"].iloc[0] == "0"  # the first layer on its own, then deciles of conv_depth_norm
+    metrics = frame[frame["metric"] != "divergence"]
+    assert len(set(frame["layers"])) > 3 and set(metrics["metric"]) == set(METRIC_NAMES)
+    assert metrics["p_value"].between(0, 1).all()
+
+    table = run("compare", "robust", "normal", "--layer", "deciles", "--db", demo_db)
+    assert table.exit_code == 0 and "Cliff" in table.output and "p (MWU)" in table.output
