@@ -73,9 +73,8 @@ def ingest_to_shard(db_dir: str, spec: ModelSpec) -> tuple[str, int, int]:
     return record["model_id"], record["n_layers"], record["n_filters"]
 
 
-def build(db: FilterDB, specs: list[ModelSpec], *, force: bool = False, jobs: int = 1,
-          show_progress: bool = True, description: str = "models") -> BuildReport:
-    """Add every spec's model to ``db``; returns what happened to each."""
+def plan_build(db: FilterDB, specs: list[ModelSpec], force: bool = False) -> tuple[BuildReport, list[ModelSpec]]:
+    """A report holding the models already in ``db`` as skipped (none with ``force``), and the specs left to do."""
     report = BuildReport()
     todo = []
     for spec in specs:
@@ -83,6 +82,13 @@ def build(db: FilterDB, specs: list[ModelSpec], *, force: bool = False, jobs: in
             report.outcomes.append(ModelOutcome(spec.key, spec.model_id, "skipped"))
         else:
             todo.append(spec)
+    return report, todo
+
+
+def build(db: FilterDB, specs: list[ModelSpec], *, force: bool = False, jobs: int = 1,
+          show_progress: bool = True, description: str = "models") -> BuildReport:
+    """Add every spec's model to ``db``; returns what happened to each."""
+    report, todo = plan_build(db, specs, force)
     t_start = time.perf_counter()
 
     def stored() -> str:

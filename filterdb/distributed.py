@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from filterdb.build import BuildReport, ModelOutcome, describe_error, ingest_to_shard
+from filterdb.build import BuildReport, ModelOutcome, describe_error, ingest_to_shard, plan_build
 from filterdb.errors import FilterDBError
 from filterdb.progress import progress_bar
 from filterdb.sources.base import ModelSpec
@@ -30,13 +30,7 @@ def build_on_dask(db: FilterDB, specs: list[ModelSpec], scheduler_address: str, 
     """Add every spec's model to ``db`` using the workers of the Dask scheduler at ``scheduler_address``."""
     from dask.distributed import Client, as_completed
 
-    report = BuildReport()
-    todo = []
-    for spec in specs:
-        if db.has_model(spec.model_id) and not force:
-            report.outcomes.append(ModelOutcome(spec.key, spec.model_id, "skipped"))
-        else:
-            todo.append(spec)
+    report, todo = plan_build(db, specs, force)
     if not todo:
         return report
     try:

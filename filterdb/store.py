@@ -104,10 +104,7 @@ def _allocate_contiguous(group: h5py.Group, name: str, shape: tuple[int, ...]) -
     dataset = h5py.Dataset(h5py.h5d.create(group.id, name.encode(), h5py.h5t.IEEE_F32LE, space, dcpl=dcpl))
     dataset.attrs["encoding-type"] = FILTERS_ENCODING
     dataset.attrs["encoding-version"] = schema.FORMAT_VERSION
-    offset = dataset.id.get_offset()
-    if offset is None:  # only for an empty dataset: nothing to write
-        return 0
-    return offset
+    return dataset.id.get_offset() or 0  # None only for an empty dataset: nothing to write there
 
 
 def read_shard_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
