@@ -97,7 +97,7 @@ def build(db: FilterDB, specs: list[ModelSpec], *, force: bool = False, jobs: in
         rate = n / max(time.perf_counter() - t_start, 1e-9)
         return f"{n / 1e6:.2f}M filters stored, {rate / 1e6:.2f}M filters/s"
 
-    with progress_bar(unit="models", transient=not show_progress) as progress:
+    with db.batch(), progress_bar(unit="models", transient=not show_progress) as progress:
         task = progress.add_task(description, total=len(todo), status="", visible=show_progress)
         if jobs <= 1:
             with ThreadPoolExecutor(max_workers=1) as prefetcher:

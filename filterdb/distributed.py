@@ -38,7 +38,7 @@ def build_on_dask(db: FilterDB, specs: list[ModelSpec], scheduler_address: str, 
     except OSError as exc:
         raise FilterDBError(f"cannot reach the Dask scheduler at {scheduler_address} ({exc}); "
                             "check the address (e.g. tcp://HOST:8786) and that the scheduler runs") from exc
-    with client, progress_bar(unit="models", transient=not show_progress) as progress:
+    with client, db.batch(), progress_bar(unit="models", transient=not show_progress) as progress:
         task = progress.add_task(f"dask {scheduler_address}", total=len(todo), status="", visible=show_progress)
         futures = {client.submit(timed_ingest, os.fspath(db.path), spec, key=f"filterdb-{spec.model_id}-{i}",
                                  pure=False, retries=0): spec for i, spec in enumerate(todo)}

@@ -1,7 +1,8 @@
 """Extraction: every 2-D convolution of a ``torch.nn.Module``, in execution order.
 
 The order comes from a forward pass with hooks on a dummy input, not from module
-definition order (which is wrong for many architectures). Convolutions that the pass
+definition order (which is wrong for many architectures); the pass skips the
+convolutions' arithmetic, which the order does not need. Convolutions that the pass
 never reaches are kept, flagged ``reached = False`` and placed last.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from filterdb.errors import FilterDBError
 class ExtractedLayer:
     info: dict  # layer-table columns except model_id, start, stop
     weight: torch.Tensor  # effective weight, (out, in/groups, kh, kw)
+    model_name: str = "model"
 
     @property
     def kernel(self) -> str:
@@ -30,6 +32,17 @@ class ExtractedLayer:
         if w.device.type != "cpu" or w.dtype != torch.float32:
             w = w.to("cpu", torch.float32)
         return w.contiguous().numpy().reshape(-1, w.shape[-2], w.shape[-1])
+
+    def check_finite(self) -> None:
+        """Raise ``FilterDBError`` naming the model and layer if a weight is NaN or Inf."""
+        # One single-threaded reduction (it runs beside the writer thread of write_shard): any
+        # NaN/Inf makes the sum non-finite; an overflowing sum of finite weights only costs the
+        # exact check.
+        filters = self.filters()
+        if not np.isfinite(filters.sum()) and not np.isfinite(filters).all():
+            bad = int((~torch.isfinite(self.weight)).sum())
+            raise FilterDBError(f"{self.model_name}, layer {self.info['name']}: {bad} weight(s) are NaN or Inf; "
+                                "the checkpoint is corrupt or training diverged - re-export it from a healthy run")
 
 
 def conv_modules(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
@@ -54,15 +67,52 @@ def effective_weight(module: nn.Conv2d) -> tuple[torch.Tensor, str]:
 
 
 def execution_order(model: nn.Module, convs: list[nn.Conv2d], input_shape: tuple[int, ...]) -> dict[int, int]:
-    """Map id(conv) -> order of its first call in one forward pass on a seeded random input."""
+    """Map id(conv) -> order of its first call in one forward pass with hooks on a seeded random input.
+
+    The pass skips the arithmetic of the convolutions (:func:`_shape_only_forward`), nearly
+    all of a CNN's forward cost and irrelevant to the order. A model that fails that way
+    (say it checks the statistics of its activations) gets a complete pass instead.
+    """
+    try:
+        return _hooked_pass(model, convs, input_shape, shapes_only=True)
+    except Exception:  # noqa: BLE001 - the complete pass below reports the model's real errors
+        return _hooked_pass(model, convs, input_shape, shapes_only=False)
+
+
+def _shape_only_forward(conv: nn.Conv2d):
+    """A stand-in ``forward`` for ``conv``: zeros of the shape, dtype and device its output would have."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() not in (3, 4) or x.shape[-3] != conv.in_channels:
+            raise RuntimeError("input does not fit the convolution")  # the complete pass says how
+        size = x.shape[-2:]
+        if conv.padding == "same":
+            out = tuple(size)
+        else:
+            pad = (0, 0) if conv.padding == "valid" else conv.padding
+            out = tuple((size[i] + 2 * pad[i] - conv.dilation[i] * (conv.kernel_size[i] - 1) - 1) // conv.stride[i] + 1
+                        for i in range(2))
+        if min(out) < 1:
+            raise RuntimeError("input smaller than the kernel")
+        return x.new_zeros((*x.shape[:-3], conv.out_channels, *out))
+
+    return forward
+
+
+def _hooked_pass(model: nn.Module, convs: list[nn.Conv2d], input_shape: tuple[int, ...],
+                 shapes_only: bool) -> dict[int, int]:
     order: dict[int, int] = {}
 
     def hook(module, _inputs, _output):
         order.setdefault(id(module), len(order))
 
     handles = [c.register_forward_hook(hook) for c in convs]
+    # Only convolutions that run nn.Conv2d's own forward: a subclass may compute its output differently.
+    stand_ins = [c for c in convs if type(c).forward is nn.Conv2d.forward] if shapes_only else []
     was_training = model.training
     try:
+        for conv in stand_ins:
+            conv.forward = _shape_only_forward(conv)
         param = next(iter(model.parameters()), None)
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
@@ -72,6 +122,8 @@ def execution_order(model: nn.Module, convs: list[nn.Conv2d], input_shape: tuple
         with torch.no_grad():
             model(x)
     finally:
+        for conv in stand_ins:
+            del conv.forward
         for h in handles:
             h.remove()
         model.train(was_training)
@@ -85,8 +137,12 @@ def _padding_text(padding) -> str:
 
 
 def extract_layers(model: nn.Module, input_shape: tuple[int, int, int], *, member: int = 0,
-                   model_name: str = "model") -> list[ExtractedLayer]:
-    """Extract the convolutions of one network, reached ones in execution order, then unreached ones."""
+                   model_name: str = "model", check_values: bool = True) -> list[ExtractedLayer]:
+    """Extract the convolutions of one network, reached ones in execution order, then unreached ones.
+
+    NaN/Inf weights raise ``FilterDBError`` unless ``check_values`` is false (``write_shard``
+    checks them itself, while it writes).
+    """
     named = conv_modules(model)
     if not named:
         raise FilterDBError(f"{model_name}: the model has no Conv2d layers, so there are no filters to store; "
@@ -107,6 +163,9 @@ def extract_layers(model: nn.Module, input_shape: tuple[int, int, int], *, membe
         layers.append(_layer(m, name, member, exec_order, depth, norm, model_name))
     for name, m in unreached:
         layers.append(_layer(m, name, member, -1, -1, float("nan"), model_name))
+    if check_values:
+        for layer in layers:
+            layer.check_finite()
     return layers
 
 
@@ -115,12 +174,6 @@ def _layer(m: nn.Conv2d, name: str, member: int, exec_order: int, depth: int, de
     weight, kind = effective_weight(m)
     if weight.dim() != 4:
         raise FilterDBError(f"{model_name}, layer {name}: weight has shape {tuple(weight.shape)}, expected 4-D")
-    # One reduction instead of a mask: any NaN/Inf makes the sum non-finite (an overflowing
-    # sum of finite weights only costs the exact check).
-    if not torch.isfinite(weight.sum()) and not torch.isfinite(weight).all():
-        bad = int((~torch.isfinite(weight)).sum())
-        raise FilterDBError(f"{model_name}, layer {name}: {bad} weight(s) are NaN or Inf; "
-                            "the checkpoint is corrupt or training diverged - re-export it from a healthy run")
     out_c, in_per_group, kh, kw = weight.shape
     info = {
         "member": member,
@@ -145,15 +198,15 @@ def _layer(m: nn.Conv2d, name: str, member: int, exec_order: int, depth: int, de
         "weight_kind": kind,
         "n_filters": int(out_c * in_per_group),
     }
-    return ExtractedLayer(info=info, weight=weight)
+    return ExtractedLayer(info=info, weight=weight, model_name=model_name)
 
 
-def extract_members(members: list[nn.Module], input_shape: tuple[int, int, int], model_name: str = "model"
-                    ) -> list[ExtractedLayer]:
+def extract_members(members: list[nn.Module], input_shape: tuple[int, int, int], model_name: str = "model",
+                    check_values: bool = True) -> list[ExtractedLayer]:
     """Extract every member of a model (ensembles have several), numbering layers within the model."""
     layers: list[ExtractedLayer] = []
     for i, member in enumerate(members):
-        layers.extend(extract_layers(member, input_shape, member=i, model_name=model_name))
+        layers.extend(extract_layers(member, input_shape, member=i, model_name=model_name, check_values=check_values))
     for index, layer in enumerate(layers):
         layer.info["layer_index"] = index
     return layers

@@ -19,9 +19,16 @@ TABLE_ENCODING_VERSION = "0.2.0"
 _STR = h5py.string_dtype("utf-8")
 
 
-def table_frame(rows: list[dict], columns: tuple[Column, ...], index: str | None = None) -> pd.DataFrame:
-    """The in-memory twin of a stored table: the same columns and dtypes that ``read_table`` returns."""
-    data = {c.name: np.array([r[c.name] for r in rows], dtype=c.numpy_dtype) for c in columns}
+def table_columns(rows: list[dict], columns: tuple[Column, ...]) -> dict[str, np.ndarray]:
+    """Rows (complete dicts) as one numpy array per column, in the column's dtype."""
+    return {c.name: np.array([r[c.name] for r in rows], dtype=c.numpy_dtype) for c in columns}
+
+
+def table_frame(data: list[dict] | dict[str, np.ndarray], columns: tuple[Column, ...],
+                index: str | None = None) -> pd.DataFrame:
+    """The in-memory twin of a stored table (rows or ``table_columns``): the columns and dtypes ``read_table`` returns."""
+    if not isinstance(data, dict):
+        data = table_columns(data, columns)
     return _frame(data, {c.name for c in columns if c.kind == "str"}, index)
 
 
@@ -36,24 +43,44 @@ def _frame(data: dict[str, np.ndarray], str_columns: set[str], index: str | None
     return frame
 
 
-def write_table(parent: h5py.Group, name: str, rows: list[dict] | pd.DataFrame, columns: tuple[Column, ...],
-                index: str | None = None) -> h5py.Group:
-    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows), columns=[c.name for c in columns])
+def write_table(parent: h5py.Group, name: str, data: list[dict] | dict[str, np.ndarray] | pd.DataFrame,
+                columns: tuple[Column, ...], index: str | None = None) -> h5py.Group:
+    """Write a table (rows, ``table_columns`` or a DataFrame) as a new group ``name`` of ``parent``.
+
+    Through h5py's low-level API: a table has about a hundred datasets and attributes, and
+    the high-level calls would cost more than writing the filters of a small model.
+    """
+    table = pd.DataFrame(data, columns=[c.name for c in columns]) if isinstance(data, list) else data
     group = parent.create_group(name)
-    group.attrs["encoding-type"] = TABLE_ENCODING
-    group.attrs["encoding-version"] = TABLE_ENCODING_VERSION
-    group.attrs["column-order"] = [c.name for c in columns]
-    group.attrs["_index"] = index or ""
+    _set_str_attr(group.id, "encoding-type", TABLE_ENCODING)
+    _set_str_attr(group.id, "encoding-version", TABLE_ENCODING_VERSION)
+    _set_str_attr(group.id, "column-order", [c.name for c in columns])
+    _set_str_attr(group.id, "_index", index or "")
     for c in columns:
-        values = frame[c.name].to_numpy() if c.name in frame else np.array([], dtype=c.numpy_dtype)
+        values = np.asarray(table[c.name]) if c.name in table else np.array([], dtype=c.numpy_dtype)
         if c.kind == "str":
-            data = np.array(["" if v is None else str(v) for v in values], dtype=object)
-            ds = group.create_dataset(c.name, data=data, dtype=_STR)
+            column = np.array(["" if v is None else str(v) for v in values], dtype=object)
+            h5type = _STR_TYPE
         else:
-            ds = group.create_dataset(c.name, data=np.asarray(values, dtype=c.numpy_dtype))
-        ds.attrs["kind"] = c.kind
-        ds.attrs["description"] = c.doc
+            column = np.ascontiguousarray(values, dtype=c.numpy_dtype)
+            h5type = h5py.h5t.py_create(column.dtype, logical=True)
+        dataset = h5py.h5d.create(group.id, c.name.encode(), h5type, h5py.h5s.create_simple(column.shape))
+        if len(column):
+            dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, column)
+        _set_str_attr(dataset, "kind", c.kind)
+        _set_str_attr(dataset, "description", c.doc)
     return group
+
+
+_STR_TYPE = h5py.h5t.py_create(_STR, logical=True)
+_SCALAR = h5py.h5s.create(h5py.h5s.SCALAR)
+
+
+def _set_str_attr(obj, name: str, value: str | list[str]) -> None:
+    """A UTF-8 string attribute (or 1-D array of them), as ``obj.attrs[name] = value`` writes it."""
+    data = np.array(value, dtype=object)
+    space = _SCALAR if data.ndim == 0 else h5py.h5s.create_simple(data.shape)
+    h5py.h5a.create(obj, name.encode(), _STR_TYPE, space).write(data)
 
 
 def read_table(group: h5py.Group) -> pd.DataFrame:

@@ -41,9 +41,9 @@ def model_record(source: str, name: str, layers: list[ExtractedLayer], record: d
 
 
 def extract_loaded(loaded: LoadedModel) -> tuple[dict, list[ExtractedLayer]]:
-    """A loaded model's complete model-table row and its extracted layers."""
+    """A loaded model's complete model-table row and its extracted layers (``write_shard`` checks their values)."""
     spec = loaded.spec
-    layers = extract_members(loaded.members, loaded.input_shape, model_name=spec.label)
+    layers = extract_members(loaded.members, loaded.input_shape, model_name=spec.label, check_values=False)
     n_params = sum(p.numel() for m in loaded.members for p in m.parameters())
     sha = spec.record.get("weights_sha256") or (sha256_file(loaded.weights_path) if loaded.weights_path else "")
     record = model_record(spec.source, spec.name, layers, {**spec.record, **loaded.record}, n_params=n_params,

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -28,7 +31,7 @@ from torch import nn
 from filterdb import schema
 from filterdb.errors import FilterDBError
 from filterdb.extract import ExtractedLayer
-from filterdb.h5table import read_table, table_frame, write_table
+from filterdb.h5table import read_table, table_columns, table_frame, write_table
 from filterdb.records import extract_loaded, tool_version
 from filterdb.sources.base import LoadedModel, ModelSpec
 
@@ -60,7 +63,8 @@ def write_shard(db_dir: str | os.PathLike, record: dict, layers: list[ExtractedL
 
     ``record`` is a complete model-table row (``model_record``). Filters of one layer are
     contiguous and out-channel-major; ``start``/``stop`` in the shard's layer table are
-    local to the shard. Returns the shard's path and its model and layer tables.
+    local to the shard. NaN/Inf weights raise ``FilterDBError`` naming the layer, and no
+    shard is left. Returns the shard's path and its model and layer tables.
     """
     final = shard_path(Path(db_dir), record["model_id"])
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -71,27 +75,57 @@ def write_shard(db_dir: str | os.PathLike, record: dict, layers: list[ExtractedL
         start = sizes.get(layer.kernel, 0)
         sizes[layer.kernel] = start + layer.info["n_filters"]
         rows.append({**layer.info, "model_id": record["model_id"], "start": start, "stop": sizes[layer.kernel]})
+    model_columns = table_columns([record], schema.MODEL_COLUMNS)
+    layer_columns = table_columns(rows, schema.LAYER_COLUMNS)
     try:
         with h5py.File(tmp, "w", libver="latest") as f:
             _root_attrs(f, SHARD_ENCODING)
-            write_table(f, "models", [record], schema.MODEL_COLUMNS, index="model_id")
-            write_table(f, "layers", rows, schema.LAYER_COLUMNS)
+            write_table(f, "models", model_columns, schema.MODEL_COLUMNS, index="model_id")
+            write_table(f, "layers", layer_columns, schema.LAYER_COLUMNS)
             group = f.create_group("filters")
             shapes = {layer.kernel: (layer.info["kernel_h"], layer.info["kernel_w"]) for layer in layers}
             offsets = {kernel: _allocate_contiguous(group, kernel, (n, *shapes[kernel])) for kernel, n in sizes.items()}
         # The filter datasets are contiguous, unfiltered little-endian float32 at known file
-        # offsets: write the bytes there directly (HDF5's own write path is 2x slower).
-        with open(tmp, "r+b") as fh:
-            for layer, row in zip(layers, rows):
-                filters = np.ascontiguousarray(layer.filters(), dtype="<f4")
-                if filters.size:
-                    fh.seek(offsets[layer.kernel] + row["start"] * filters[0].nbytes)
-                    fh.write(memoryview(filters).cast("B"))
+        # offsets: a thread writes the bytes there directly (HDF5's own write path is 2x
+        # slower) while this one checks the weights for NaN/Inf.
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            runs = {offsets[kernel]: [layer for layer in layers if layer.kernel == kernel] for kernel in sizes}
+            written = writer.submit(_write_filter_bytes, tmp, runs)
+            try:
+                for layer in layers:
+                    layer.check_finite()
+                models = table_frame(model_columns, schema.MODEL_COLUMNS, "model_id")
+                layer_frame = table_frame(layer_columns, schema.LAYER_COLUMNS)
+            finally:
+                written.result()
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return final, table_frame([record], schema.MODEL_COLUMNS, "model_id"), table_frame(rows, schema.LAYER_COLUMNS)
+    return final, models, layer_frame
+
+
+def _write_filter_bytes(path: Path, runs: dict[int, list[ExtractedLayer]]) -> None:
+    """Write each run of layers (file offset -> the layers whose filters follow one another
+    there) with one ``pwritev``: this thread then needs Python's GIL only between runs,
+    and the other thread does not have to hand it over every few megabytes."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for offset, layers in runs.items():
+            pieces = [memoryview(np.ascontiguousarray(layer.filters(), dtype="<f4")).cast("B") for layer in layers]
+            pieces = [piece for piece in pieces if len(piece)]
+            while pieces:
+                written = os.pwritev(fd, pieces[:_IOV_MAX], offset)
+                offset += written
+                while pieces and written >= len(pieces[0]):
+                    written -= len(pieces.pop(0))
+                if written:  # a partial write stopped inside this piece
+                    pieces[0] = pieces[0][written:]
+    finally:
+        os.close(fd)
+
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
 def _allocate_contiguous(group: h5py.Group, name: str, shape: tuple[int, ...]) -> int:
@@ -139,6 +173,10 @@ class FilterDB:
         self._lock_fh = None
         self._file: h5py.File | None = None
         self._shards: dict[str, h5py.File] = {}
+        self._stale_tables = False  # self._parts changed since self._models/_layers were assembled
+        self._unpublished = False  # ... since the master file was written
+        self._publish_every: float | None = None  # seconds, inside batch(); None: after every change
+        self._published_at = time.monotonic()
         self._load()
 
     # ---------------------------------------------------------------- opening
@@ -279,10 +317,11 @@ class FilterDB:
         if self.mode == "r":
             self._models = read_table(self._file["models"])
             self._layers = read_table(self._file["layers"])
-        self._offsets = {(mid, kernel): int(rows["start"].min())
-                         for (mid, kernel), rows in self._layers.groupby(["model_id", "kernel"], sort=False)}
+        self._offsets = _first_rows(self._layers)
 
     def close(self) -> None:
+        if self._unpublished and self._lock_fh is not None:
+            self._publish()
         for f in self._shards.values():
             f.close()
         self._shards.clear()
@@ -300,39 +339,43 @@ class FilterDB:
         self.close()
 
     def __repr__(self) -> str:
-        return f"FilterDB({str(self.path)!r}, {len(self._models)} models, {len(self._layers)} layers)"
+        return f"FilterDB({str(self.path)!r}, {len(self.models)} models, {len(self.layers)} layers)"
 
     # ---------------------------------------------------------------- reading
 
     @property
     def models(self) -> pd.DataFrame:
         """The model table, indexed by model_id (columns: filterdb.schema.MODEL_COLUMNS)."""
+        self._sync()
         return self._models
 
     @property
     def layers(self) -> pd.DataFrame:
         """The layer table; start/stop index /filters/<kernel> of the master file."""
+        self._sync()
         return self._layers
 
     @property
     def kernels(self) -> list[str]:
-        return sorted(self._layers["kernel"].unique(), key=lambda k: (int(k.split("x")[0]) * int(k.split("x")[1]), k))
+        return sorted(self.layers["kernel"].unique(), key=lambda k: (int(k.split("x")[0]) * int(k.split("x")[1]), k))
 
     def filters(self, kernel: str = "3x3") -> h5py.Dataset:
         """The virtual dataset of all filters of one kernel size (read lazily, slice what you need)."""
+        if self._unpublished:
+            self._publish()
         if kernel not in self._file["filters"]:
             raise FilterDBError(f"no {kernel} filters in {self.path}; kernels present: {', '.join(self.kernels) or 'none'}")
         return self._file["filters"][kernel]
 
     def has_model(self, model_id: str) -> bool:
-        return model_id in self._models.index
+        return model_id in self.models.index
 
     def shard_path(self, model_id: str) -> Path:
         return shard_path(self.path, model_id)
 
     def shard_token(self, model_id: str) -> str:
         """Changes whenever the model is re-extracted: a cache key for anything derived from its filters."""
-        row = self._models.loc[model_id]
+        row = self.models.loc[model_id]
         return f"{row['weights_sha256']}@{row['extracted_at']}"
 
     def _shard(self, model_id: str) -> h5py.File:
@@ -345,6 +388,7 @@ class FilterDB:
 
     def read_layer(self, row: pd.Series) -> np.ndarray:
         """The filters of one layer-table row, float32 (n, kh, kw), read from the model's shard."""
+        self._sync()
         base = self._offsets[(row["model_id"], row["kernel"])]
         dataset = self._shard(row["model_id"])["filters"][row["kernel"]]
         out = np.empty((int(row["stop"]) - int(row["start"]), dataset.shape[1], dataset.shape[2]), np.float32)
@@ -354,7 +398,8 @@ class FilterDB:
 
     def read_model(self, model_id: str, kernel: str = "3x3") -> np.ndarray:
         """Every filter of one kernel size of one model, in layer order."""
-        rows = self._layers[(self._layers["model_id"] == model_id) & (self._layers["kernel"] == kernel)]
+        layers = self.layers
+        rows = layers[(layers["model_id"] == model_id) & (layers["kernel"] == kernel)]
         if rows.empty:
             return np.empty((0, *map(int, kernel.split("x"))), np.float32)
         dataset = self._shard(model_id)["filters"][kernel]
@@ -364,15 +409,16 @@ class FilterDB:
 
     def iter_layers(self, layers: pd.DataFrame | None = None) -> Iterator[tuple[pd.Series, np.ndarray]]:
         """Yield (layer row, filters) one layer at a time, in the order of ``layers`` (default: all)."""
-        frame = self._layers if layers is None else layers
+        frame = self.layers if layers is None else layers
         for _, row in frame.iterrows():
             yield row, self.read_layer(row)
 
     def iter_filter_chunks(self, kernel: str = "3x3", layers: pd.DataFrame | None = None,
                            chunk_rows: int = 1 << 20) -> Iterator[np.ndarray]:
         """Yield the filters of the selected layers of one kernel size in chunks of at most ``chunk_rows``."""
-        frame = self._layers if layers is None else layers
+        frame = self.layers if layers is None else layers
         frame = frame[frame["kernel"] == kernel]
+        self._sync()
         for _, row in frame.iterrows():
             base = self._offsets[(row["model_id"], kernel)]
             dataset = self._shard(row["model_id"])["filters"][kernel]
@@ -401,10 +447,10 @@ class FilterDB:
         try:
             with h5py.File(tmp, "w", libver="latest") as f:
                 _root_attrs(f, DATABASE_ENCODING)
-                f.attrs["n_models"] = len(self._models)
+                f.attrs["n_models"] = len(self.models)
                 f.attrs["packed"] = True
-                write_table(f, "models", self._models, schema.MODEL_COLUMNS, index="model_id")
-                write_table(f, "layers", self._layers, schema.LAYER_COLUMNS)
+                write_table(f, "models", self.models, schema.MODEL_COLUMNS, index="model_id")
+                write_table(f, "layers", self.layers, schema.LAYER_COLUMNS)
                 group = f.create_group("filters")
                 for kernel in self.kernels:
                     source = self.filters(kernel)
@@ -432,25 +478,61 @@ class FilterDB:
         """Pick up shards written by other processes (build workers) and rewrite the master."""
         self._require_writable()
         self._parts = self._scan_shards()
+        self._stale_tables = self._unpublished = True
         self._publish()
 
+    @contextmanager
+    def batch(self, max_delay: float = 10.0) -> Iterator["FilterDB"]:
+        """Within the block, rewrite the master file at most every ``max_delay`` seconds, and on exit.
+
+        Builds add models in a batch: the master (tables and virtual datasets of every
+        model) is then rewritten once per interval instead of once per model. Nothing is
+        less safe: the shards are the database, a reader sees the last master written, and
+        a process killed inside the block leaves a master that the next open rebuilds.
+        This object's own tables are always current.
+        """
+        self._require_writable()
+        before = self._publish_every
+        self._publish_every = max_delay
+        try:
+            yield self
+        finally:
+            self._publish_every = before
+            if self._unpublished and before is None:
+                self._publish()
+
+    def _changed(self) -> None:
+        """The shards changed: publish now, or later inside ``batch``."""
+        self._stale_tables = self._unpublished = True
+        if self._publish_every is None or time.monotonic() - self._published_at >= self._publish_every:
+            self._publish()
+
+    def _sync(self) -> None:
+        """Bring the in-memory tables up to date with the shards (without writing the master)."""
+        if self._stale_tables:
+            self._models, self._layers = self._assemble(self._parts)
+            self._offsets = _first_rows(self._layers)
+            self._stale_tables = False
+
     def _publish(self) -> None:
-        self._models, self._layers = self._assemble(self._parts)
+        self._sync()
         self._write_master()
         self._open_master()
+        self._unpublished = False
+        self._published_at = time.monotonic()
 
     def adopt_shard(self, model_id: str) -> None:
         """Register a shard that another process (a build worker) wrote into this database."""
         self._require_writable()
         self._parts[model_id] = read_shard_tables(self.shard_path(model_id))
-        self._publish()
+        self._changed()
 
     def add_extracted(self, record: dict, layers: list[ExtractedLayer]) -> str:
         """Store an extracted model (a complete model-table row and its layers); returns its model_id."""
         self._require_writable()
         _, models, layer_rows = write_shard(self.path, record, layers)
         self._parts[record["model_id"]] = (models, layer_rows)
-        self._publish()
+        self._changed()
         return record["model_id"]
 
     def add_module(self, module: nn.Module | list[nn.Module], *, source: str, name: str,
@@ -464,14 +546,20 @@ class FilterDB:
 
     def remove_model(self, model_id: str) -> None:
         self._require_writable()
-        if model_id not in self._models.index:
+        if model_id not in self.models.index:
             raise FilterDBError(f"no model {model_id} in {self.path}; 'filterdb info' lists the models")
         f = self._shards.pop(model_id, None)
         if f is not None:
             f.close()
         self.shard_path(model_id).unlink()
         del self._parts[model_id]
-        self._publish()
+        self._changed()
+
+
+def _first_rows(layers: pd.DataFrame) -> dict[tuple[str, str], int]:
+    """(model_id, kernel) -> the first row of that model's filters in /filters/<kernel>."""
+    return {(mid, kernel): int(rows["start"].min())
+            for (mid, kernel), rows in layers.groupby(["model_id", "kernel"], sort=False)}
 
 
 def open_database(path: str | os.PathLike, mode: str = "r") -> FilterDB:

@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 from filterdb.errors import FilterDBError
-from filterdb.extract import extract_layers, extract_members
+from filterdb.extract import _hooked_pass, extract_layers, extract_members
 
 
 class ReversedDefinition(nn.Module):
@@ -110,3 +110,50 @@ def test_ensemble_members_are_numbered():
     layers = extract_members(members, (3, 8, 8))
     assert [(l.info["member"], l.info["layer_index"], l.info["conv_depth_norm"]) for l in layers] == [
         (0, 0, 0.0), (1, 1, 0.0), (1, 2, 1.0)]
+
+
+class DataDependent(nn.Module):
+    """Checks its activations, which the shapes-only pass leaves at zero; the complete pass must run it."""
+
+    def __init__(self):
+        super().__init__()
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.c = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        if y.abs().sum().item() == 0:
+            raise ValueError("dead activations")
+        y = self.b(y)
+        return self.c(y)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: torchvision.models.resnet18(num_classes=10),
+    lambda: torchvision.models.mobilenet_v2(num_classes=10),
+    lambda: torchvision.models.densenet121(num_classes=10),
+    ReversedDefinition,
+    lambda: nn.Sequential(nn.Conv2d(3, 4, 3, padding="same"), nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"),
+                          nn.Conv2d(4, 4, 5, dilation=2, stride=2)),
+], ids=["resnet18", "mobilenet_v2", "densenet121", "reversed", "padding-dilation"])
+def test_shapes_only_pass_gives_the_real_order_and_leaves_weights_alone(build):
+    torch.manual_seed(0)
+    model = build().train()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = _hooked_pass(model, convs, (3, 32, 32), shapes_only=True)
+    real = _hooked_pass(model, convs, (3, 32, 32), shapes_only=False)
+    assert fast == real and len(fast) >= 3
+    assert model.training
+    after = model.state_dict()
+    assert all(after[k].device.type == "cpu" and torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_value_dependent_forward_falls_back_to_the_complete_pass():
+    model = DataDependent()
+    with pytest.raises(ValueError, match="dead activations"):
+        _hooked_pass(model, [model.a, model.b, model.c], (3, 8, 8), shapes_only=True)
+    layers = extract_layers(model, (3, 8, 8))
+    assert [l.info["name"] for l in layers] == ["a", "b", "c"]
+    assert all(l.weight.device.type == "cpu" for l in layers)

@@ -203,3 +203,41 @@ def test_export_packs_one_self_contained_file(zoo_db, tmp_path):
     assert not list(tmp_path.glob(".packed*")), "no temporary file left behind"
     with open_database(path) as db, pytest.raises(FilterDBError, match="is a directory"):
         db.export(tmp_path)
+
+
+def test_batch_publishes_the_master_on_exit_and_keeps_its_own_tables_current(tmp_path):
+    net = nn.Sequential(nn.Conv2d(1, 2, 3))
+    master = tmp_path / "db" / "filterdb.h5"
+    with FilterDB.open(tmp_path / "db", "a") as db:
+        db.add_module(net, source="s", name="a", input_shape=(1, 4, 4))
+        with db.batch(max_delay=3600):
+            stamp = master.stat().st_mtime_ns
+            db.add_module(net, source="s", name="b", input_shape=(1, 4, 4))
+            db.add_module(net, source="s", name="c", input_shape=(1, 4, 4))
+            assert master.stat().st_mtime_ns == stamp  # not rewritten per model
+            assert list(db.models["name"]) == ["a", "b", "c"] and db.has_model(model_id("s", "c"))
+            assert db.read_model(model_id("s", "c")).tobytes() == net[0].weight.detach().numpy().tobytes()
+            with open_database(tmp_path / "db") as reader:  # the last published master, complete
+                assert list(reader.models["name"]) == ["a"] and reader.filters().shape[0] == 2
+        assert master.stat().st_mtime_ns != stamp
+        with h5py.File(master, "r") as f:
+            assert sorted(f["models"]["name"].asstr()[()]) == ["a", "b", "c"] and f["filters/3x3"].shape[0] == 6
+
+
+def test_batch_with_zero_delay_publishes_every_model(tmp_path):
+    with FilterDB.open(tmp_path / "db", "a") as db, db.batch(max_delay=0):
+        db.add_module(nn.Sequential(nn.Conv2d(1, 2, 3)), source="s", name="a", input_shape=(1, 4, 4))
+        with open_database(tmp_path / "db") as reader:
+            assert list(reader.models["name"]) == ["a"]
+
+
+def test_nan_weights_leave_no_shard_behind(tmp_path):
+    bad = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3))
+    with torch.no_grad():
+        bad[1].weight[1, 0, 2, 2] = float("nan")
+    with FilterDB.open(tmp_path / "db", "a") as db:
+        db.add_module(nn.Sequential(nn.Conv2d(1, 2, 3)), source="s", name="good", input_shape=(1, 6, 6))
+        with pytest.raises(FilterDBError, match=r"s:bad, layer 1: 1 weight\(s\) are NaN or Inf"):
+            db.add_module(bad, source="s", name="bad", input_shape=(1, 6, 6))
+        assert list(db.models["name"]) == ["good"]
+    assert sorted(p.name for p in (tmp_path / "db" / "shards").iterdir()) == [f"{model_id('s', 'good')}.h5"]
