@@ -253,17 +253,21 @@ class FilterDB:
         pairs = sorted(parts.values(), key=lambda p: p[0]["key"].iloc[0])
         model_frame = pd.concat([m for m, _ in pairs])
         model_frame.index = pd.Index(model_frame["model_id"].to_numpy(dtype=object), dtype=object)
+        layer_frame = pd.concat([l for _, l in pairs], ignore_index=True)
+        kernels, stops = layer_frame["kernel"].to_numpy(), layer_frame["stop"].to_numpy()
+        shift = np.zeros(len(layer_frame), np.int64)  # rows of each kernel in the models before
         offsets: dict[str, int] = {}
-        shifted = []
-        for _, layer_frame in pairs:
-            layer_frame = layer_frame.copy()
-            for kernel, rows in layer_frame.groupby("kernel", sort=False).groups.items():
+        row = 0
+        for _, part in pairs:
+            span = slice(row, row + len(part))
+            for kernel in set(kernels[span]):
+                mine = kernels[span] == kernel
                 base = offsets.get(kernel, 0)
-                layer_frame.loc[rows, "start"] += base
-                layer_frame.loc[rows, "stop"] += base
-                offsets[kernel] = int(layer_frame.loc[rows, "stop"].max())
-            shifted.append(layer_frame)
-        layer_frame = pd.concat(shifted, ignore_index=True)
+                shift[span][mine] = base
+                offsets[kernel] = base + int(stops[span][mine].max())
+            row = span.stop
+        layer_frame["start"] += shift
+        layer_frame["stop"] += shift
         return model_frame, layer_frame
 
     def _master_is_current(self) -> bool:
@@ -290,12 +294,14 @@ class FilterDB:
                 write_table(f, "models", self._models, schema.MODEL_COLUMNS, index="model_id")
                 write_table(f, "layers", self._layers, schema.LAYER_COLUMNS)
                 group = f.create_group("filters")
-                for kernel, frame in self._layers.groupby("kernel", sort=True):
-                    kh, kw = int(frame["kernel_h"].iloc[0]), int(frame["kernel_w"].iloc[0])
-                    total = int(frame["stop"].max())
+                spans = _model_spans(self._layers)
+                for kernel in sorted({kernel for _, kernel in spans}):
+                    kh, kw = map(int, kernel.split("x"))
+                    total = max(stop for (_, k), (_, stop) in spans.items() if k == kernel)
                     layout = h5py.VirtualLayout(shape=(total, kh, kw), dtype=np.float32)
-                    for mid, rows in frame.groupby("model_id", sort=False):
-                        start, stop = int(rows["start"].min()), int(rows["stop"].max())
+                    for (mid, k), (start, stop) in spans.items():
+                        if k != kernel:
+                            continue
                         source = h5py.VirtualSource(f"{SHARD_DIR}/{mid}.h5", f"filters/{kernel}",
                                                     shape=(stop - start, kh, kw))
                         layout[start:stop] = source
@@ -556,10 +562,19 @@ class FilterDB:
         self._changed()
 
 
+def _model_spans(layers: pd.DataFrame) -> dict[tuple[str, str], tuple[int, int]]:
+    """(model_id, kernel) -> the rows [start, stop) of that model's filters in /filters/<kernel>."""
+    spans: dict[tuple[str, str], tuple[int, int]] = {}
+    columns = (layers[name].to_numpy() for name in ("model_id", "kernel", "start", "stop"))
+    for mid, kernel, start, stop in zip(*columns):
+        lo, hi = spans.get((mid, kernel), (start, stop))
+        spans[(mid, kernel)] = (int(min(lo, start)), int(max(hi, stop)))
+    return spans
+
+
 def _first_rows(layers: pd.DataFrame) -> dict[tuple[str, str], int]:
     """(model_id, kernel) -> the first row of that model's filters in /filters/<kernel>."""
-    return {(mid, kernel): int(rows["start"].min())
-            for (mid, kernel), rows in layers.groupby(["model_id", "kernel"], sort=False)}
+    return {key: start for key, (start, _) in _model_spans(layers).items()}
 
 
 def open_database(path: str | os.PathLike, mode: str = "r") -> FilterDB:
