@@ -107,8 +107,10 @@ def _hooked_pass(model: nn.Module, convs: list[nn.Conv2d], input_shape: tuple[in
         order.setdefault(id(module), len(order))
 
     handles = [c.register_forward_hook(hook) for c in convs]
-    # Only convolutions that run nn.Conv2d's own forward: a subclass may compute its output differently.
-    stand_ins = [c for c in convs if type(c).forward is nn.Conv2d.forward] if shapes_only else []
+    # Only convolutions that run nn.Conv2d's own forward: a subclass, or an instance given its
+    # own forward, may compute its output differently (and the latter must get it back).
+    stand_ins = [c for c in convs if type(c).forward is nn.Conv2d.forward and "forward" not in vars(c)
+                 ] if shapes_only else []
     was_training = model.training
     try:
         for conv in stand_ins:

@@ -157,3 +157,17 @@ def test_value_dependent_forward_falls_back_to_the_complete_pass():
     layers = extract_layers(model, (3, 8, 8))
     assert [l.info["name"] for l in layers] == ["a", "b", "c"]
     assert all(l.weight.device.type == "cpu" for l in layers)
+
+
+def test_a_forward_set_on_the_instance_is_kept_and_used():
+    conv = nn.Conv2d(1, 2, 3)
+    calls = []
+
+    def patched(x):
+        calls.append(x.shape)
+        return nn.Conv2d.forward(conv, x)
+
+    conv.forward = patched
+    layers = extract_layers(nn.Sequential(conv), (1, 5, 5))
+    assert [l.info["name"] for l in layers] == ["0"] and calls == [(1, 1, 5, 5)]
+    assert conv.forward is patched
