@@ -17,6 +17,8 @@ from filterdb.schema import Column
 TABLE_ENCODING = "dataframe"
 TABLE_ENCODING_VERSION = "0.2.0"
 _STR = h5py.string_dtype("utf-8")
+_STR_TYPE = h5py.h5t.py_create(_STR, logical=True)
+_SCALAR = h5py.h5s.create(h5py.h5s.SCALAR)
 
 
 def table_columns(rows: list[dict], columns: tuple[Column, ...]) -> dict[str, np.ndarray]:
@@ -70,10 +72,6 @@ def write_table(parent: h5py.Group, name: str, data: list[dict] | dict[str, np.n
         _set_str_attr(dataset, "kind", c.kind)
         _set_str_attr(dataset, "description", c.doc)
     return group
-
-
-_STR_TYPE = h5py.h5t.py_create(_STR, logical=True)
-_SCALAR = h5py.h5s.create(h5py.h5s.SCALAR)
 
 
 def _set_str_attr(obj, name: str, value: str | list[str]) -> None:

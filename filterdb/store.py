@@ -226,7 +226,8 @@ class FilterDB:
             for stale in self.path.glob(f".*{TMP_SUFFIX}"):
                 stale.unlink(missing_ok=True)
             self._parts = self._scan_shards()
-            self._models, self._layers = self._assemble(self._parts)
+            self._stale_tables = True
+            self._sync()
             if not self._master_is_current():
                 self._write_master()
         self._open_master()
@@ -294,14 +295,14 @@ class FilterDB:
                 write_table(f, "models", self._models, schema.MODEL_COLUMNS, index="model_id")
                 write_table(f, "layers", self._layers, schema.LAYER_COLUMNS)
                 group = f.create_group("filters")
-                spans = _model_spans(self._layers)
-                for kernel in sorted({kernel for _, kernel in spans}):
+                by_kernel: dict[str, list[tuple[str, int, int]]] = {}
+                for (mid, kernel), (start, stop) in self._spans.items():
+                    by_kernel.setdefault(kernel, []).append((mid, start, stop))
+                for kernel, spans in sorted(by_kernel.items()):
                     kh, kw = map(int, kernel.split("x"))
-                    total = max(stop for (_, k), (_, stop) in spans.items() if k == kernel)
+                    total = max(stop for _, _, stop in spans)
                     layout = h5py.VirtualLayout(shape=(total, kh, kw), dtype=np.float32)
-                    for (mid, k), (start, stop) in spans.items():
-                        if k != kernel:
-                            continue
+                    for mid, start, stop in spans:
                         source = h5py.VirtualSource(f"{SHARD_DIR}/{mid}.h5", f"filters/{kernel}",
                                                     shape=(stop - start, kh, kw))
                         layout[start:stop] = source
@@ -323,7 +324,7 @@ class FilterDB:
         if self.mode == "r":
             self._models = read_table(self._file["models"])
             self._layers = read_table(self._file["layers"])
-        self._offsets = _first_rows(self._layers)
+            self._spans = _model_spans(self._layers)
 
     def close(self) -> None:
         if self._unpublished and self._lock_fh is not None:
@@ -395,7 +396,7 @@ class FilterDB:
     def read_layer(self, row: pd.Series) -> np.ndarray:
         """The filters of one layer-table row, float32 (n, kh, kw), read from the model's shard."""
         self._sync()
-        base = self._offsets[(row["model_id"], row["kernel"])]
+        base = self._spans[(row["model_id"], row["kernel"])][0]
         dataset = self._shard(row["model_id"])["filters"][row["kernel"]]
         out = np.empty((int(row["stop"]) - int(row["start"]), dataset.shape[1], dataset.shape[2]), np.float32)
         if len(out):
@@ -426,7 +427,7 @@ class FilterDB:
         frame = frame[frame["kernel"] == kernel]
         self._sync()
         for _, row in frame.iterrows():
-            base = self._offsets[(row["model_id"], kernel)]
+            base = self._spans[(row["model_id"], kernel)][0]
             dataset = self._shard(row["model_id"])["filters"][kernel]
             for lo in range(int(row["start"]), int(row["stop"]), chunk_rows):
                 hi = min(lo + chunk_rows, int(row["stop"]))
@@ -517,7 +518,7 @@ class FilterDB:
         """Bring the in-memory tables up to date with the shards (without writing the master)."""
         if self._stale_tables:
             self._models, self._layers = self._assemble(self._parts)
-            self._offsets = _first_rows(self._layers)
+            self._spans = _model_spans(self._layers)
             self._stale_tables = False
 
     def _publish(self) -> None:
@@ -571,10 +572,6 @@ def _model_spans(layers: pd.DataFrame) -> dict[tuple[str, str], tuple[int, int]]
         spans[(mid, kernel)] = (int(min(lo, start)), int(max(hi, stop)))
     return spans
 
-
-def _first_rows(layers: pd.DataFrame) -> dict[tuple[str, str], int]:
-    """(model_id, kernel) -> the first row of that model's filters in /filters/<kernel>."""
-    return {key: start for key, (start, _) in _model_spans(layers).items()}
 
 
 def open_database(path: str | os.PathLike, mode: str = "r") -> FilterDB:
