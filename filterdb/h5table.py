@@ -81,10 +81,17 @@ def _set_str_attr(obj, name: str, value: str | list[str]) -> None:
     h5py.h5a.create(obj, name.encode(), _STR_TYPE, space).write(data)
 
 
-def read_table(group: h5py.Group) -> pd.DataFrame:
+def read_table(group: h5py.Group, columns: tuple[Column, ...] = ()) -> pd.DataFrame:
+    """A stored table as a DataFrame; ``columns`` that an older file lacks are filled with their missing value."""
     if group.attrs.get("encoding-type") != TABLE_ENCODING:
         raise ValueError(f"{group.file.filename}:{group.name} is not a filterdb table (no encoding-type 'dataframe')")
     names = list(group.attrs["column-order"])
     str_columns = {name for name in names if group[name].attrs.get("kind") == "str"}
     data = {name: group[name].asstr()[()] if name in str_columns else group[name][()] for name in names}
+    n_rows = len(next(iter(data.values()))) if data else 0
+    for c in columns:
+        if c.name not in data:
+            data[c.name] = np.full(n_rows, c.missing, dtype=c.numpy_dtype)
+            if c.kind == "str":
+                str_columns.add(c.name)
     return _frame(data, str_columns, group.attrs.get("_index", "") or None)

@@ -145,7 +145,7 @@ def read_shard_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     with h5py.File(path, "r") as f:
         if f.attrs.get("encoding-type") != SHARD_ENCODING:
             raise FilterDBError(f"{path} is not a filterdb shard; remove it from the shards folder")
-        return read_table(f["models"]), read_table(f["layers"])
+        return read_table(f["models"], schema.MODEL_COLUMNS), read_table(f["layers"], schema.LAYER_COLUMNS)
 
 
 def _master_is_stale(path: Path) -> bool:
@@ -322,8 +322,8 @@ class FilterDB:
         if self._file.attrs.get("format") != schema.FORMAT_NAME:
             raise FilterDBError(f"{self.path / MASTER_NAME} is not a filterdb database file")
         if self.mode == "r":
-            self._models = read_table(self._file["models"])
-            self._layers = read_table(self._file["layers"])
+            self._models = read_table(self._file["models"], schema.MODEL_COLUMNS)
+            self._layers = read_table(self._file["layers"], schema.LAYER_COLUMNS)
             self._spans = _model_spans(self._layers)
 
     def close(self) -> None:

@@ -49,7 +49,19 @@ def checkpoint_record(ckpt) -> dict:
         "robust_acc": metrics.get("robust_acc"),
         "robust_attack": metrics.get("robust_attack", ""),
         "extra_data": False,
+        "pair": pair_name(ckpt.pairing),
+        "pair_role": ckpt.pairing.get("role", ""),
+        "seed": ckpt.pairing.get("seed", -1),
     }
+
+
+def pair_name(pairing: dict) -> str:
+    """The pair a checkpoint was trained in: its pair directory and the digest of the shared initial
+    weights (``name@init[:8]``), so that two runs of the same pair name never look like twins."""
+    if not pairing.get("pair"):
+        return ""
+    init = pairing.get("init_sha256", "")
+    return f"{pairing['pair']}@{init[:8]}" if init else str(pairing["pair"])
 
 
 def load_checkpoint_model(path: Path, spec: ModelSpec) -> LoadedModel:
