@@ -313,8 +313,28 @@ class _Blocks:
 
 
 def _blockwise(w: np.ndarray, eps: float, where: str) -> _Blocks:
-    with np.errstate(invalid="ignore", over="ignore"), single_threaded_blas():  # NaN/Inf: reported after the pass
-        return _blockwise_sums(w, eps, where)
+    """One compiled pass over the layer (see :mod:`filterdb.analysis.layer_sums`): norms,
+    per-filter max |w|, and the shifted sums and products of the raw and of the L-inf-scaled
+    non-sparse filters, all in float64."""
+    n, d = w.shape
+    if n == 0:
+        return _Blocks(Moments.empty(d), Moments.empty(d), math.nan, 0.0, 0.0, 0.0)
+    from filterdb.analysis.layer_sums import layer_sums  # numba: loaded only where metrics are computed
+    if w.dtype not in (np.float32, np.float64):
+        w = w.astype(np.float64)
+    absmax, l1, shift, raw_s, raw_p, n_nonsparse, lin_shift, lin_s, lin_p = layer_sums(np.ascontiguousarray(w), eps)
+    if not math.isfinite(l1):
+        check_finite(w, where)
+    raw = Moments.from_sums(n, shift, raw_s, _symmetric(raw_p))
+    linf = Moments.from_sums(n_nonsparse, lin_shift, lin_s, _symmetric(lin_p))
+    l2sq = float(np.trace(raw.scatter) + n * raw.mean @ raw.mean)
+    return _Blocks(raw, linf, (n - n_nonsparse) / n, float(absmax), float(l1), max(l2sq, 0.0))
+
+
+def _symmetric(products: np.ndarray) -> np.ndarray:
+    """The symmetric matrix of the lower triangle of ``products`` (its upper one is not kept)."""
+    lower = np.tril(products)
+    return lower + np.tril(lower, -1).T
 
 
 @lru_cache(maxsize=1)
@@ -339,62 +359,6 @@ def single_threaded_blas():
     finally:
         for lib, n in zip(libraries, before):
             lib.set_num_threads(n)
-
-
-def _blockwise_sums(w: np.ndarray, eps: float, where: str) -> _Blocks:
-    """One pass over cache-sized blocks: norms, per-filter max |w|, and shifted sums and
-    products of the raw and the L-inf-scaled filters. The scaled sums include every
-    filter; the sparse ones (known only once the layer max is) are taken out afterwards.
-    The shift (the first block's mean) keeps the products free of cancellation and makes
-    identical filters give exactly zero scatter."""
-    n, d = w.shape
-    if n == 0:
-        return _Blocks(Moments.empty(d), Moments.empty(d), math.nan, 0.0, 0.0, 0.0)
-    block = min(_BLOCK, n)
-    x = np.empty((d, block))
-    tmp = np.empty((d, block))
-    a = np.empty(n)
-    inv = np.empty(n)
-    first = w[:block].astype(np.float64)
-    shift_raw = first.mean(axis=0)
-    fa = np.abs(first).max(axis=1)
-    finv = np.divide(1.0, fa, out=np.zeros_like(fa), where=fa > 0)
-    shift_linf = (first * finv[:, None])[fa > 0].mean(axis=0) if (fa > 0).any() else np.zeros(d)
-    raw_s, raw_p = np.zeros(d), np.zeros((d, d))
-    lin_s, lin_p = np.zeros(d), np.zeros((d, d))
-    l1 = 0.0
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        xb, tb = x[:, :stop - start], tmp[:, :stop - start]
-        np.copyto(xb, w[start:stop].T)
-        np.abs(xb, out=tb)
-        ab = tb.max(axis=0, out=a[start:stop])
-        l1 += tb.sum()
-        ib = inv[start:stop]
-        ib[:] = 0.0
-        np.divide(1.0, ab, out=ib, where=ab > 0)
-        np.multiply(xb, ib, out=tb)          # scaled filters (zero filters stay zero)
-        tb -= shift_linf[:, None]
-        lin_s += tb.sum(axis=1)
-        lin_p += tb @ tb.T
-        xb -= shift_raw[:, None]
-        raw_s += xb.sum(axis=1)
-        raw_p += xb @ xb.T
-    if not math.isfinite(l1):
-        check_finite(w, where)
-    raw = Moments.from_sums(n, shift_raw, raw_s, raw_p)
-    l2sq = float(np.trace(raw.scatter) + n * raw.mean @ raw.mean)
-    absmax = float(a.max())
-    sparse = _sparse_mask(a, eps)
-    n_sparse = int(np.count_nonzero(sparse))
-    if n_sparse == 0:
-        linf = Moments.from_sums(n, shift_linf, lin_s, lin_p)
-    elif 2 * n_sparse >= n:
-        linf = Moments.of(w[~sparse] * inv[~sparse, None])
-    else:  # take the few sparse filters out of the sums
-        xs = w[sparse] * inv[sparse, None] - shift_linf
-        linf = Moments.from_sums(n - n_sparse, shift_linf, lin_s - xs.sum(axis=0), lin_p - xs.T @ xs)
-    return _Blocks(raw, linf, n_sparse / n, absmax, float(l1), max(l2sq, 0.0))
 
 
 def _sparse_mask(a: np.ndarray, eps: float) -> np.ndarray:

@@ -1,0 +1,205 @@
+"""The sums behind :func:`filterdb.analysis.metrics.layer_metrics`, in one compiled pass.
+
+One pass over a layer's ``(n, d)`` filters, in blocks of :data:`BLOCK` that stay in the
+CPU cache, gives every filter's max |w|, the layer's sum |w|, and the shifted sums
+``sum (x - s)`` and products ``sum (x - s)(x - s)^T`` of the raw filters and of the
+L-inf-scaled ones ``x / max|x|`` (all-zero filters left out). The sparse filters
+(``0 < max|x| < eps * the layer's max |w|``, known only at the end) are then taken out of
+the scaled sums, or, where they are most of the layer, the non-sparse ones summed afresh.
+
+Everything is float64: float32 weights convert exactly and their products are exact, so
+the only round-off is that of float64 sums (within a block, then over blocks). The shifts
+s, s' are the means of the first block, summed about its first filter so that identical
+filters give exactly s = x and zero scatter; they keep the products free of cancellation.
+The elementwise arithmetic is that of the definitions (no fused multiply-add, no
+fast-math); only the sums are reassociated, which lets the compiler vectorise them.
+
+Compiled with numba on first use and cached on disk; imported only where metrics are
+computed, never on the read path.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+BLOCK = 256  # filters per block: three d x 256 float64 buffers, 54 KiB for 3x3
+_PAD = 8  # buffer rows of BLOCK + _PAD doubles: rows 2 KiB apart would share L1 cache sets
+_TILE = 3  # products are summed in 3 x 3 tiles: 9 accumulators and 6 loads per step
+
+
+@njit(cache=True, fastmath={"reassoc"}, nogil=True)
+def _add_sums(x, k, sums, products):
+    """``sums += x[:, :k].sum(1)`` and ``products += x[:, :k] @ x[:, :k].T`` on and below the
+    diagonal (above it, only within the diagonal tiles: not to be read)."""
+    d = x.shape[0]
+    for j in range(d):
+        s = 0.0
+        for i in range(k):
+            s += x[j, i]
+        sums[j] += s
+    for j0 in range(0, d, _TILE):
+        for l0 in range(0, j0 + 1, _TILE):
+            if j0 + _TILE <= d:
+                p00 = p01 = p02 = p10 = p11 = p12 = p20 = p21 = p22 = 0.0
+                for i in range(k):
+                    a0, a1, a2 = x[j0, i], x[j0 + 1, i], x[j0 + 2, i]
+                    b0, b1, b2 = x[l0, i], x[l0 + 1, i], x[l0 + 2, i]
+                    p00 += a0 * b0
+                    p01 += a0 * b1
+                    p02 += a0 * b2
+                    p10 += a1 * b0
+                    p11 += a1 * b1
+                    p12 += a1 * b2
+                    p20 += a2 * b0
+                    p21 += a2 * b1
+                    p22 += a2 * b2
+                products[j0, l0] += p00
+                products[j0, l0 + 1] += p01
+                products[j0, l0 + 2] += p02
+                products[j0 + 1, l0] += p10
+                products[j0 + 1, l0 + 1] += p11
+                products[j0 + 1, l0 + 2] += p12
+                products[j0 + 2, l0] += p20
+                products[j0 + 2, l0 + 1] += p21
+                products[j0 + 2, l0 + 2] += p22
+            else:  # the last rows when d is not a multiple of the tile
+                for j in range(j0, d):
+                    for l in range(l0, min(j + 1, l0 + _TILE)):
+                        p = 0.0
+                        for i in range(k):
+                            p += x[j, i] * x[l, i]
+                        products[j, l] += p
+
+
+@njit(cache=True, fastmath={"reassoc"}, nogil=True)
+def _load_block(w, lo, k, x, a):
+    """``x[:, :k] = w[lo:lo+k]^T`` in float64, ``a[lo:lo+k]`` = each filter's max |w|; returns sum |w|."""
+    d = w.shape[1]
+    l1 = 0.0
+    for i in range(k):
+        top = 0.0
+        for j in range(d):
+            v = np.float64(w[lo + i, j])
+            av = abs(v)
+            l1 += av
+            top = max(top, av)
+            x[j, i] = v
+        a[lo + i] = top
+    return l1
+
+
+@njit(cache=True, nogil=True)
+def _scaled_mean(w, a, rows, d):
+    """Mean of the first ``rows`` filters with max |w| > 0, each scaled by it, summed about the first."""
+    mean = np.zeros(d)
+    origin = np.zeros(d)
+    count = 0
+    for i in range(rows):
+        if a[i] > 0.0:
+            inv = 1.0 / a[i]
+            for j in range(d):
+                u = np.float64(w[i, j]) * inv
+                if count == 0:
+                    origin[j] = u
+                else:
+                    mean[j] += u - origin[j]
+            count += 1
+    if count:
+        for j in range(d):
+            mean[j] = origin[j] + mean[j] / count
+    return mean
+
+
+@njit(cache=True, nogil=True)
+def _scaled_sums_where(w, a, lo_a, hi_a, shift, x, sums, products):
+    """Sums and products of ``x / max|x| - shift`` over the filters with ``lo_a <= max|x| < hi_a``."""
+    n, d = w.shape
+    fill, count = 0, 0
+    for i in range(n):
+        if a[i] < lo_a or a[i] >= hi_a:
+            continue
+        inv = 1.0 / a[i]
+        for j in range(d):
+            x[j, fill] = np.float64(w[i, j]) * inv - shift[j]
+        fill += 1
+        count += 1
+        if fill == BLOCK:
+            _add_sums(x, fill, sums, products)
+            fill = 0
+    if fill:
+        _add_sums(x, fill, sums, products)
+    return count
+
+
+@njit(cache=True, nogil=True)
+def layer_sums(w, eps):
+    """The pass over the C-contiguous ``(n, d)`` float32/float64 filters ``w`` (n >= 1).
+
+    Returns ``(absmax, l1, shift, raw_sums, raw_products, n_nonsparse, lin_shift, lin_sums,
+    lin_products)``; only the lower triangles of the products hold them. A NaN or Inf weight makes
+    ``l1`` non-finite (the caller raises).
+    """
+    n, d = w.shape
+    x = np.empty((d, BLOCK + _PAD))
+    raw = np.empty((d, BLOCK + _PAD))
+    lin = np.empty((d, BLOCK + _PAD))
+    inv = np.empty(BLOCK)
+    nonzero = np.empty(BLOCK)
+    a = np.empty(n)
+    first = min(n, BLOCK)
+    shift = np.zeros(d)
+    for i in range(1, first):
+        for j in range(d):
+            shift[j] += np.float64(w[i, j]) - np.float64(w[0, j])
+    for j in range(d):
+        shift[j] = np.float64(w[0, j]) + shift[j] / first
+    _load_block(w, 0, first, x, a)
+    lin_shift = _scaled_mean(w, a, first, d)
+
+    l1, n_nonzero = 0.0, 0
+    raw_sums, raw_products = np.zeros(d), np.zeros((d, d))
+    lin_sums, lin_products = np.zeros(d), np.zeros((d, d))
+    for lo in range(0, n, BLOCK):
+        k = min(BLOCK, n - lo)
+        l1 += _load_block(w, lo, k, x, a)
+        for i in range(k):
+            if a[lo + i] > 0.0:
+                inv[i] = 1.0 / a[lo + i]
+                nonzero[i] = 1.0
+                n_nonzero += 1
+            else:  # an all-zero filter: its scaled column stays zero
+                inv[i] = 0.0
+                nonzero[i] = 0.0
+        for j in range(d):
+            s, ls = shift[j], lin_shift[j]
+            for i in range(k):
+                raw[j, i] = x[j, i] - s
+                lin[j, i] = x[j, i] * inv[i] - ls * nonzero[i]
+        _add_sums(raw, k, raw_sums, raw_products)
+        _add_sums(lin, k, lin_sums, lin_products)
+
+    absmax = 0.0
+    for i in range(n):
+        absmax = max(absmax, a[i])
+    if not absmax > 0.0:  # every filter zero (or NaN weights): no non-sparse filters
+        return absmax, l1, shift, raw_sums, raw_products, 0, lin_shift, np.zeros(d), np.zeros((d, d))
+    threshold = eps * absmax
+    sparse_sums, sparse_products = np.zeros(d), np.zeros((d, d))
+    n_sparse = _scaled_sums_where(w, a, np.nextafter(0.0, 1.0), threshold, lin_shift, lin, sparse_sums,
+                                  sparse_products) if _any_between(a, 0.0, threshold) else 0
+    if 2 * n_sparse <= n_nonzero:  # take the few sparse filters out
+        return (absmax, l1, shift, raw_sums, raw_products, n_nonzero - n_sparse, lin_shift,
+                lin_sums - sparse_sums, lin_products - sparse_products)
+    lin_sums[:] = 0.0
+    lin_products[:] = 0.0
+    count = _scaled_sums_where(w, a, threshold, np.inf, lin_shift, lin, lin_sums, lin_products)
+    return absmax, l1, shift, raw_sums, raw_products, count, lin_shift, lin_sums, lin_products
+
+
+@njit(cache=True, nogil=True)
+def _any_between(a, lo, hi):
+    """Whether some ``lo < a[i] < hi``."""
+    for v in a:
+        if lo < v < hi:
+            return True
+    return False
