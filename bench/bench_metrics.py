@@ -35,10 +35,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, help="BLAS and torch threads (default: their own)")
     args = parser.parse_args()
-    if args.threads:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(args.threads)
-        torch.set_num_threads(args.threads)
     from torchconvquality import measure_quality
 
     from filterdb.analysis.metrics import layer_metrics, orthogonality
@@ -46,6 +42,10 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = create_model("wrn28-10").eval()
+    if args.threads:  # after every import: limits apply to the libraries loaded by then
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(args.threads)
+        torch.set_num_threads(args.threads)
     convs = [(name, m) for name, m in model.named_modules()
              if type(m) is torch.nn.Conv2d and m.kernel_size == (3, 3)]  # the layers measure_quality takes
     weights = [m.weight.detach().numpy() for _, m in convs]

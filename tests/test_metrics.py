@@ -271,3 +271,44 @@ def test_identical_filters_give_variance_entropy_zero(n, k, seed):
     values = all_metrics(filters, 1)
     assert values["ve_raw"] == 0.0
     assert values["ve_linf"] == (0.0 if np.abs(one).max() > 0 else math.nan)
+
+
+# ---------------------------------------------------------------------------- the compiled pass
+
+@pytest.mark.parametrize("k", [1, 3, 5])  # 3x3 has its own unrolled loop; the others share the general one
+def test_layer_metrics_match_the_definitions_for_other_kernels_and_dtypes(k):
+    rng = np.random.default_rng(k)
+    weight = rng.standard_normal((40, 30, k, k)) * 0.3 - 0.1  # float64 weights, an offset mean
+    weight[:, :3] = 0.0  # all-zero filters: left out of the scaled sums from the start
+    weight[5, 7] *= 1e-4  # one sparse filter that is not zero: taken out afterwards
+    values, moments = M.layer_metrics(weight)
+    expected = reference(weight.reshape(-1, k, k), 40)
+    for name, value in expected.items():
+        if k == 1 and name.startswith("ve"):
+            continue  # 1x1 variance entropy has its own definition
+        assert values[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+    assert values["n_nonsparse"] == moments.count == round((1 - expected["sparsity"]) * 1200)
+    assert moments.count <= 40 * 27 - 1
+    flat = weight.reshape(-1, k * k)
+    assert moments.scatter == pytest.approx(M.Moments.of(M.linf_scaled_nonsparse(flat)).scatter, rel=1e-10, abs=1e-12)
+
+
+def test_layer_metrics_of_a_strided_view_equal_those_of_its_copy():
+    filters = np.random.default_rng(4).standard_normal((600, 3, 3)).astype(np.float32)
+    view = filters[::2]  # not contiguous
+    a, b = all_metrics(view, 30), all_metrics(np.ascontiguousarray(view), 30)
+    for name in M.METRIC_NAMES:
+        assert a[name] == b[name], name
+
+
+def test_identical_float64_filters_give_variance_entropy_zero():
+    one = np.random.default_rng(6).standard_normal((1, 3, 3)) / 3.0  # float64: k * x is not exact
+    values = all_metrics(np.repeat(one, 777, axis=0), 7)
+    assert values["ve_raw"] == 0.0 and values["ve_linf"] == 0.0
+
+
+def test_nan_in_float64_weights_is_rejected_by_the_pass():
+    filters = np.ones((1000, 5, 5))
+    filters[999, 4, 4] = np.nan
+    with pytest.raises(ValueError, match="layer x: 1 NaN/Inf"):
+        M.layer_metrics(filters, 10, where="layer x")
