@@ -12,7 +12,9 @@ interleaved, median of ``--repeats``:
   (``rows @ rows.T`` at BLAS speed, default threads) plus one read of the weights (a
   float32 sum over every layer).
 
-The shared values are checked to agree (torchconvquality computes in float32).
+The shared values are checked to agree (torchconvquality computes in float32). Wall and
+CPU (process) time are both reported: with ``--threads 1`` the CPU time of a run is its own
+work even on a busy machine.
 
     python bench/bench_metrics.py [--repeats 7] [--threads 1]
 
@@ -72,26 +74,34 @@ def main() -> None:
     }
     results = {name: run() for name, run in runs.items()}  # warm-up (numba loads its compiled pass)
     times = {name: [] for name in runs}
+    cpu = {name: [] for name in runs}
     for _ in range(args.repeats):
         for name, run in runs.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             run()
             times[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
     check_agreement(results["filterdb layer_metrics"], results["torchconvquality measure_quality"], convs)
 
+    wall, proc = (table(t) for t in (times, cpu))
+    print(f"\nmedian of {args.repeats}{'':25s} wall ms  x floor    CPU ms  x floor")
+    for (label, w), (_, c) in zip(wall, proc):
+        print(f"{label:42s} {w:8.1f}   {w / wall[2][1]:6.2f}  {c:8.1f}   {c / proc[2][1]:6.2f}")
+    for kind, rows in (("wall", wall), ("CPU", proc)):
+        print(f"{kind}: filterdb / floor {rows[0][1] / rows[2][1]:.2f}x (target <= 1.5x); "
+              f"torchconvquality / filterdb {rows[1][1] / rows[0][1]:.1f}x")
+
+
+def table(times: dict) -> list[tuple[str, float]]:
+    """Median ms of each run, the floor (Gram + read) third, the rest of filterdb last."""
     ms = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
-    floor = ms["floor: float32 Gram matrices"] + ms["floor: one read of the weights"]
-    ours, theirs = ms["filterdb layer_metrics"], ms["torchconvquality measure_quality"]
-    rest = ours - ms["filterdb orthogonality alone"]
-    rows = [("filterdb layer_metrics", ours), ("torchconvquality measure_quality", theirs),
-            ("floor = Gram + read", floor), ("  float32 Gram matrices", ms["floor: float32 Gram matrices"]),
+    ours = ms["filterdb layer_metrics"]
+    return [("filterdb layer_metrics", ours), ("torchconvquality measure_quality", ms["torchconvquality measure_quality"]),
+            ("floor = Gram + read", ms["floor: float32 Gram matrices"] + ms["floor: one read of the weights"]),
+            ("  float32 Gram matrices", ms["floor: float32 Gram matrices"]),
             ("  one read of the weights", ms["floor: one read of the weights"]),
             ("filterdb orthogonality alone", ms["filterdb orthogonality alone"]),
-            ("filterdb everything but orthogonality", rest)]
-    print(f"\nmedian of {args.repeats} (ms){'':22s}   ms    x floor")
-    for label, value in rows:
-        print(f"{label:42s} {value:8.1f}   {value / floor:6.2f}")
-    print(f"\nfilterdb / floor {ours / floor:.2f}x (target <= 1.5x); torchconvquality / filterdb {theirs / ours:.1f}x")
+            ("filterdb everything but orthogonality", ours - ms["filterdb orthogonality alone"])]
 
 
 def check_agreement(ours: list[dict], theirs: dict, convs) -> None:
