@@ -6,8 +6,9 @@ as the ``n x d`` matrix W with d = kh*kw. Any kernel size works; 3x3 is the usua
 Each public function validates its input, has its formula in its docstring, and returns
 NaN for an undefined case while warning with an :class:`UndefinedMetricWarning` that says
 why. NaN or Inf weights raise ``ValueError``. :func:`layer_metrics` computes every metric
-of a layer in one go (no warnings; the reasons land in its ``notes``), in blocks of
-filters that stay in the CPU cache: it is the fast path used on databases.
+of a layer in one go (no warnings; the reasons land in its ``notes``): one compiled pass
+over the filters (:mod:`filterdb.analysis.layer_sums`) and the Gram matrix of
+orthogonality; it is the fast path used on databases.
 
 Variance entropy comes in two variants, each with its own name:
 
@@ -41,7 +42,6 @@ METRIC_DOCS = {
     "l2_norm": "sqrt of the sum of w^2 over the layer",
 }
 
-_BLOCK = 8192  # filters per block: 2 x d x 8192 float64 stay in the L2 cache for 3x3
 _FLOAT32_GRAM_FROM = 1 << 26  # multiply-adds from which the Gram matrix is computed in float32 (error ~1e-7)
 
 
