@@ -195,6 +195,13 @@ def layer_sums(w, eps):
     if not absmax > 0.0:  # every filter zero (or NaN weights): no non-sparse filters
         return absmax, l1, shift, raw_sums, raw_products, 0, lin_shift, np.zeros(d), np.zeros((d, d))
     threshold = eps * absmax
+    if threshold == 0.0:  # eps = 0: nothing is sparse, and all-zero filters count, scaled to zero
+        n_zero = n - n_nonzero
+        for j in range(d):
+            lin_sums[j] -= n_zero * lin_shift[j]
+            for l in range(d):
+                lin_products[j, l] += n_zero * lin_shift[j] * lin_shift[l]
+        return absmax, l1, shift, raw_sums, raw_products, n, lin_shift, lin_sums, lin_products
     sparse_sums, sparse_products = np.zeros(d), np.zeros((d, d))
     lin = np.empty((d, BLOCK))
     n_sparse = _scaled_sums_where(w, a, np.nextafter(0.0, 1.0), threshold, lin_shift, lin, sparse_sums,

@@ -312,3 +312,17 @@ def test_nan_in_float64_weights_is_rejected_by_the_pass():
     filters[999, 4, 4] = np.nan
     with pytest.raises(ValueError, match="layer x: 1 NaN/Inf"):
         M.layer_metrics(filters, 10, where="layer x")
+
+
+def test_eps_zero_keeps_all_zero_filters_as_zero_vectors():
+    rng = np.random.default_rng(8)
+    filters = rng.standard_normal((300, 3, 3)).astype(np.float32)
+    filters[::7] = 0.0
+    values, moments = M.layer_metrics(filters, 30, eps=0.0)
+    w = filters.reshape(300, 9).astype(np.float64)
+    a = np.abs(w).max(1)
+    scaled = np.divide(w, a[:, None], out=np.zeros_like(w), where=a[:, None] > 0)  # nothing sparse at eps 0
+    s = np.linalg.svd(scaled - scaled.mean(0), compute_uv=False) ** 2
+    p = s / s.sum()
+    assert values["ve_linf"] == pytest.approx(-(p * np.log10(p)).sum(), rel=1e-12)
+    assert values["n_nonsparse"] == moments.count == 300 and values["sparsity"] == 0.0
