@@ -110,7 +110,8 @@ def build(db: FilterDB, specs: list[ModelSpec], *, force: bool = False, jobs: in
         else:
             _ingest_parallel(db, todo, jobs, report, lambda name: (progress.update(task, status=f"{stored()} | {name}"),
                                                                  progress.advance(task)))
-        progress.update(task, status=f"{stored()} | done")
+        failed = report.count("failed")
+        progress.update(task, status=f"{stored()} | " + (f"{failed} failed" if failed else "done"))
     return report
 
 

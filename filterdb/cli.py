@@ -18,7 +18,8 @@ COMMAND_MODULES = ("filterdb.analysis.cli", "filterdb.training.cli", "filterdb.t
 
 
 class FilterDBGroup(click.Group):
-    """Turns FilterDBError into a one-line message and exit code 1 (no traceback)."""
+    """Turns FilterDBError into a one-line message and exit code 1, Ctrl-C into one line and
+    exit code 130 (no traceback)."""
 
     def invoke(self, ctx):
         try:
@@ -26,6 +27,9 @@ class FilterDBGroup(click.Group):
         except FilterDBError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
 
 
 db_option = click.option("--db", "db_path", type=click.Path(path_type=Path), default=None,
@@ -150,6 +154,8 @@ def info(db_path, fmt, as_json):
     with open_database(resolve_db(db_path)) as db:
         summary = database_summary(db)
         models = db.models[INFO_COLUMNS].reset_index(drop=True)
+    if as_json and fmt not in ("table", "json"):
+        raise FilterDBError(f"--json and --format {fmt} ask for two formats; give one of them")
     if as_json or fmt == "json":
         records = json.loads(models.to_json(orient="records"))
         click.echo(json.dumps({**summary, "model_table": records}, indent=2))

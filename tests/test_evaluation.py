@@ -97,14 +97,15 @@ def test_results_file_matches_the_returned_result_and_defaults(demo_home, tmp_pa
     assert json.loads(evaluation_path(path).read_text()) == _strict(s)
     assert s["n_samples"] == 60 and s["num_classes"] == 10 and s["dataset"] == "digits"
     assert s["checkpoint_sha256"] == sha256_file(path) and s["model_string"] == "cnn4-16"
+    # the checkpoint's own budget (Linf 0.1, not among the defaults) is added and is the headline
     assert [(a["attack"], a["norm"], a["eps_label"]) for a in s["attacks"]] == [
-        (k, n, e) for n, e in (("Linf", "1/255"), ("Linf", "8/255"), ("L2", "0.1"), ("L2", "0.5")) for k in ("pgd-5", "cw-5")]
+        (k, n, e) for n, e in (("Linf", "1/255"), ("Linf", "8/255"), ("Linf", "0.1"), ("L2", "0.1"), ("L2", "0.5"))
+        for k in ("pgd-5", "cw-5")]
     assert attack_row(s, "cw-5", "L2", "0.5")["params"]["loss"] == "cw"
     assert attack_row(s, "pgd-5", "L2", "0.5")["params"]["loss"] == "ce"
     assert s["spatial"] is None and s["config"]["seed"] == 3 and s["config"]["batch_size"] == 32
-    # no --headline, and the checkpoint's own budget (Linf 0.1) not evaluated: Linf 8/255
-    assert s["headline"] == {"threat_model": "Linf", "eps": 8 / 255, "eps_label": "8/255",
-                             "robust_acc": budget_row(s, "Linf", "8/255")["robust_acc"], "robust_attack": "pgd-5+cw-5"}
+    assert s["headline"] == {"threat_model": "Linf", "eps": pytest.approx(0.1), "eps_label": "0.1",
+                             "robust_acc": budget_row(s, "Linf", "0.1")["robust_acc"], "robust_attack": "pgd-5+cw-5"}
 
     again = evaluate_checkpoint(path, config, save=False)
     assert [a["robust_acc"] for a in again.summary["attacks"]] == [a["robust_acc"] for a in s["attacks"]]
@@ -339,6 +340,7 @@ def test_autoattack_standard_version(demo_home, tmp_path):
 
 def test_evaluated_checkpoints_land_in_the_model_table(evaluated, tmp_path):
     from filterdb.store import open_database
+    from filterdb.training.checkpoint import load_checkpoint
 
     paths = evaluated["paths"]
     db_path = tmp_path / "db"
@@ -355,12 +357,53 @@ def test_evaluated_checkpoints_land_in_the_model_table(evaluated, tmp_path):
         assert [(a["attack"], a["norm"], a["eps"], a["robust_acc"], a["fooling_rate"]) for a in stored["attacks"]] == [
             (a["attack"], a["norm"], a["eps"], a["robust_acc"], a["fooling_rate"]) for a in s["attacks"]]
         assert stored["budgets"] == s["budgets"] and stored["spatial"] == s["spatial"]
-        top = s["headline"]
-        assert row["robust_acc"] == top["robust_acc"] and row["robust_attack"] == top["robust_attack"]
+        # 150 evaluated images never replace the training run's full-test figures (360 images)
+        trained = load_checkpoint(paths[role]).metrics
+        assert stored["n_samples"] == N_SAMPLES < trained["n_eval"]
+        assert row["clean_acc"] == trained["clean_acc"] and row["robust_acc"] == trained["robust_acc"]
+        assert row["robust_attack"] == trained["robust_attack"]
         assert row["threat_model"] == "Linf" and row["eps"] == pytest.approx(0.1)
-        assert row["clean_acc"] == s["clean_acc"]
         assert row["training"] == ("normal" if role == "normal" else "robust")
         assert row["model_string"] == "cnn4-16" and row["dataset"] == "digits"
+
+
+def test_a_full_test_evaluation_replaces_the_training_figures(demo_home, tmp_path):
+    """An evaluation on every test image gives the model table its clean and robust accuracy."""
+    from filterdb.store import open_database
+    from filterdb.training.checkpoint import load_checkpoint
+
+    path = copy_checkpoint(demo_home, "pgd", tmp_path)
+    n_test = load_checkpoint(path).metrics["n_eval"]
+    result = invoke("evaluate", path, "-a", "pgd-5", "--l2", "none", "-n", n_test, "--no-spatial", "--no-progress",
+                    "--format", "json")
+    assert result.exit_code == 0, result.output
+    s = json.loads(evaluation_path_of(path).read_text())
+    assert s["n_samples"] == n_test and s["headline"]["eps_label"] == "0.1"  # the checkpoint's own budget, added
+    assert invoke("add", path, "--db", tmp_path / "db").exit_code == 0
+    with open_database(tmp_path / "db") as db:
+        (row,) = db.models.to_dict("records")
+    assert row["clean_acc"] == s["clean_acc"] and row["robust_acc"] == s["headline"]["robust_acc"]
+    assert row["robust_attack"] == "pgd-5" and row["name"].startswith("digits/cnn4-16/s0/pgd/")
+
+
+def evaluation_path_of(path: Path) -> Path:
+    from filterdb.training.evaluation import evaluation_path
+    return evaluation_path(path)
+
+
+def test_cpu_default_is_pgd_and_autoattack_cost_is_estimated(demo_home):
+    from filterdb.training.checkpoint import load_checkpoint
+    from filterdb.training.data import load_dataset
+    from filterdb.training.evaluation import EvaluationConfig, autoattack_cost_seconds
+
+    assert [a.name for a in EvaluationConfig(device="cpu").attacks] == ["pgd-20"]
+    assert [a.name for a in EvaluationConfig(device="cuda").attacks] == ["pgd-20", "cw-20", "autoattack"]
+    ckpt = load_checkpoint(demo_checkpoint(demo_home, "normal"))
+    model, data = ckpt.build_model(), load_dataset("digits", "test")
+    assert autoattack_cost_seconds(model, data, EvaluationConfig(device="cpu")) == 0
+    one = autoattack_cost_seconds(model, data, EvaluationConfig(attacks="autoattack", device="cpu", n_samples=100,
+                                                                l2="none", linf="0.1"))
+    assert one > 0
 
 
 def test_results_of_earlier_weights_are_not_used(demo_home, tmp_path):

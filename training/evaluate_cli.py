@@ -7,8 +7,9 @@ import click
 import pandas as pd
 
 from filterdb.output import FORMATS, emit
-from filterdb.training.evaluation import (AMP_MODES, DEFAULT_ATTACKS, DEFAULT_BORDER_WIDTHS, DEFAULT_ROTATIONS,
-                                          DEFAULT_TRANSLATIONS, EvaluationConfig, evaluate_checkpoint, evaluation_path)
+from filterdb.training.evaluation import (AMP_MODES, CPU_DEFAULT_ATTACKS, DEFAULT_ATTACKS, DEFAULT_BORDER_WIDTHS,
+                                          DEFAULT_ROTATIONS, DEFAULT_TRANSLATIONS, EvaluationConfig, evaluate_checkpoint,
+                                          evaluation_path)
 from filterdb.training.spatial import FILL_MODES
 
 
@@ -18,9 +19,11 @@ def _join(values) -> str:
 
 @click.command()
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--attacks", "-a", default=DEFAULT_ATTACKS, show_default=True,
+@click.option("--attacks", "-a", default=None,
               help="pgd[-STEPS], cw[-STEPS] (PGD on the CW margin loss; 20 steps by default), autoattack "
-                   "(standard) or a subset such as autoattack:apgd-ce,square; 'none' for no attack.")
+                   "(standard) or a subset such as autoattack:apgd-ce,square; 'none' for no attack "
+                   f"[default: {DEFAULT_ATTACKS} on a GPU, {CPU_DEFAULT_ATTACKS} on a CPU, where AutoAttack is slow: "
+                   "asked for on a CPU, it prints an estimate of its cost first].")
 @click.option("--linf", default="1/255,8/255", show_default=True, help="Linf budgets ('none' for none).")
 @click.option("--l2", default="0.1,0.5", show_default=True, help="L2 budgets ('none' for none).")
 @click.option("--n-samples", "-n", default=1000, show_default=True, help="Evaluate the first N test images.")
@@ -38,7 +41,7 @@ def _join(values) -> str:
 @click.option("--no-spatial", is_flag=True, help="Skip the rotation/translation grid.")
 @click.option("--headline", default=None, metavar="NORM:EPS",
               help="Budget behind the model table's robust_acc, one of the evaluated budgets "
-                   "[the checkpoint's own threat model, else Linf:8/255].")
+                   "[the checkpoint's own threat model (added to the budgets if missing), else Linf:8/255].")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the dataset lies in its standard format [default: $FILTERDB_HOME/data].")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 [default: cuda if available].")
@@ -56,7 +59,9 @@ def evaluate(checkpoints, attacks, linf, l2, n_samples, batch_size, seed, border
     Results go beside each checkpoint (CHECKPOINT.eval.json, perturbation maps in
     CHECKPOINT.eval.h5) and into the model table when the checkpoint is ingested.
     """
-    config = EvaluationConfig(attacks="" if attacks.strip().lower() == "none" else attacks, linf=linf, l2=l2,
+    if attacks is not None and attacks.strip().lower() == "none":
+        attacks = ""
+    config = EvaluationConfig(attacks=attacks, linf=linf, l2=l2,
                               n_samples=n_samples, batch_size=batch_size, seed=seed, border_widths=border_widths,
                               spatial=not no_spatial, rotations=rotations, translations=translations, fill=fill,
                               spatial_attack=spatial_attack, headline=headline, amp=amp, channels_last=channels_last,

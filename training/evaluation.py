@@ -41,6 +41,7 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 import warnings
 import zlib
@@ -69,7 +70,8 @@ ATTACK_KINDS = ("pgd", "cw", "autoattack")
 AUTOATTACK_PARTS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 DEFAULT_STEPS = 20
 SPATIAL_ATTACK_STEPS = 10
-DEFAULT_ATTACKS = "pgd,cw,autoattack"
+DEFAULT_ATTACKS = "pgd,cw,autoattack"  # on a GPU
+CPU_DEFAULT_ATTACKS = "pgd"  # AutoAttack on a CPU takes tens of minutes even for a tiny model: only when asked
 DEFAULT_LINF = (1 / 255, 8 / 255)
 DEFAULT_L2 = (0.1, 0.5)
 DEFAULT_BORDER_WIDTHS = (1, 2, 4)
@@ -209,7 +211,7 @@ def parse_numbers(text, what: str) -> tuple[float, ...]:
 class EvaluationConfig:
     """What to measure. Strings are accepted where the CLI gives them (``attacks="pgd,cw"``,
     ``linf="1/255,8/255"``, ``rotations="-30,0,30"``) and parsed and checked here."""
-    attacks: tuple[AttackSpec, ...] | str = DEFAULT_ATTACKS
+    attacks: tuple[AttackSpec, ...] | str | None = None  # None: default_attacks(device)
     linf: tuple[float, ...] | str = DEFAULT_LINF
     l2: tuple[float, ...] | str = DEFAULT_L2
     n_samples: int = 1000
@@ -228,6 +230,8 @@ class EvaluationConfig:
     data_dir: str | None = None
 
     def __post_init__(self):
+        if self.attacks is None:
+            self.attacks = default_attacks(self.device)
         if isinstance(self.attacks, str):
             self.attacks = parse_attacks(self.attacks)
         self.attacks = tuple(a if isinstance(a, AttackSpec) else parse_attacks(a)[0] for a in self.attacks)
@@ -272,6 +276,36 @@ class EvaluationConfig:
                 "spatial_attack": list(self.spatial_attack) if self.spatial_attack else None,
                 "headline": list(self.headline) if self.headline else None, "amp": self.amp,
                 "channels_last": self.channels_last, "device": self.device, "data_dir": self.data_dir}
+
+
+def default_attacks(device: str | None) -> str:
+    """PGD, CW and AutoAttack on a GPU; PGD alone on a CPU (``device`` None: cuda if available)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return DEFAULT_ATTACKS if str(device).startswith("cuda") else CPU_DEFAULT_ATTACKS
+
+
+def with_own_budget(config: EvaluationConfig, threat: tuple[str, float] | None) -> EvaluationConfig:
+    """``config`` with the checkpoint's own threat model as headline, its budget added to the
+    evaluated ones when missing; unchanged when ``--headline`` was given or there is no threat model."""
+    if config.headline is not None or threat is None or not config.attacks:
+        return config
+    norm, eps = threat
+    if not any(n == norm and math.isclose(e, eps, rel_tol=1e-6) for n, e in config.budgets):
+        field_name = "linf" if norm == "Linf" else "l2"
+        config = replace(config, **{field_name: (*getattr(config, field_name), eps)})
+    return replace(config, headline=(norm, eps))
+
+
+def own_threat(ckpt) -> tuple[str, float] | None:
+    """The threat model a checkpoint was measured at by its training run (a pair shares it), else
+    the one it was trained against; None for neither."""
+    metrics, attack = ckpt.metrics, ckpt.attack or {}
+    if metrics.get("threat_model") and metrics.get("eps"):
+        return metrics["threat_model"], float(metrics["eps"])
+    if attack.get("norm") and attack.get("eps"):
+        return attack["norm"], float(attack["eps"])
+    return None
 
 
 # -- AutoAttack -------------------------------------------------------------------------------
@@ -414,6 +448,37 @@ def _frozen(model: nn.Module):
             p.requires_grad_(flag)
 
 
+# Gradient evaluations per image of AutoAttack's standard version (APGD-CE 100, APGD-T and
+# FAB-T 9 targets x 100) and Square's forward-only queries: the work for an image that no
+# attack breaks, so an upper bound (AutoAttack stops on images already broken).
+AUTOATTACK_GRADIENTS = 100 + 9 * 100 + 9 * 100
+AUTOATTACK_QUERIES = 5000
+
+
+def autoattack_cost_seconds(model: nn.Module, dataset: Dataset, config: EvaluationConfig) -> float:
+    """Upper estimate of the seconds AutoAttack takes in this evaluation, from one timed
+    forward+backward and one forward of a batch on ``config.device``: 0 without AutoAttack."""
+    n_runs = sum(a.kind == "autoattack" for a in config.attacks) * len(config.budgets)
+    if not n_runs:
+        return 0.0
+    device = _default_device(config.device)
+    n = min(config.n_samples, len(dataset))
+    batch = min(config.batch_size, n)
+    x = to_float(torch.stack([torch.as_tensor(dataset[i][0]) for i in range(batch)]).to(device)).requires_grad_(True)
+    model = model.to(device).eval()
+    with _frozen(model):
+        model(x).sum().backward()  # warm-up
+        t0 = time.perf_counter()
+        model(x).sum().backward()
+        grad_seconds = time.perf_counter() - t0
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            model(x)
+            forward_seconds = time.perf_counter() - t0
+    per_image = (AUTOATTACK_GRADIENTS * grad_seconds + AUTOATTACK_QUERIES * forward_seconds) / batch
+    return per_image * n * n_runs
+
+
 def _evaluate(model, dataset, config, device, progress, description) -> EvaluationResult:
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -550,11 +615,8 @@ def maps_path(checkpoint: str | Path) -> Path:
 
 
 def _stderr_progress():
-    from rich.console import Console
-    from rich.progress import Progress
-
     from filterdb.progress import progress_bar
-    return Progress(*progress_bar(unit="step").columns, console=Console(stderr=True))
+    return progress_bar(unit="batches")
 
 
 def evaluate_checkpoint(checkpoint: str | Path, config: EvaluationConfig | None = None, *, save: bool = True,
@@ -569,9 +631,17 @@ def evaluate_checkpoint(checkpoint: str | Path, config: EvaluationConfig | None 
     path = Path(checkpoint)
     sha = sha256_file(path) if path.is_file() else ""
     ckpt = load_checkpoint(path)
+    config = with_own_budget(config, own_threat(ckpt))
     check_budgets(config.budgets, ckpt.input_shape)
     model = ckpt.build_model()
     dataset = load_dataset(ckpt.dataset, "test", config.data_dir)
+    if progress and _default_device(config.device).type == "cpu":
+        seconds = autoattack_cost_seconds(model, dataset, config)
+        if seconds > 60:
+            print(f"{path}: AutoAttack on the CPU may take up to {seconds / 60:.0f} min here "
+                  f"({min(config.n_samples, len(dataset))} images, {len(config.budgets)} budget(s); an upper estimate "
+                  f"from one timed batch). For a quick evaluation use --attacks pgd, or fewer images (-n).",
+                  file=sys.stderr, flush=True)
     bar = _stderr_progress() if progress else contextlib.nullcontext(None)
     with bar as prog:
         result = evaluate_model(model, dataset, config, progress=prog, description=f"{path.parent.name}/{path.name}")
@@ -580,8 +650,6 @@ def evaluate_checkpoint(checkpoint: str | Path, config: EvaluationConfig | None 
                             f"run 'filterdb evaluate {path}' again")
     s = result.summary
     preferred = [(config.headline[0], config.headline[1])] if config.headline else []
-    if ckpt.metrics.get("threat_model") and ckpt.metrics.get("eps"):
-        preferred.append((ckpt.metrics["threat_model"], float(ckpt.metrics["eps"])))
     s.update(checkpoint=str(path), checkpoint_sha256=sha, model_string=ckpt.model_string,
              dataset=ckpt.dataset, method=ckpt.method, split="test", headline=headline(s, preferred),
              maps_file=maps_path(path).name)
@@ -730,13 +798,18 @@ def evaluation_frame(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def evaluation_record(checkpoint: str | Path) -> dict:
+def evaluation_record(checkpoint: str | Path, training_metrics: dict | None = None) -> dict:
     """Model-table columns from the evaluation beside a checkpoint; {} when there is none
     (or it belongs to earlier weights: then with a warning).
 
-    clean_acc, and the headline budget's threat_model, eps, robust_acc (worst case over the
-    attacks run) and robust_attack (their names joined by '+', e.g. "pgd-20+cw-20+autoattack");
-    evaluation_json: the complete results as compact JSON (border ratios as means).
+    evaluation_json: the complete results as compact JSON (border ratios as means), with the
+    number of test images they were measured on (``n_samples``). The headline budget's
+    threat_model, eps, robust_acc (worst case over the attacks run), robust_attack (their
+    names joined by '+', e.g. "pgd-20+cw-20+autoattack") and clean_acc replace the training
+    run's figures (``training_metrics``: the checkpoint's test metrics) only when the
+    evaluation covered at least as many test images as the training run measured on
+    (``n_eval``) or the training run has no such figure: a 50-image evaluation never
+    overwrites a full-test accuracy.
     """
     if not evaluation_path(checkpoint).is_file():
         return {}
@@ -745,10 +818,13 @@ def evaluation_record(checkpoint: str | Path) -> dict:
     except FilterDBError as exc:
         warnings.warn(f"evaluation results ignored: {exc}", stacklevel=2)
         return {}
-    record = {"clean_acc": summary["clean_acc"],
-              "evaluation_json": json.dumps(_strict(summary), separators=(",", ":"), allow_nan=False)}
+    record = {"evaluation_json": json.dumps(_strict(summary), separators=(",", ":"), allow_nan=False)}
+    training_metrics = training_metrics or {}
+    covers = summary["n_samples"] >= int(training_metrics.get("n_eval") or 0)
+    if covers or training_metrics.get("clean_acc") is None:
+        record["clean_acc"] = summary["clean_acc"]
     top = summary.get("headline")
-    if top:
+    if top and (covers or training_metrics.get("robust_acc") is None):
         record.update(threat_model=top["threat_model"], eps=top["eps"], robust_acc=top["robust_acc"],
                       robust_attack=top["robust_attack"])
     return record
@@ -757,4 +833,4 @@ def evaluation_record(checkpoint: str | Path) -> dict:
 __all__ = ["AttackSpec", "EvaluationConfig", "EvaluationResult", "parse_attacks", "parse_budgets", "parse_threat",
            "run_autoattack", "evaluate_model", "evaluate_checkpoint", "save_evaluation", "load_evaluation",
            "load_perturbation_maps", "evaluation_frame", "evaluation_record", "evaluation_path", "maps_path",
-           "headline", "ATTACK_KINDS", "AUTOATTACK_PARTS", "AMP_MODES"]
+           "headline", "default_attacks", "with_own_budget", "own_threat", "ATTACK_KINDS", "AUTOATTACK_PARTS", "AMP_MODES"]

@@ -308,7 +308,8 @@ class Trainer:
         self.train_forward.train()
         loss_sum = correct = seen = 0.0
         started = time.perf_counter()
-        task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(self.train_loader), status="") if bar else None
+        task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(self.train_loader), status="",
+                            unit="batches", detail=True) if bar else None
         for x, y in self.train_loader:
             x, y = self._to_device(x, y)
             x = augment_batch(x, self.info.augment, generator)
@@ -434,7 +435,7 @@ class Trainer:
         bar_cm = self._progress_bar()
         with bar_cm as bar:
             epochs_task = bar.add_task(f"{cfg.model_string} {cfg.method}", total=cfg.epochs, completed=self.epoch,
-                                       status="") if bar else None
+                                       status="", unit="epochs") if bar else None
             while self.epoch < cfg.epochs:
                 record = self.train_epoch(self.epoch, bar)
                 self.epoch += 1
@@ -474,7 +475,7 @@ class Trainer:
         if not (self.progress and self.ctx.is_main):
             return contextlib.nullcontext(None)
         from filterdb.progress import progress_bar
-        return progress_bar(unit="batch")
+        return progress_bar(unit="epochs")
 
 
 def train(config: TrainConfig, out_dir: str | Path, progress: bool = False, resume: bool = False) -> TrainResult:

@@ -1,7 +1,8 @@
 """The checkpoint source: filterdb training checkpoints, ingested with all their metadata.
 
-A checkpoint's identity is its content: the name is ``<run dir>/<file stem>@<sha256[:12]>``,
-so adding the same file twice is a no-op and a retrained model gets a new id.
+A checkpoint's name says what it is and carries its content's digest (``checkpoint_name``):
+``digits/cnn4-16/s0/pgd/pair-cnn4-16-s0@508c16cd``. Adding the same file twice is a no-op and
+a retrained model gets a new id.
 """
 from __future__ import annotations
 
@@ -19,10 +20,25 @@ def checkpoint_spec(path: str | Path) -> ModelSpec:
     path = Path(path)
     if not path.is_file():
         raise FilterDBError(f"{path}: no such checkpoint file")
+    from filterdb.training.checkpoint import load_checkpoint
+
     sha = sha256_file(path)
-    name = f"{path.resolve().parent.name}/{path.stem}@{sha[:12]}"
+    name = checkpoint_name(load_checkpoint(path), sha)
     return ModelSpec(SOURCE, name, record={"weights_sha256": sha}, load=partial(load_checkpoint_model, path),
                      origin=str(path))
+
+
+def checkpoint_name(ckpt, sha256: str) -> str:
+    """``dataset/model string/s<seed>/method/run[:stem]@<sha256[:8]>``, e.g.
+    ``digits/cnn4-16/s0/pgd/pair-cnn4-16-s0@508c16cd``: what the model is, how it was trained
+    and in which run (the pair's name for a matched pair; the stem when not ``last``), and the
+    weights' digest, so that the same file added twice is one model and a retrained one is another."""
+    seed = ckpt.pairing.get("seed", ckpt.config.get("seed"))
+    run_dir = ckpt.path.resolve().parent
+    run = ckpt.pairing.get("pair") or (run_dir.parent.name if run_dir.name == ckpt.method else run_dir.name)
+    stem = "" if ckpt.path.stem == "last" else f":{ckpt.path.stem}"
+    seed_part = f"s{seed}" if seed is not None else "s?"
+    return f"{ckpt.dataset}/{ckpt.model_string}/{seed_part}/{ckpt.method}/{run}{stem}@{sha256[:8]}"
 
 
 def checkpoint_dir_specs(directory: str | Path) -> list[ModelSpec]:
@@ -69,6 +85,6 @@ def load_checkpoint_model(path: Path, spec: ModelSpec) -> LoadedModel:
     from filterdb.training.evaluation import evaluation_record
 
     ckpt = load_checkpoint(path)
-    # Results of 'filterdb evaluate' beside the checkpoint override its training-time metrics.
-    record = {**checkpoint_record(ckpt), **evaluation_record(path)}
+    # Results of 'filterdb evaluate' beside the checkpoint: see evaluation_record for what they replace.
+    record = {**checkpoint_record(ckpt), **evaluation_record(path, ckpt.metrics)}
     return LoadedModel(spec, [ckpt.build_model()], ckpt.input_shape, weights_path=path, record=record)
