@@ -137,7 +137,8 @@ def global_rows(layers: pd.DataFrame, totals: dict[str, int]) -> pd.DataFrame:
     return layers
 
 
-def write_master(db_dir: Path, models: pd.DataFrame, layers: pd.DataFrame, index: pd.DataFrame, *, clean: bool) -> None:
+def write_master(db_dir: Path, models: pd.DataFrame, layers: pd.DataFrame, index: pd.DataFrame, *,
+                 clean: bool) -> MasterState:
     """Write the whole master (``layers`` with global rows) under a temporary name, then rename it."""
     tmp = _tmp(db_dir)
     try:
@@ -149,15 +150,16 @@ def write_master(db_dir: Path, models: pd.DataFrame, layers: pd.DataFrame, index
             f.create_group("filters")
             f.create_group("batches")
             _map_batches(f, range((len(models) + BATCH - 1) // BATCH))
-            _finish(f, db_dir, len(models), clean)
+            mtime = _finish(f, db_dir, len(models), clean)
         commit(tmp, master_path(db_dir))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return MasterState(MASTER_VERSION, index.reset_index(drop=True), _totals(layers, {}), len(layers), clean, mtime)
 
 
-def append_master(db_dir: Path, models: pd.DataFrame, layers: pd.DataFrame, index: pd.DataFrame, *,
-                  clean: bool) -> None:
+def append_master(db_dir: Path, state: MasterState, models: pd.DataFrame, layers: pd.DataFrame,
+                  index: pd.DataFrame, *, clean: bool) -> MasterState:
     """Publish models added after the current master (``layers`` with global rows): a copy of the
     master gets their rows appended and its last batches remapped, then replaces it."""
     tmp = _tmp(db_dir)
@@ -170,11 +172,21 @@ def append_master(db_dir: Path, models: pd.DataFrame, layers: pd.DataFrame, inde
             append_rows(f["shards"], index, INDEX_COLUMNS)
             after = before + len(models)
             _map_batches(f, range(before // BATCH, (after + BATCH - 1) // BATCH))
-            _finish(f, db_dir, after, clean)
+            mtime = _finish(f, db_dir, after, clean)
         commit(tmp, master_path(db_dir))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return MasterState(MASTER_VERSION, pd.concat([state.index, index], ignore_index=True),
+                       _totals(layers, state.totals), state.n_layers + len(layers), clean, mtime)
+
+
+def _totals(layers: pd.DataFrame, before: dict[str, int]) -> dict[str, int]:
+    """Rows of each /filters/<kernel> once ``layers`` (global rows) are in."""
+    totals = dict(before)
+    if len(layers):
+        totals.update({k: int(v) for k, v in layers.groupby("kernel")["stop"].max().items()})
+    return totals
 
 
 def commit(tmp: Path, final: Path) -> None:
@@ -186,10 +198,12 @@ def _tmp(db_dir: Path) -> Path:
     return Path(db_dir) / f".{MASTER_NAME}.{os.getpid()}{TMP_SUFFIX}"
 
 
-def _finish(f: h5py.File, db_dir: Path, n_models: int, clean: bool) -> None:
+def _finish(f: h5py.File, db_dir: Path, n_models: int, clean: bool) -> int:
+    mtime = _dir_mtime(db_dir)
     f.attrs["n_models"] = n_models
     f.attrs["clean"] = clean
-    f.attrs["shards_mtime_ns"] = _dir_mtime(db_dir)
+    f.attrs["shards_mtime_ns"] = mtime
+    return mtime
 
 
 def _map_batches(f: h5py.File, batches: range) -> None:
@@ -211,22 +225,31 @@ def _map_batches(f: h5py.File, batches: range) -> None:
                 by_batch.setdefault((kernel, position[mid] // BATCH), []).append((mid, int(start), int(stop)))
         for kernel in {k for k, _ in by_batch} | set(f["batches"]):
             group = f["batches"].require_group(kernel)
+            mapped = {int(b): (int(lo), int(hi)) for b, lo, hi in zip(group.attrs.get("batch", []),
+                                                                   group.attrs.get("start", []),
+                                                                   group.attrs.get("stop", []))}
             for b in batches:
-                if f"{b:05d}" in group:
+                if mapped.pop(b, None) is not None:
                     del group[f"{b:05d}"]
-        for (kernel, b), sources in by_batch.items():
-            lo, hi = sources[0][1], sources[-1][2]
-            _create_vds(f["batches"][kernel], f"{b:05d}", kernel, hi - lo,
-                        [(f"{SHARD_DIR}/{mid}.h5", f"filters/{kernel}", start - lo, stop - lo)
-                         for mid, start, stop in sources])
-            f["batches"][kernel][f"{b:05d}"].attrs["start"] = lo
+            for b in batches:
+                sources = by_batch.get((kernel, b))
+                if sources:
+                    lo, hi = sources[0][1], sources[-1][2]
+                    _create_vds(group, f"{b:05d}", kernel, hi - lo,
+                                [(f"{SHARD_DIR}/{mid}.h5", f"filters/{kernel}", start - lo, stop - lo)
+                                 for mid, start, stop in sources])
+                    mapped[b] = (lo, hi)
+            order = sorted(mapped)
+            group.attrs["batch"] = np.array(order, np.int64)  # which /batches/<kernel>/<b> exist, and their rows
+            group.attrs["start"] = np.array([mapped[b][0] for b in order], np.int64)
+            group.attrs["stop"] = np.array([mapped[b][1] for b in order], np.int64)
     for kernel in f["batches"]:
-        group = f["batches"][kernel]
-        sources = [(".", f"batches/{kernel}/{name}", int(group[name].attrs["start"]),
-                    int(group[name].attrs["start"]) + group[name].shape[0]) for name in sorted(group)]
+        attrs = f["batches"][kernel].attrs
+        sources = [(".", f"batches/{kernel}/{b:05d}", int(lo), int(hi))
+                   for b, lo, hi in zip(attrs["batch"], attrs["start"], attrs["stop"])]
         if kernel in f["filters"]:
             del f["filters"][kernel]
-        _create_vds(f["filters"], kernel, kernel, max((s[3] for s in sources), default=0), sources)
+        _create_vds(f["filters"], kernel, kernel, max((hi for *_, hi in sources), default=0), sources)
 
 
 def _create_vds(group: h5py.Group, name: str, kernel: str, rows: int, sources: list[tuple[str, str, int, int]]):

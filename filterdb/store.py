@@ -409,7 +409,7 @@ class FilterDB:
             models, layers = self._tables()
             stats = {**self._known()}
             index = _index_rows(models, layers, stats, first_layer=0)
-            write_master(self.path, models, layers, index, clean=clean)
+            self._state = write_master(self.path, models, layers, index, clean=clean)
             self._base = models, layers
         else:
             parts = list(self._pending.values())
@@ -418,12 +418,11 @@ class FilterDB:
                                  else empty_frame(schema.LAYER_COLUMNS), state.totals)
             index = _index_rows(models, layers, {mid: stat for mid, (_, _, stat) in self._pending.items()},
                                 first_layer=state.n_layers)
-            append_master(self.path, models, layers, index, clean=clean)
+            self._state = append_master(self.path, state, models, layers, index, clean=clean)
             self._base = self._view if self._view is not None else None
         if self._file is not None:
             self._file.close()
             self._file = None
-        self._state = read_state(self.path)
         self._pending, self._dropped, self._rewrite = {}, set(), False
         self._unpublished = False
         self._published_at = time.monotonic()
