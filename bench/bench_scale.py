@@ -70,7 +70,9 @@ def synthetic_model(kind: str, i: int, name: str | None = None):
 TEMPLATES: dict = {}
 
 
-def build(db_dir: Path, kind: str, n: int) -> None:
+def build(db_dir: Path, kind: str, n: int, workers: int = 1) -> None:
+    """Build the database through the writer; with ``workers``, worker processes write the
+    shards (as ``filterdb build --jobs`` does) and the writer then registers them."""
     from filterdb.store import FilterDB, open_database
 
     if (db_dir / "filterdb.h5").exists():
@@ -79,9 +81,16 @@ def build(db_dir: Path, kind: str, n: int) -> None:
                 return
         shutil.rmtree(db_dir)  # an interrupted build: start over
     t0 = time.perf_counter()
-    with FilterDB.open(db_dir, "a") as db, db.batch(max_delay=3600):
-        for i in range(n):
-            db.add_extracted(*synthetic_model(kind, i))
+    if workers > 1:
+        procs = [subprocess.Popen([sys.executable, __file__, "--write-shards", f"{r}/{workers}/{n}", "--db", str(db_dir),
+                                   "--kind", kind]) for r in range(workers)]
+        assert all(p.wait() == 0 for p in procs)
+        with FilterDB.open(db_dir, "a"):  # the master, from the shards
+            pass
+    else:
+        with FilterDB.open(db_dir, "a") as db, db.batch(max_delay=3600):
+            for i in range(n):
+                db.add_extracted(*synthetic_model(kind, i))
     print(f"built {db_dir.name}: {n} {kind} models in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
@@ -173,12 +182,20 @@ def main() -> None:
     parser.add_argument("--db", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--kind", default="small", help=argparse.SUPPRESS)
     parser.add_argument("--build", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--write-shards", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.op:
         print(json.dumps({"seconds": run_op(args.op, args.db, args.kind)}))
         return
     if args.build:
-        build(args.db, args.kind, args.build)
+        build(args.db, args.kind, args.build, workers=2 if args.build >= 5000 else 1)
+        return
+    if args.write_shards:
+        from filterdb.shards import write_shard
+
+        r, k, n = map(int, args.write_shards.split("/"))
+        for i in range(r, n, k):
+            write_shard(args.db, *synthetic_model(args.kind, i))
         return
 
     filterdb_bin = str(Path(sys.executable).with_name("filterdb"))

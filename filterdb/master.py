@@ -4,6 +4,7 @@ Format 2.0 (``encoding-version`` 2.0 of ``filterdb-database``)::
 
     /models, /layers        the tables (chunked: a publish appends rows instead of rewriting them)
     /shards                 the index: one row per shard, in /models order (INDEX_COLUMNS)
+    /spans                  one row per (model, kernel): its rows and its data's byte offset in the shard
     /filters/<kernel>       (N, kh, kw) float32, a virtual dataset over /batches/<kernel>/<batch>
     /batches/<kernel>/<b>   a virtual dataset over the shards of models b*BATCH ... b*BATCH+BATCH-1
 
@@ -49,6 +50,17 @@ INDEX_COLUMNS: tuple[Column, ...] = (
     Column("mtime_ns", "int", "Modification time of the shard file (ns) when it was indexed."),
     Column("layer_start", "int", "First row of the model in /layers."),
     Column("layer_stop", "int", "One past the last row of the model in /layers."),
+)
+
+
+# One row per (model, kernel): where the model's filters of that kernel are, in the master and in its shard.
+SPAN_COLUMNS: tuple[Column, ...] = (
+    Column("model_id", "str", "Model (models.model_id)."),
+    Column("kernel", "str", "Kernel size, 'HxW'."),
+    Column("start", "int", "First row of the model's filters in /filters/<kernel>."),
+    Column("stop", "int", "One past the last row."),
+    Column("offset", "int", "Byte offset of the shard's /filters/<kernel> data (contiguous little-endian float32) "
+                            "in its file; -1 if not stored that way."),
 )
 
 
@@ -137,8 +149,25 @@ def global_rows(layers: pd.DataFrame, totals: dict[str, int]) -> pd.DataFrame:
     return layers
 
 
-def write_master(db_dir: Path, models: pd.DataFrame, layers: pd.DataFrame, index: pd.DataFrame, *,
-                 clean: bool) -> MasterState:
+def spans(layers: pd.DataFrame, offsets: dict[str, dict[str, int]]) -> pd.DataFrame:
+    """The /spans rows of ``layers`` (global rows): per model and kernel, its rows and its shard's byte offset."""
+    grouped = layers.groupby(["model_id", "kernel"], sort=False).agg(start=("start", "min"), stop=("stop", "max"))
+    frame = grouped.reset_index()
+    frame["offset"] = [offsets.get(mid, {}).get(kernel, -1) for mid, kernel in zip(frame["model_id"], frame["kernel"])]
+    return frame.astype({"start": np.int64, "stop": np.int64, "offset": np.int64})
+
+
+def read_spans(f: h5py.File) -> dict[tuple[str, str], tuple[int, int]]:
+    """(model_id, kernel) -> (first row in /filters/<kernel>, byte offset in the shard or -1); {} for format 1.0."""
+    if "spans" not in f:
+        return {}
+    group = f["spans"]
+    ids, kernels = group["model_id"].asstr()[()], group["kernel"].asstr()[()]
+    return dict(zip(zip(ids, kernels), zip(group["start"][()].tolist(), group["offset"][()].tolist())))
+
+
+def write_master(db_dir: Path, models: pd.DataFrame, layers: pd.DataFrame, index: pd.DataFrame,
+                 span_rows: pd.DataFrame, *, clean: bool) -> MasterState:
     """Write the whole master (``layers`` with global rows) under a temporary name, then rename it."""
     tmp = _tmp(db_dir)
     try:
@@ -147,6 +176,7 @@ def write_master(db_dir: Path, models: pd.DataFrame, layers: pd.DataFrame, index
             write_table(f, "models", models, schema.MODEL_COLUMNS, index="model_id", chunk_rows=MODEL_CHUNK)
             write_table(f, "layers", layers, schema.LAYER_COLUMNS, chunk_rows=LAYER_CHUNK)
             write_table(f, "shards", index, INDEX_COLUMNS, index="model_id", chunk_rows=MODEL_CHUNK)
+            write_table(f, "spans", span_rows, SPAN_COLUMNS, chunk_rows=MODEL_CHUNK)
             f.create_group("filters")
             f.create_group("batches")
             _map_batches(f, range((len(models) + BATCH - 1) // BATCH))
@@ -159,7 +189,7 @@ def write_master(db_dir: Path, models: pd.DataFrame, layers: pd.DataFrame, index
 
 
 def append_master(db_dir: Path, state: MasterState, models: pd.DataFrame, layers: pd.DataFrame,
-                  index: pd.DataFrame, *, clean: bool) -> MasterState:
+                  index: pd.DataFrame, span_rows: pd.DataFrame, *, clean: bool) -> MasterState:
     """Publish models added after the current master (``layers`` with global rows): a copy of the
     master gets their rows appended and its last batches remapped, then replaces it."""
     tmp = _tmp(db_dir)
@@ -170,6 +200,7 @@ def append_master(db_dir: Path, state: MasterState, models: pd.DataFrame, layers
             append_rows(f["models"], models, schema.MODEL_COLUMNS)
             append_rows(f["layers"], layers, schema.LAYER_COLUMNS)
             append_rows(f["shards"], index, INDEX_COLUMNS)
+            append_rows(f["spans"], span_rows, SPAN_COLUMNS)
             after = before + len(models)
             _map_batches(f, range(before // BATCH, (after + BATCH - 1) // BATCH))
             mtime = _finish(f, db_dir, after, clean)

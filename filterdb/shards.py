@@ -138,6 +138,19 @@ def read_shard_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         return read_table(f["models"], schema.MODEL_COLUMNS), read_table(f["layers"], schema.LAYER_COLUMNS)
 
 
+def filter_offsets(path: Path) -> dict[str, int]:
+    """kernel -> byte offset of the shard's /filters/<kernel> data in its file (-1: not contiguous there)."""
+    with h5py.File(path, "r") as f:
+        return {kernel: _offset(f["filters"][kernel]) for kernel in f["filters"]}
+
+
+def _offset(dataset: h5py.Dataset) -> int:
+    if dataset.compression or dataset.chunks or dataset.dtype != np.dtype("<f4"):
+        return -1
+    offset = dataset.id.get_offset()
+    return -1 if offset is None else int(offset)
+
+
 def list_shards(db_dir: str | os.PathLike) -> dict[str, tuple[int, int]]:
     """model_id -> (size, mtime_ns) of every complete shard file (a directory listing, no file opened)."""
     found = {}

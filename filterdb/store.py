@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -32,9 +33,19 @@ from filterdb.errors import FilterDBError
 from filterdb.h5table import read_table, write_table
 from filterdb.lock import WriterLock
 from filterdb.master import (DATABASE_ENCODING, INDEX_COLUMNS, MASTER_NAME, MASTER_VERSION, MasterState, append_master,
-                             empty_frame, global_rows, is_current, read_state, vouches_for_folder, write_master)
-from filterdb.shards import (FILTERS_ENCODING, SHARD_DIR, SHARD_ENCODING, TMP_SUFFIX, list_shards,  # noqa: F401
-                             read_shard_tables, root_attrs, shard_path, write_shard)
+                             empty_frame, global_rows, is_current, read_spans, read_state, spans, vouches_for_folder,
+                             write_master)
+from filterdb.shards import (FILTERS_ENCODING, SHARD_DIR, SHARD_ENCODING, TMP_SUFFIX, filter_offsets,  # noqa: F401
+                             list_shards, read_shard_tables, root_attrs, shard_path, write_shard)
+
+
+@dataclass
+class Pending:
+    """A model stored since the last publish: its tables (shard-local rows), shard identity and data offsets."""
+    models: pd.DataFrame
+    layers: pd.DataFrame
+    stat: tuple[int, int]  # (size, mtime_ns) of the shard file
+    offsets: dict[str, int]  # kernel -> byte offset of its filters in the shard
 
 
 def _legacy_is_stale(path: Path) -> bool:
@@ -62,12 +73,14 @@ class FilterDB:
         self._adopting = False  # shards come from other processes: the folder's mtime proves nothing
         # writer: the published master (state), what changed since (pending, dropped), the tables (lazy)
         self._state: MasterState | None = None
-        self._pending: dict[str, tuple[pd.DataFrame, pd.DataFrame, tuple[int, int]]] = {}
+        self._pending: dict[str, Pending] = {}
         self._dropped: set[str] = set()
         self._rewrite = False  # the master must be written whole (none yet, format 1.0, models removed)
         self._base: tuple[pd.DataFrame, pd.DataFrame] | None = None  # tables of the published master
         self._view: tuple[pd.DataFrame, pd.DataFrame] | None = None
-        self._starts: dict[tuple[str, str], int] | None = None
+        self._spans: dict[tuple[str, str], tuple[int, int]] | None = None  # (model, kernel) -> (start, offset)
+        self._base_spans: dict[tuple[str, str], tuple[int, int]] | None = None
+        self._ids: tuple[MasterState, set[str]] | None = None
         self._load()
 
     # ---------------------------------------------------------------- opening
@@ -107,6 +120,7 @@ class FilterDB:
             self._open_master()
             self._models = read_table(self._file["models"], schema.MODEL_COLUMNS)
             self._layers = read_table(self._file["layers"], schema.LAYER_COLUMNS)
+            self._spans = read_spans(self._file) or None  # format 1.0: computed from the layers when needed
             return
         self._lock = WriterLock(self.path)
         for stale in [*(self.path / SHARD_DIR).glob(f".*{TMP_SUFFIX}"), *self.path.glob(f".*{TMP_SUFFIX}")]:
@@ -137,9 +151,9 @@ class FilterDB:
             except (OSError, KeyError, ValueError) as exc:
                 raise FilterDBError(f"shard {path} cannot be read ({exc}); delete it and rerun the build "
                                     "to extract that model again") from exc
-            fresh.append((models["key"].iloc[0], mid, models, layers))
-        for _, mid, models, layers in sorted(fresh, key=lambda item: item[0]):
-            self._pending[mid] = (models, layers, on_disk[mid])
+            fresh.append((models["key"].iloc[0], mid, models, layers, filter_offsets(path)))
+        for _, mid, models, layers, offsets in sorted(fresh, key=lambda item: item[0]):
+            self._pending[mid] = Pending(models, layers, on_disk[mid], offsets)
         self._changed_tables()
 
     def _known(self) -> dict[str, tuple[int, int]]:
@@ -148,7 +162,7 @@ class FilterDB:
         known = {mid: stat for mid, stat in zip(index["model_id"], zip(index["size"].tolist(),
                                                                         index["mtime_ns"].tolist()))
                  if mid not in self._dropped}
-        known.update({mid: stat for mid, (_, _, stat) in self._pending.items()})
+        known.update({mid: part.stat for mid, part in self._pending.items()})
         return known
 
     def _open_master(self) -> None:
@@ -203,9 +217,9 @@ class FilterDB:
                 base_models = base_models[~base_models["model_id"].isin(self._dropped)]
                 base_layers = base_layers[~base_layers["model_id"].isin(self._dropped)]
             parts = list(self._pending.values())
-            models = pd.concat([base_models, *(m for m, _, _ in parts)]) if parts else base_models
+            models = pd.concat([base_models, *(p.models for p in parts)]) if parts else base_models
             models.index = pd.Index(models["model_id"].to_numpy(dtype=object), dtype=object)
-            layers = pd.concat([base_layers, *(l for _, l, _ in parts)], ignore_index=True) if parts else base_layers
+            layers = pd.concat([base_layers, *(p.layers for p in parts)], ignore_index=True) if parts else base_layers
             self._view = models, global_rows(layers, {})
         return self._view
 
@@ -242,7 +256,7 @@ class FilterDB:
                                              and model_id in self._index_ids())
 
     def _index_ids(self) -> set[str]:
-        if getattr(self, "_ids", None) is None or self._ids[0] is not self._state:
+        if self._ids is None or self._ids[0] is not self._state:
             self._ids = (self._state, set(self._state.index["model_id"]))
         return self._ids[1]
 
@@ -262,21 +276,47 @@ class FilterDB:
             f = self._shards[model_id] = h5py.File(self.shard_path(model_id), "r")
         return f
 
-    def _start_of(self, model_id: str, kernel: str) -> int:
-        """The first row of a model's filters of one kernel size in /filters/<kernel>."""
-        if self._starts is None:
-            layers = self.layers
-            self._starts = layers.groupby(["model_id", "kernel"], sort=False)["start"].min().to_dict()
-        return int(self._starts[(model_id, kernel)])
+    def _span(self, model_id: str, kernel: str) -> tuple[int, int]:
+        """(first row of a model's filters of one kernel size in /filters/<kernel>, their byte offset in its shard or -1)."""
+        if self._spans is None:
+            offsets = self._offsets()
+            self._spans = {key: (start, offsets.get(key, -1)) for key, start in
+                           self.layers.groupby(["model_id", "kernel"], sort=False)["start"].min().items()}
+        return self._spans[(model_id, kernel)]
+
+    def _offsets(self) -> dict[tuple[str, str], int]:
+        if self.mode == "r":
+            return {}
+        if self._base_spans is None:
+            self._base_spans = {}
+            if not self._rewrite and (self.path / MASTER_NAME).exists():
+                with h5py.File(self.path / MASTER_NAME, "r") as f:
+                    self._base_spans = read_spans(f)
+        offsets = {key: offset for key, (_, offset) in self._base_spans.items() if key[0] not in self._dropped}
+        offsets.update({(mid, k): o for mid, part in self._pending.items() for k, o in part.offsets.items()})
+        return offsets
+
+    def _read_rows(self, model_id: str, kernel: str, lo: int, hi: int) -> np.ndarray:
+        """Rows [lo, hi) of /filters/<kernel> (global rows within one model), from its shard: one pread at
+        the data's byte offset when the index has it, else through HDF5."""
+        base, offset = self._span(model_id, kernel)
+        kh, kw = map(int, kernel.split("x"))
+        if offset >= 0:
+            count = (hi - lo) * kh * kw
+            out = np.fromfile(self.shard_path(model_id), dtype="<f4", count=count, offset=offset + (lo - base) * kh * kw * 4)
+            if len(out) != count:
+                raise FilterDBError(f"shard {self.shard_path(model_id)} is shorter than its index says; "
+                                    "open the database for writing to re-index it, or rebuild that model")
+            return out.astype(np.float32, copy=False).reshape(hi - lo, kh, kw)
+        dataset = self._shard(model_id)["filters"][kernel]
+        out = np.empty((hi - lo, kh, kw), np.float32)
+        if hi > lo:
+            dataset.read_direct(out, source_sel=np.s_[lo - base:hi - base])
+        return out
 
     def read_layer(self, row: pd.Series) -> np.ndarray:
         """The filters of one layer-table row, float32 (n, kh, kw), read from the model's shard."""
-        base = self._start_of(row["model_id"], row["kernel"])
-        dataset = self._shard(row["model_id"])["filters"][row["kernel"]]
-        out = np.empty((int(row["stop"]) - int(row["start"]), dataset.shape[1], dataset.shape[2]), np.float32)
-        if len(out):
-            dataset.read_direct(out, source_sel=np.s_[int(row["start"]) - base:int(row["stop"]) - base])
-        return out
+        return self._read_rows(row["model_id"], row["kernel"], int(row["start"]), int(row["stop"]))
 
     def read_model(self, model_id: str, kernel: str = "3x3") -> np.ndarray:
         """Every filter of one kernel size of one model, in layer order."""
@@ -301,11 +341,8 @@ class FilterDB:
         frame = self.layers if layers is None else layers
         frame = frame[frame["kernel"] == kernel]
         for mid, start, stop in zip(frame["model_id"], frame["start"].tolist(), frame["stop"].tolist()):
-            base = self._start_of(mid, kernel)
-            dataset = self._shard(mid)["filters"][kernel]
             for lo in range(start, stop, chunk_rows):
-                hi = min(lo + chunk_rows, stop)
-                yield dataset[lo - base:hi - base]
+                yield self._read_rows(mid, kernel, lo, min(lo + chunk_rows, stop))
 
     def read_filters(self, layers: pd.DataFrame, kernel: str = "3x3") -> np.ndarray:
         """The filters of a selection of layers of one kernel size, concatenated in the selection's order."""
@@ -386,7 +423,7 @@ class FilterDB:
 
     def _changed_tables(self) -> None:
         self._view = None
-        self._starts = None
+        self._spans = None
 
     def _changed(self) -> None:
         """The shards changed: publish now, or later inside ``batch``."""
@@ -409,17 +446,24 @@ class FilterDB:
             models, layers = self._tables()
             stats = {**self._known()}
             index = _index_rows(models, layers, stats, first_layer=0)
-            self._state = write_master(self.path, models, layers, index, clean=clean)
+            span_rows = spans(layers, _by_model(self._offsets()))
+            self._state = write_master(self.path, models, layers, index, span_rows, clean=clean)
             self._base = models, layers
+            self._base_spans = None
         else:
             parts = list(self._pending.values())
-            models = pd.concat([m for m, _, _ in parts]) if parts else empty_frame(schema.MODEL_COLUMNS, "model_id")
-            layers = global_rows(pd.concat([l for _, l, _ in parts], ignore_index=True) if parts
+            models = pd.concat([p.models for p in parts]) if parts else empty_frame(schema.MODEL_COLUMNS, "model_id")
+            layers = global_rows(pd.concat([p.layers for p in parts], ignore_index=True) if parts
                                  else empty_frame(schema.LAYER_COLUMNS), state.totals)
-            index = _index_rows(models, layers, {mid: stat for mid, (_, _, stat) in self._pending.items()},
+            index = _index_rows(models, layers, {mid: part.stat for mid, part in self._pending.items()},
                                 first_layer=state.n_layers)
-            self._state = append_master(self.path, state, models, layers, index, clean=clean)
+            span_rows = spans(layers, {mid: part.offsets for mid, part in self._pending.items()})
+            self._state = append_master(self.path, state, models, layers, index, span_rows, clean=clean)
             self._base = self._view if self._view is not None else None
+            if self._base_spans is not None:
+                self._base_spans.update({(m, k): (s, o) for m, k, s, o in
+                                         zip(span_rows["model_id"], span_rows["kernel"], span_rows["start"].tolist(),
+                                             span_rows["offset"].tolist())})
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -442,13 +486,15 @@ class FilterDB:
         return record["model_id"]
 
     def _add(self, model_id: str, models: pd.DataFrame, layers: pd.DataFrame) -> None:
-        stat = self.shard_path(model_id).stat()
+        path = self.shard_path(model_id)
+        stat = path.stat()
+        offsets = filter_offsets(path)
         f = self._shards.pop(model_id, None)
         if f is not None:
             f.close()
         if self.has_model(model_id):
             self._drop(model_id)  # re-extracted: the new rows go last
-        self._pending[model_id] = (models, layers, (stat.st_size, stat.st_mtime_ns))
+        self._pending[model_id] = Pending(models, layers, (stat.st_size, stat.st_mtime_ns), offsets)
         self._changed()
 
     def add_module(self, module, *, source: str, name: str, input_shape: tuple[int, int, int],
@@ -481,6 +527,13 @@ def _is_stale(path: Path) -> bool:
     if state is not None and state.version != MASTER_VERSION:
         return _legacy_is_stale(path)
     return not is_current(path, state)
+
+
+def _by_model(offsets: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (mid, kernel), offset in offsets.items():
+        out.setdefault(mid, {})[kernel] = offset
+    return out
 
 
 def _index_rows(models: pd.DataFrame, layers: pd.DataFrame, stats: dict[str, tuple[int, int]],
