@@ -77,7 +77,9 @@ def build(db_dir: Path, kind: str, n: int, workers: int = 1) -> None:
 
     if (db_dir / "filterdb.h5").exists():
         with open_database(db_dir) as db:
-            if len(db.models) >= n:
+            done = len(db.models) >= n
+        if done:
+            with FilterDB.open(db_dir, "a"):  # brings an older master up to date before anything is timed
                 return
         shutil.rmtree(db_dir)  # an interrupted build: start over
     t0 = time.perf_counter()

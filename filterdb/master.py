@@ -91,6 +91,8 @@ def read_state(db_dir: Path) -> MasterState | None:
             version = str(f.attrs.get("encoding-version", ""))
             if f.attrs.get("format") != schema.FORMAT_NAME:
                 return None
+            if version == MASTER_VERSION and not {"shards", "spans", "batches"} <= set(f):
+                version = "incomplete"  # written before the index had all its parts: rewritten from the shards
             totals = {k: int(f["filters"][k].shape[0]) for k in f["filters"]}
             n_layers = int(f["layers"]["model_id"].shape[0])
             if "shards" in f:

@@ -132,16 +132,26 @@ def _allocate_contiguous(group: h5py.Group, name: str, shape: tuple[int, ...]) -
 
 def read_shard_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A shard's model row and layer rows (shard-local start/stop)."""
+    return read_shard(path)[:2]
+
+
+def read_shard(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """A shard's model row, layer rows (shard-local start/stop) and ``filter_offsets``."""
     with h5py.File(path, "r") as f:
         if f.attrs.get("encoding-type") != SHARD_ENCODING:
             raise FilterDBError(f"{path} is not a filterdb shard; remove it from the shards folder")
-        return read_table(f["models"], schema.MODEL_COLUMNS), read_table(f["layers"], schema.LAYER_COLUMNS)
+        return (read_table(f["models"], schema.MODEL_COLUMNS), read_table(f["layers"], schema.LAYER_COLUMNS),
+                _offsets(f))
 
 
 def filter_offsets(path: Path) -> dict[str, int]:
     """kernel -> byte offset of the shard's /filters/<kernel> data in its file (-1: not contiguous there)."""
     with h5py.File(path, "r") as f:
-        return {kernel: _offset(f["filters"][kernel]) for kernel in f["filters"]}
+        return _offsets(f)
+
+
+def _offsets(f: h5py.File) -> dict[str, int]:
+    return {kernel: _offset(f["filters"][kernel]) for kernel in f["filters"]}
 
 
 def _offset(dataset: h5py.Dataset) -> int:

@@ -36,7 +36,7 @@ from filterdb.master import (DATABASE_ENCODING, INDEX_COLUMNS, MASTER_NAME, MAST
                              empty_frame, global_rows, is_current, read_spans, read_state, spans, vouches_for_folder,
                              write_master)
 from filterdb.shards import (FILTERS_ENCODING, SHARD_DIR, SHARD_ENCODING, TMP_SUFFIX, filter_offsets,  # noqa: F401
-                             list_shards, read_shard_tables, root_attrs, shard_path, write_shard)
+                             list_shards, read_shard, read_shard_tables, root_attrs, shard_path, write_shard)
 
 
 @dataclass
@@ -147,11 +147,11 @@ class FilterDB:
         for mid in sorted(set(on_disk) - {m for m in known if on_disk.get(m) == known[m]}):
             path = shard_path(self.path, mid)
             try:
-                models, layers = read_shard_tables(path)
+                models, layers, offsets = read_shard(path)
             except (OSError, KeyError, ValueError) as exc:
                 raise FilterDBError(f"shard {path} cannot be read ({exc}); delete it and rerun the build "
                                     "to extract that model again") from exc
-            fresh.append((models["key"].iloc[0], mid, models, layers, filter_offsets(path)))
+            fresh.append((models["key"].iloc[0], mid, models, layers, offsets))
         for _, mid, models, layers, offsets in sorted(fresh, key=lambda item: item[0]):
             self._pending[mid] = Pending(models, layers, on_disk[mid], offsets)
         self._changed_tables()
