@@ -30,7 +30,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 API_OPS = ("open_read", "open_write_add", "read_one_layer_h5py", "read_one_model_api", "read_first_h5py",
            "read_first_api")
-CLI_OPS = {"info": ["info"], "compare_first": ["compare", "robust", "normal", "--layer", "first"]}
+CLI_OPS = {"info": ["info"], "info_csv": ["info", "--format", "csv"],
+           "compare_first": ["compare", "robust", "normal", "--layer", "first"]}
 
 
 # ------------------------------------------------------------------ synthetic models

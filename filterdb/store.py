@@ -339,8 +339,10 @@ class FilterDB:
                            chunk_rows: int = 1 << 20) -> Iterator[np.ndarray]:
         """Yield the filters of the selected layers of one kernel size in chunks of at most ``chunk_rows``."""
         frame = self.layers if layers is None else layers
-        frame = frame[frame["kernel"] == kernel]
-        for mid, start, stop in zip(frame["model_id"], frame["start"].tolist(), frame["stop"].tolist()):
+        mine = frame["kernel"].to_numpy() == kernel  # numpy, not pandas: callers pass one layer at a time
+        ids = frame["model_id"].to_numpy()[mine]
+        starts, stops = frame["start"].to_numpy()[mine].tolist(), frame["stop"].to_numpy()[mine].tolist()
+        for mid, start, stop in zip(ids, starts, stops):
             for lo in range(start, stop, chunk_rows):
                 yield self._read_rows(mid, kernel, lo, min(lo + chunk_rows, stop))
 
