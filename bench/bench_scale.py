@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,1000,10000")
     parser.add_argument("--wrn", type=int, default=1000, help="models in the WRN-sized database (0: none)")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/filterdb-bench-scale"))
-    parser.add_argument("--out", type=Path, default=HERE / "out")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--op", help=argparse.SUPPRESS)
     parser.add_argument("--db", type=Path, help=argparse.SUPPRESS)
