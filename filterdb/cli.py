@@ -1,4 +1,10 @@
-"""The ``filterdb`` command line. Each command is a thin layer over the Python API."""
+"""The ``filterdb`` command line. Each command is a thin layer over the Python API.
+
+Importing this module costs click and nothing else: every command imports what it needs
+when it runs, and the commands of other modules load on first use (``--help`` lists them
+from ``CONTRIBUTED_COMMANDS``), so ``filterdb --help`` and the read-only commands never
+import torch.
+"""
 from __future__ import annotations
 
 import importlib
@@ -7,19 +13,99 @@ import sys
 from pathlib import Path
 
 import click
-import pandas as pd
 
 from filterdb import paths
 from filterdb.errors import FilterDBError
 from filterdb.output import FORMATS, emit
 
-# Modules that contribute commands through a module-level list ``commands``.
-COMMAND_MODULES = ("filterdb.analysis.cli", "filterdb.training.cli", "filterdb.training.evaluate_cli", "filterdb.sources.cli")
+# Commands of other modules: name -> (module, attribute, the command's one-line help).
+# tests/test_imports.py checks that each help line is the command's own.
+CONTRIBUTED_COMMANDS = {
+    "compare": ("filterdb.analysis.cli", "compare", "Compare two groups of models, e.g."),
+    "evaluate": ("filterdb.training.evaluate_cli", "evaluate",
+                 "Evaluate training checkpoints: clean and robust accuracy (PGD, CW, AutoAttack at Linf and L2 budgets), "
+                 "where the perturbations sit (border vs interior) and the fooling rate under rotations and translations."),
+    "leaderboards": ("filterdb.sources.cli", "leaderboards",
+                     "List the leaderboards that 'filterdb build --leaderboard' accepts, with model counts; or the "
+                     "models of NAME."),
+    "metrics": ("filterdb.analysis.cli", "metrics", "Per-layer metrics of the filters in the database."),
+    "models": ("filterdb.training.cli", "models_command",
+               "The model-string grammar; with MODEL_STRING, check it and show what it builds (on the meta device)."),
+    "pairs": ("filterdb.sources.cli", "pairs",
+              "For each robust model, the normal models of the same architecture, and the counterparts still missing."),
+    "train": ("filterdb.training.cli", "train",
+              "Train models: one run, a matched normal/robust pair, or a RobustBench counterpart."),
+}
+
+
+class LazyCommands(dict):
+    """The group's name -> command mapping; a contributed command is imported on first lookup."""
+
+    def __init__(self, lazy: dict[str, tuple[str, str, str]]):
+        super().__init__()
+        self.lazy = dict(lazy)
+
+    def _load(self, name: str) -> None:
+        if dict.__contains__(self, name) or name not in self.lazy:
+            return
+        module_name, attribute, _ = self.lazy[name]
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            del self.lazy[name]  # an optional part that is not installed
+            return
+        dict.__setitem__(self, name, getattr(module, attribute))
+
+    def loaded(self, name: str) -> bool:
+        return dict.__contains__(self, name)
+
+    def __getitem__(self, name):
+        self._load(name)
+        return dict.__getitem__(self, name)
+
+    def get(self, name, default=None):
+        self._load(name)
+        return dict.get(self, name, default)
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, name) or name in self.lazy
+
+    def __iter__(self):
+        return iter(sorted({*dict.keys(self), *self.lazy}))
+
+    def __len__(self) -> int:
+        return len({*dict.keys(self), *self.lazy})
+
+    def keys(self):
+        return list(self)
+
+    def values(self):
+        return [self[name] for name in self]
+
+    def items(self):
+        return [(name, self[name]) for name in self]
 
 
 class FilterDBGroup(click.Group):
     """Turns FilterDBError into a one-line message and exit code 1, Ctrl-C into one line and
-    exit code 130 (no traceback)."""
+    exit code 130 (no traceback); lists contributed commands without importing them."""
+
+    def format_commands(self, ctx, formatter):
+        helps = {}  # name -> the command's one-line help (a function of the width)
+        for name in self.list_commands(ctx):
+            if self.commands.loaded(name):
+                if not self.commands[name].hidden:
+                    helps[name] = self.commands[name].get_short_help_str
+            else:
+                helps[name] = lambda limit, text=self.commands.lazy[name][2]: click.utils.make_default_short_help(text, limit)
+        if not helps:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in helps)
+        rows = [(name, short_help(limit)) for name, short_help in helps.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx):
         try:
@@ -44,6 +130,9 @@ def resolve_db(db_path: Path | None) -> Path:
 @click.version_option(package_name="filterdb")
 def main():
     """filterdb: convolution filters of robust and normal CNNs, in one HDF5 database."""
+
+
+main.commands = LazyCommands(CONTRIBUTED_COMMANDS)
 
 
 def report_build(report, fmt: str = "table") -> None:
@@ -149,6 +238,8 @@ INFO_COLUMNS = ["model_id", "source", "name", "dataset", "training", "architectu
 @click.option("--json", "as_json", is_flag=True, help="Shorthand for --format json (summary and models).")
 def info(db_path, fmt, as_json):
     """Models, layers, filters per kernel size and size on disk of a database."""
+    import pandas as pd
+
     from filterdb.store import open_database
 
     with open_database(resolve_db(db_path)) as db:
@@ -188,18 +279,3 @@ def demo(db_path, fmt):
         report_build(report)
     from filterdb.analysis.compare import print_demo_comparison
     print_demo_comparison(db_path, fmt)
-
-
-def _register_contributed_commands() -> None:
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        for command in module.commands:
-            main.add_command(command)
-
-
-_register_contributed_commands()

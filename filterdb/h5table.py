@@ -46,11 +46,12 @@ def _frame(data: dict[str, np.ndarray], str_columns: set[str], index: str | None
 
 
 def write_table(parent: h5py.Group, name: str, data: list[dict] | dict[str, np.ndarray] | pd.DataFrame,
-                columns: tuple[Column, ...], index: str | None = None) -> h5py.Group:
+                columns: tuple[Column, ...], index: str | None = None, chunk_rows: int = 0) -> h5py.Group:
     """Write a table (rows, ``table_columns`` or a DataFrame) as a new group ``name`` of ``parent``.
 
     Through h5py's low-level API: a table has about a hundred datasets and attributes, and
     the high-level calls would cost more than writing the filters of a small model.
+    ``chunk_rows`` > 0 makes every column chunked and extendable (``append_rows``).
     """
     table = pd.DataFrame(data, columns=[c.name for c in columns]) if isinstance(data, list) else data
     group = parent.create_group(name)
@@ -66,12 +67,36 @@ def write_table(parent: h5py.Group, name: str, data: list[dict] | dict[str, np.n
         else:
             column = np.ascontiguousarray(values, dtype=c.numpy_dtype)
             h5type = h5py.h5t.py_create(column.dtype, logical=True)
-        dataset = h5py.h5d.create(group.id, c.name.encode(), h5type, h5py.h5s.create_simple(column.shape))
+        if chunk_rows:
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_chunk((chunk_rows,))
+            space = h5py.h5s.create_simple(column.shape, (h5py.h5s.UNLIMITED,))
+            dataset = h5py.h5d.create(group.id, c.name.encode(), h5type, space, dcpl=dcpl)
+        else:
+            dataset = h5py.h5d.create(group.id, c.name.encode(), h5type, h5py.h5s.create_simple(column.shape))
         if len(column):
             dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, column)
         _set_str_attr(dataset, "kind", c.kind)
         _set_str_attr(dataset, "description", c.doc)
     return group
+
+
+def append_rows(group: h5py.Group, data: pd.DataFrame, columns: tuple[Column, ...]) -> None:
+    """Append the rows of ``data`` to a table written with ``chunk_rows`` (every column grows)."""
+    if not len(data):
+        return
+    for c in columns:
+        values = np.asarray(data[c.name])
+        if c.kind == "str":
+            column = np.array(["" if v is None else str(v) for v in values], dtype=object)
+        else:
+            column = np.ascontiguousarray(values, dtype=c.numpy_dtype)
+        dataset = h5py.h5d.open(group.id, c.name.encode())
+        old = dataset.shape[0]
+        dataset.set_extent((old + len(column),))
+        file_space = dataset.get_space()
+        file_space.select_hyperslab((old,), (len(column),))
+        dataset.write(h5py.h5s.create_simple(column.shape), file_space, column)
 
 
 def _set_str_attr(obj, name: str, value: str | list[str]) -> None:

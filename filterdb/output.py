@@ -5,15 +5,12 @@ import json
 import math
 import sys
 
-import numpy as np
-import pandas as pd
-from rich.console import Console
-from rich.table import Table
-
 FORMATS = ("table", "csv", "json")
 
 
 def _cell(value) -> str:
+    import numpy as np
+
     if isinstance(value, (float, np.floating)):
         if math.isnan(value):
             return "nan"
@@ -22,6 +19,8 @@ def _cell(value) -> str:
 
 
 def _jsonable(value):
+    import numpy as np
+
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating, float)):
@@ -31,8 +30,12 @@ def _jsonable(value):
     return value
 
 
-def emit(frame: pd.DataFrame, fmt: str = "table", title: str | None = None, file=None) -> None:
-    """Print ``frame`` as a rich table, CSV or JSON records (NaN becomes null)."""
+def emit(frame, fmt: str = "table", title: str | None = None, file=None) -> None:
+    """Print ``frame`` (a pandas DataFrame) as a rich table, CSV or JSON records (NaN becomes null)."""
+    import pandas as pd  # the imports of output are paid only by commands that print a table
+    from rich.console import Console
+    from rich.table import Table
+
     file = file or sys.stdout
     if fmt == "csv":
         frame.to_csv(file, index=False)

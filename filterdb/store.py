@@ -1,168 +1,62 @@
-"""The filter database: a directory of per-model shard files and one master HDF5 file.
+"""The filter database: a directory of per-model shard files, one master HDF5 file and a writer lock.
 
 Layout::
 
-    <db>/filterdb.h5            master: /models, /layers and /filters/<kernel> (virtual datasets)
+    <db>/filterdb.h5            master: /models, /layers, /shards (the index), /filters/<kernel>
     <db>/shards/<model_id>.h5   one model: /models (1 row), /layers, /filters/<kernel>
     <db>/.lock                  writers take an exclusive lock on it
 
-A shard is written under a temporary name and renamed into place when complete, and
-the master is rewritten the same way after every change, so a build killed at any
-instant loses at most the model in flight and readers always see a complete file.
-The master presents the filters of all shards as one dataset per kernel size through
-HDF5 virtual datasets, so ``h5py.File("<db>/filterdb.h5")["filters/3x3"]`` is every
-3x3 filter of every model, (N, 3, 3) float32, a layer's rows at ``[start:stop]``.
+A shard is written under a temporary name and renamed into place when complete (the
+commit of a model, :mod:`filterdb.shards`); the master is derived from the shards and
+published the same way (:mod:`filterdb.master`), so a build killed at any instant loses at
+most the model in flight and readers always see a complete file. The master presents the
+filters of all shards as one dataset per kernel size through HDF5 virtual datasets, so
+``h5py.File("<db>/filterdb.h5")["filters/3x3"]`` is every 3x3 filter of every model,
+(N, 3, 3) float32, a layer's rows at ``[start:stop]``. This module imports neither torch
+nor the extraction code: reading a database needs h5py, numpy and pandas only.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
-from torch import nn
 
 from filterdb import schema
 from filterdb.errors import FilterDBError
-from filterdb.extract import ExtractedLayer
-from filterdb.h5table import read_table, table_columns, table_frame, write_table
-from filterdb.records import extract_loaded, tool_version
-from filterdb.sources.base import LoadedModel, ModelSpec
-
-MASTER_NAME = "filterdb.h5"
-SHARD_DIR = "shards"
-TMP_SUFFIX = ".tmp"
-DATABASE_ENCODING = "filterdb-database"
-SHARD_ENCODING = "filterdb-shard"
-FILTERS_ENCODING = "filter-array"
+from filterdb.h5table import read_table, write_table
+from filterdb.lock import WriterLock
+from filterdb.master import (DATABASE_ENCODING, INDEX_COLUMNS, MASTER_NAME, MASTER_VERSION, MasterState, append_master,
+                             empty_frame, global_rows, is_current, read_spans, read_state, spans, vouches_for_folder,
+                             write_master)
+from filterdb.shards import (FILTERS_ENCODING, SHARD_DIR, SHARD_ENCODING, TMP_SUFFIX, filter_offsets,  # noqa: F401
+                             list_shards, read_shard, read_shard_tables, root_attrs, shard_path, write_shard)
 
 
-def _root_attrs(f: h5py.File, encoding: str) -> None:
-    f.attrs["format"] = schema.FORMAT_NAME
-    f.attrs["format_version"] = schema.FORMAT_VERSION
-    f.attrs["encoding-type"] = encoding
-    f.attrs["encoding-version"] = schema.FORMAT_VERSION
-    f.attrs["tool_version"] = tool_version()
+@dataclass
+class Pending:
+    """A model stored since the last publish: its tables (shard-local rows), shard identity and data offsets."""
+    models: pd.DataFrame
+    layers: pd.DataFrame
+    stat: tuple[int, int]  # (size, mtime_ns) of the shard file
+    offsets: dict[str, int]  # kernel -> byte offset of its filters in the shard
 
 
-# --------------------------------------------------------------------------- shards
-
-def shard_path(db_dir: Path, model_id: str) -> Path:
-    return Path(db_dir) / SHARD_DIR / f"{model_id}.h5"
-
-
-def write_shard(db_dir: str | os.PathLike, record: dict, layers: list[ExtractedLayer]
-                ) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
-    """Write one model's shard atomically: a temporary file, renamed into place once complete.
-
-    ``record`` is a complete model-table row (``model_record``). Filters of one layer are
-    contiguous and out-channel-major; ``start``/``stop`` in the shard's layer table are
-    local to the shard. NaN/Inf weights raise ``FilterDBError`` naming the layer, and no
-    shard is left. Returns the shard's path and its model and layer tables.
-    """
-    final = shard_path(Path(db_dir), record["model_id"])
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.stem}.{os.getpid()}{TMP_SUFFIX}")
-    sizes: dict[str, int] = {}
-    rows = []
-    for layer in layers:
-        start = sizes.get(layer.kernel, 0)
-        sizes[layer.kernel] = start + layer.info["n_filters"]
-        rows.append({**layer.info, "model_id": record["model_id"], "start": start, "stop": sizes[layer.kernel]})
-    model_columns = table_columns([record], schema.MODEL_COLUMNS)
-    layer_columns = table_columns(rows, schema.LAYER_COLUMNS)
+def _legacy_is_stale(path: Path) -> bool:
+    """A format 1.0 master (no index): whether its model ids differ from the shard files on disk."""
     try:
-        with h5py.File(tmp, "w", libver="latest") as f:
-            _root_attrs(f, SHARD_ENCODING)
-            write_table(f, "models", model_columns, schema.MODEL_COLUMNS, index="model_id")
-            write_table(f, "layers", layer_columns, schema.LAYER_COLUMNS)
-            group = f.create_group("filters")
-            shapes = {layer.kernel: (layer.info["kernel_h"], layer.info["kernel_w"]) for layer in layers}
-            offsets = {kernel: _allocate_contiguous(group, kernel, (n, *shapes[kernel])) for kernel, n in sizes.items()}
-        # The filter datasets are contiguous, unfiltered little-endian float32 at known file
-        # offsets: a thread writes the bytes there directly (HDF5's own write path is 2x
-        # slower) while this one checks the weights for NaN/Inf.
-        with ThreadPoolExecutor(max_workers=1) as writer:
-            runs = {offsets[kernel]: [layer for layer in layers if layer.kernel == kernel] for kernel in sizes}
-            written = writer.submit(_write_filter_bytes, tmp, runs)
-            try:
-                for layer in layers:
-                    layer.check_finite()
-                models = table_frame(model_columns, schema.MODEL_COLUMNS, "model_id")
-                layer_frame = table_frame(layer_columns, schema.LAYER_COLUMNS)
-            finally:
-                written.result()
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return final, models, layer_frame
-
-
-def _write_filter_bytes(path: Path, runs: dict[int, list[ExtractedLayer]]) -> None:
-    """Write each run of layers (file offset -> the layers whose filters follow one another
-    there) with one ``pwritev``: this thread then needs Python's GIL only between runs,
-    and the other thread does not have to hand it over every few megabytes."""
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        for offset, layers in runs.items():
-            pieces = [memoryview(np.ascontiguousarray(layer.filters(), dtype="<f4")).cast("B") for layer in layers]
-            pieces = [piece for piece in pieces if len(piece)]
-            while pieces:
-                written = os.pwritev(fd, pieces[:_IOV_MAX], offset)
-                offset += written
-                while pieces and written >= len(pieces[0]):
-                    written -= len(pieces.pop(0))
-                if written:  # a partial write stopped inside this piece
-                    pieces[0] = pieces[0][written:]
-    finally:
-        os.close(fd)
-
-
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
-
-
-def _allocate_contiguous(group: h5py.Group, name: str, shape: tuple[int, ...]) -> int:
-    """Create a contiguous float32 dataset, allocated now and never filled; return its file offset."""
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    dcpl.set_layout(h5py.h5d.CONTIGUOUS)
-    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-    space = h5py.h5s.create_simple(shape)
-    dataset = h5py.Dataset(h5py.h5d.create(group.id, name.encode(), h5py.h5t.IEEE_F32LE, space, dcpl=dcpl))
-    dataset.attrs["encoding-type"] = FILTERS_ENCODING
-    dataset.attrs["encoding-version"] = schema.FORMAT_VERSION
-    return dataset.id.get_offset() or 0  # None only for an empty dataset: nothing to write there
-
-
-def read_shard_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    with h5py.File(path, "r") as f:
-        if f.attrs.get("encoding-type") != SHARD_ENCODING:
-            raise FilterDBError(f"{path} is not a filterdb shard; remove it from the shards folder")
-        return read_table(f["models"], schema.MODEL_COLUMNS), read_table(f["layers"], schema.LAYER_COLUMNS)
-
-
-def _master_is_stale(path: Path) -> bool:
-    """Whether the shard files on disk differ from the models the master lists (cheap: a listing)."""
-    master = path / MASTER_NAME
-    if not master.exists():
-        return True
-    on_disk = {p.stem for p in (path / SHARD_DIR).glob("*.h5")}
-    try:
-        with h5py.File(master, "r") as f:
+        with h5py.File(path / MASTER_NAME, "r") as f:
             listed = set(f["models"]["model_id"].asstr()[()])
     except (OSError, KeyError):
         return True
-    return on_disk != listed
+    return set(list_shards(path)) != listed
 
-
-# --------------------------------------------------------------------------- the database
 
 class FilterDB:
     """A filter database directory. Open with ``open_database(path)`` (read) or ``FilterDB.open(path, "a")``."""
@@ -170,13 +64,23 @@ class FilterDB:
     def __init__(self, path: Path, mode: str):
         self.path = Path(path)
         self.mode = mode
-        self._lock_fh = None
+        self._lock: WriterLock | None = None
         self._file: h5py.File | None = None
         self._shards: dict[str, h5py.File] = {}
-        self._stale_tables = False  # self._parts changed since self._models/_layers were assembled
-        self._unpublished = False  # ... since the master file was written
+        self._unpublished = False  # the shards changed since the master file was written
         self._publish_every: float | None = None  # seconds, inside batch(); None: after every change
         self._published_at = time.monotonic()
+        self._adopting = False  # shards come from other processes: the folder's mtime proves nothing
+        # writer: the published master (state), what changed since (pending, dropped), the tables (lazy)
+        self._state: MasterState | None = None
+        self._pending: dict[str, Pending] = {}
+        self._dropped: set[str] = set()
+        self._rewrite = False  # the master must be written whole (none yet, format 1.0, models removed)
+        self._base: tuple[pd.DataFrame, pd.DataFrame] | None = None  # tables of the published master
+        self._view: tuple[pd.DataFrame, pd.DataFrame] | None = None
+        self._spans: dict[tuple[str, str], tuple[int, int]] | None = None  # (model, kernel) -> (start, offset)
+        self._base_spans: dict[tuple[str, str], tuple[int, int]] | None = None
+        self._ids: tuple[MasterState, set[str]] | None = None
         self._load()
 
     # ---------------------------------------------------------------- opening
@@ -195,7 +99,7 @@ class FilterDB:
             raise FilterDBError(f"{path} is not a filterdb database (no {MASTER_NAME}); build one with "
                                 f"'filterdb build --leaderboard NAME --db {path}', or run 'filterdb demo' and pass "
                                 f"--db {demo_db_path()}")
-        if mode == "r" and _master_is_stale(path):
+        if mode == "r" and _is_stale(path):
             try:  # a build was killed between writing a shard and the master: bring the master up to date
                 cls.open(path, "a").close()
             except FilterDBError:
@@ -212,122 +116,66 @@ class FilterDB:
         return cls(path, mode)
 
     def _load(self) -> None:
-        if self.mode == "a":
-            self._lock_fh = open(self.path / ".lock", "a+")
-            try:
-                fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                self._lock_fh.close()
-                self._lock_fh = None
-                raise FilterDBError(f"{self.path} is being written by another filterdb process; "
-                                    "wait for it to finish or use another --db") from exc
-            for stale in (self.path / SHARD_DIR).glob(f".*{TMP_SUFFIX}"):
-                stale.unlink(missing_ok=True)  # left by a killed build: the model in flight, never complete
-            for stale in self.path.glob(f".*{TMP_SUFFIX}"):
-                stale.unlink(missing_ok=True)
-            self._parts = self._scan_shards()
-            self._stale_tables = True
-            self._sync()
-            if not self._master_is_current():
-                self._write_master()
-        self._open_master()
+        if self.mode == "r":
+            self._open_master()
+            self._models = read_table(self._file["models"], schema.MODEL_COLUMNS)
+            self._layers = read_table(self._file["layers"], schema.LAYER_COLUMNS)
+            self._spans = read_spans(self._file) or None  # format 1.0: computed from the layers when needed
+            return
+        self._lock = WriterLock(self.path)
+        for stale in [*(self.path / SHARD_DIR).glob(f".*{TMP_SUFFIX}"), *self.path.glob(f".*{TMP_SUFFIX}")]:
+            stale.unlink(missing_ok=True)  # left by a killed build: the model in flight, never complete
+        self._state = read_state(self.path)
+        if self._state is None or not is_current(self.path, self._state):
+            self._reconcile()
+            self._publish()
+        elif not vouches_for_folder(self.path, self._state):
+            self._unpublished = True  # current, but say so in the master: the next open skips the listing
 
-    def _scan_shards(self) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
-        """model_id -> (model row, layer rows with shard-local start/stop) of every complete shard."""
-        parts = {}
-        for path in sorted((self.path / SHARD_DIR).glob("*.h5")):
+    def _reconcile(self) -> None:
+        """Bring the tables up to date with the shard files on disk, reading only the shards that changed."""
+        state = self._state
+        if state is None or state.version != MASTER_VERSION:
+            self._rewrite, known = True, {}  # no usable index: every shard is read
+        else:
+            known = self._known()
+        on_disk = list_shards(self.path)
+        for mid in known:
+            if on_disk.get(mid) != known[mid]:  # deleted or replaced behind our back
+                self._drop(mid)
+        fresh = []
+        for mid in sorted(set(on_disk) - {m for m in known if on_disk.get(m) == known[m]}):
+            path = shard_path(self.path, mid)
             try:
-                m, l = read_shard_tables(path)
+                models, layers, offsets = read_shard(path)
             except (OSError, KeyError, ValueError) as exc:
                 raise FilterDBError(f"shard {path} cannot be read ({exc}); delete it and rerun the build "
                                     "to extract that model again") from exc
-            parts[path.stem] = (m, l)
-        return parts
+            fresh.append((models["key"].iloc[0], mid, models, layers, offsets))
+        for _, mid, models, layers, offsets in sorted(fresh, key=lambda item: item[0]):
+            self._pending[mid] = Pending(models, layers, on_disk[mid], offsets)
+        self._changed_tables()
 
-    @staticmethod
-    def _assemble(parts: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Concatenate per-model tables in key order; turn shard-local start/stop into global rows."""
-        if not parts:
-            empty_models = pd.DataFrame({c.name: pd.Series(dtype=c.numpy_dtype) for c in schema.MODEL_COLUMNS})
-            empty_layers = pd.DataFrame({c.name: pd.Series(dtype=c.numpy_dtype) for c in schema.LAYER_COLUMNS})
-            return empty_models.set_index("model_id", drop=False).rename_axis(None), empty_layers
-        pairs = sorted(parts.values(), key=lambda p: p[0]["key"].iloc[0])
-        model_frame = pd.concat([m for m, _ in pairs])
-        model_frame.index = pd.Index(model_frame["model_id"].to_numpy(dtype=object), dtype=object)
-        layer_frame = pd.concat([l for _, l in pairs], ignore_index=True)
-        kernels, stops = layer_frame["kernel"].to_numpy(), layer_frame["stop"].to_numpy()
-        shift = np.zeros(len(layer_frame), np.int64)  # rows of each kernel in the models before
-        offsets: dict[str, int] = {}
-        row = 0
-        for _, part in pairs:
-            span = slice(row, row + len(part))
-            for kernel in set(kernels[span]):
-                mine = kernels[span] == kernel
-                base = offsets.get(kernel, 0)
-                shift[span][mine] = base
-                offsets[kernel] = base + int(stops[span][mine].max())
-            row = span.stop
-        layer_frame["start"] += shift
-        layer_frame["stop"] += shift
-        return model_frame, layer_frame
-
-    def _master_is_current(self) -> bool:
-        master = self.path / MASTER_NAME
-        if not master.exists():
-            return False
-        try:
-            with h5py.File(master, "r") as f:
-                ids = set(f["models"]["model_id"].asstr()[()])
-                stamps = dict(zip(f["models"]["model_id"].asstr()[()], f["models"]["extracted_at"].asstr()[()]))
-        except (OSError, KeyError):
-            return False
-        return ids == set(self._models.index) and all(
-            stamps[i] == self._models.loc[i, "extracted_at"] for i in ids)
-
-    def _write_master(self) -> None:
-        """Rewrite the master file (tables + virtual datasets) under a temporary name, then rename it."""
-        final = self.path / MASTER_NAME
-        tmp = self.path / f".{MASTER_NAME}.{os.getpid()}{TMP_SUFFIX}"
-        try:
-            with h5py.File(tmp, "w", libver="latest") as f:
-                _root_attrs(f, DATABASE_ENCODING)
-                f.attrs["n_models"] = len(self._models)
-                write_table(f, "models", self._models, schema.MODEL_COLUMNS, index="model_id")
-                write_table(f, "layers", self._layers, schema.LAYER_COLUMNS)
-                group = f.create_group("filters")
-                by_kernel: dict[str, list[tuple[str, int, int]]] = {}
-                for (mid, kernel), (start, stop) in self._spans.items():
-                    by_kernel.setdefault(kernel, []).append((mid, start, stop))
-                for kernel, spans in sorted(by_kernel.items()):
-                    kh, kw = map(int, kernel.split("x"))
-                    total = max(stop for _, _, stop in spans)
-                    layout = h5py.VirtualLayout(shape=(total, kh, kw), dtype=np.float32)
-                    for mid, start, stop in spans:
-                        source = h5py.VirtualSource(f"{SHARD_DIR}/{mid}.h5", f"filters/{kernel}",
-                                                    shape=(stop - start, kh, kw))
-                        layout[start:stop] = source
-                    ds = group.create_virtual_dataset(kernel, layout, fillvalue=np.nan)
-                    ds.attrs["encoding-type"] = FILTERS_ENCODING
-                    ds.attrs["encoding-version"] = schema.FORMAT_VERSION
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    def _known(self) -> dict[str, tuple[int, int]]:
+        """model_id -> (size, mtime_ns) of the shard behind every model of the current tables."""
+        index = self._state.index if self._state is not None and not self._rewrite else empty_frame(INDEX_COLUMNS)
+        known = {mid: stat for mid, stat in zip(index["model_id"], zip(index["size"].tolist(),
+                                                                        index["mtime_ns"].tolist()))
+                 if mid not in self._dropped}
+        known.update({mid: part.stat for mid, part in self._pending.items()})
+        return known
 
     def _open_master(self) -> None:
-        self._file = h5py.File(self.path / MASTER_NAME, "r")
+        try:
+            self._file = h5py.File(self.path / MASTER_NAME, "r")
+        except OSError as exc:
+            raise FilterDBError(f"{self.path / MASTER_NAME} cannot be read ({exc}); open the database for "
+                                "writing ('filterdb build' or 'filterdb add') to rebuild it from the shards") from exc
         if self._file.attrs.get("format") != schema.FORMAT_NAME:
             raise FilterDBError(f"{self.path / MASTER_NAME} is not a filterdb database file")
-        if self.mode == "r":
-            self._models = read_table(self._file["models"], schema.MODEL_COLUMNS)
-            self._layers = read_table(self._file["layers"], schema.LAYER_COLUMNS)
-            self._spans = _model_spans(self._layers)
 
     def close(self) -> None:
-        if self._unpublished and self._lock_fh is not None:
+        if self._unpublished and self._lock is not None:
             self._publish()
         for f in self._shards.values():
             f.close()
@@ -335,9 +183,9 @@ class FilterDB:
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self._lock_fh is not None:
-            self._lock_fh.close()
-            self._lock_fh = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> "FilterDB":
         return self
@@ -353,14 +201,38 @@ class FilterDB:
     @property
     def models(self) -> pd.DataFrame:
         """The model table, indexed by model_id (columns: filterdb.schema.MODEL_COLUMNS)."""
-        self._sync()
-        return self._models
+        return self._tables()[0]
 
     @property
     def layers(self) -> pd.DataFrame:
         """The layer table; start/stop index /filters/<kernel> of the master file."""
-        self._sync()
-        return self._layers
+        return self._tables()[1]
+
+    def _tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        if self.mode == "r":
+            return self._models, self._layers
+        if self._view is None:
+            base_models, base_layers = self._base_tables()
+            if self._dropped:
+                base_models = base_models[~base_models["model_id"].isin(self._dropped)]
+                base_layers = base_layers[~base_layers["model_id"].isin(self._dropped)]
+            parts = list(self._pending.values())
+            models = pd.concat([base_models, *(p.models for p in parts)]) if parts else base_models
+            models.index = pd.Index(models["model_id"].to_numpy(dtype=object), dtype=object)
+            layers = pd.concat([base_layers, *(p.layers for p in parts)], ignore_index=True) if parts else base_layers
+            self._view = models, global_rows(layers, {})
+        return self._view
+
+    def _base_tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The tables of the published master (read once, when first needed)."""
+        if self._base is None:
+            if self._rewrite:
+                self._base = empty_frame(schema.MODEL_COLUMNS, "model_id"), empty_frame(schema.LAYER_COLUMNS)
+            else:
+                with h5py.File(self.path / MASTER_NAME, "r") as f:
+                    self._base = (read_table(f["models"], schema.MODEL_COLUMNS),
+                                  read_table(f["layers"], schema.LAYER_COLUMNS))
+        return self._base
 
     @property
     def kernels(self) -> list[str]:
@@ -370,12 +242,23 @@ class FilterDB:
         """The virtual dataset of all filters of one kernel size (read lazily, slice what you need)."""
         if self._unpublished:
             self._publish()
+        if self._file is None:
+            self._open_master()
         if kernel not in self._file["filters"]:
             raise FilterDBError(f"no {kernel} filters in {self.path}; kernels present: {', '.join(self.kernels) or 'none'}")
         return self._file["filters"][kernel]
 
     def has_model(self, model_id: str) -> bool:
-        return model_id in self.models.index
+        if self.mode == "r":
+            return model_id in self._models.index
+        return model_id in self._pending or (model_id not in self._dropped and not self._rewrite
+                                             and self._state is not None
+                                             and model_id in self._index_ids())
+
+    def _index_ids(self) -> set[str]:
+        if self._ids is None or self._ids[0] is not self._state:
+            self._ids = (self._state, set(self._state.index["model_id"]))
+        return self._ids[1]
 
     def shard_path(self, model_id: str) -> Path:
         return shard_path(self.path, model_id)
@@ -393,15 +276,47 @@ class FilterDB:
             f = self._shards[model_id] = h5py.File(self.shard_path(model_id), "r")
         return f
 
+    def _span(self, model_id: str, kernel: str) -> tuple[int, int]:
+        """(first row of a model's filters of one kernel size in /filters/<kernel>, their byte offset in its shard or -1)."""
+        if self._spans is None:
+            offsets = self._offsets()
+            self._spans = {key: (start, offsets.get(key, -1)) for key, start in
+                           self.layers.groupby(["model_id", "kernel"], sort=False)["start"].min().items()}
+        return self._spans[(model_id, kernel)]
+
+    def _offsets(self) -> dict[tuple[str, str], int]:
+        if self.mode == "r":
+            return {}
+        if self._base_spans is None:
+            self._base_spans = {}
+            if not self._rewrite and (self.path / MASTER_NAME).exists():
+                with h5py.File(self.path / MASTER_NAME, "r") as f:
+                    self._base_spans = read_spans(f)
+        offsets = {key: offset for key, (_, offset) in self._base_spans.items() if key[0] not in self._dropped}
+        offsets.update({(mid, k): o for mid, part in self._pending.items() for k, o in part.offsets.items()})
+        return offsets
+
+    def _read_rows(self, model_id: str, kernel: str, lo: int, hi: int) -> np.ndarray:
+        """Rows [lo, hi) of /filters/<kernel> (global rows within one model), from its shard: one pread at
+        the data's byte offset when the index has it, else through HDF5."""
+        base, offset = self._span(model_id, kernel)
+        kh, kw = map(int, kernel.split("x"))
+        if offset >= 0:
+            count = (hi - lo) * kh * kw
+            out = np.fromfile(self.shard_path(model_id), dtype="<f4", count=count, offset=offset + (lo - base) * kh * kw * 4)
+            if len(out) != count:
+                raise FilterDBError(f"shard {self.shard_path(model_id)} is shorter than its index says; "
+                                    "open the database for writing to re-index it, or rebuild that model")
+            return out.astype(np.float32, copy=False).reshape(hi - lo, kh, kw)
+        dataset = self._shard(model_id)["filters"][kernel]
+        out = np.empty((hi - lo, kh, kw), np.float32)
+        if hi > lo:
+            dataset.read_direct(out, source_sel=np.s_[lo - base:hi - base])
+        return out
+
     def read_layer(self, row: pd.Series) -> np.ndarray:
         """The filters of one layer-table row, float32 (n, kh, kw), read from the model's shard."""
-        self._sync()
-        base = self._spans[(row["model_id"], row["kernel"])][0]
-        dataset = self._shard(row["model_id"])["filters"][row["kernel"]]
-        out = np.empty((int(row["stop"]) - int(row["start"]), dataset.shape[1], dataset.shape[2]), np.float32)
-        if len(out):
-            dataset.read_direct(out, source_sel=np.s_[int(row["start"]) - base:int(row["stop"]) - base])
-        return out
+        return self._read_rows(row["model_id"], row["kernel"], int(row["start"]), int(row["stop"]))
 
     def read_model(self, model_id: str, kernel: str = "3x3") -> np.ndarray:
         """Every filter of one kernel size of one model, in layer order."""
@@ -424,14 +339,12 @@ class FilterDB:
                            chunk_rows: int = 1 << 20) -> Iterator[np.ndarray]:
         """Yield the filters of the selected layers of one kernel size in chunks of at most ``chunk_rows``."""
         frame = self.layers if layers is None else layers
-        frame = frame[frame["kernel"] == kernel]
-        self._sync()
-        for _, row in frame.iterrows():
-            base = self._spans[(row["model_id"], kernel)][0]
-            dataset = self._shard(row["model_id"])["filters"][kernel]
-            for lo in range(int(row["start"]), int(row["stop"]), chunk_rows):
-                hi = min(lo + chunk_rows, int(row["stop"]))
-                yield dataset[lo - base:hi - base]
+        mine = frame["kernel"].to_numpy() == kernel  # numpy, not pandas: callers pass one layer at a time
+        ids = frame["model_id"].to_numpy()[mine]
+        starts, stops = frame["start"].to_numpy()[mine].tolist(), frame["stop"].to_numpy()[mine].tolist()
+        for mid, start, stop in zip(ids, starts, stops):
+            for lo in range(start, stop, chunk_rows):
+                yield self._read_rows(mid, kernel, lo, min(lo + chunk_rows, stop))
 
     def read_filters(self, layers: pd.DataFrame, kernel: str = "3x3") -> np.ndarray:
         """The filters of a selection of layers of one kernel size, concatenated in the selection's order."""
@@ -445,7 +358,7 @@ class FilterDB:
 
     def export(self, out: str | os.PathLike, chunk_rows: int = 1 << 20) -> Path:
         """Pack the database into one self-contained HDF5 file for publication: the master's
-        layout (root attributes, /models, /layers, /filters/<kernel>) with the filters copied
+        tables (root attributes, /models, /layers, /filters/<kernel>) with the filters copied
         in (no virtual datasets, no shards beside it). Written under a temporary name."""
         out = Path(out).expanduser()
         if out.is_dir():
@@ -453,7 +366,7 @@ class FilterDB:
         tmp = out.with_name(f".{out.name}.{os.getpid()}{TMP_SUFFIX}")
         try:
             with h5py.File(tmp, "w", libver="latest") as f:
-                _root_attrs(f, DATABASE_ENCODING)
+                root_attrs(f, DATABASE_ENCODING)
                 f.attrs["n_models"] = len(self.models)
                 f.attrs["packed"] = True
                 write_table(f, "models", self.models, schema.MODEL_COLUMNS, index="model_id")
@@ -484,19 +397,19 @@ class FilterDB:
     def register_shards(self) -> None:
         """Pick up shards written by other processes (build workers) and rewrite the master."""
         self._require_writable()
-        self._parts = self._scan_shards()
-        self._stale_tables = self._unpublished = True
+        self._adopting = True
+        self._reconcile()
+        self._unpublished = True
         self._publish()
 
     @contextmanager
     def batch(self, max_delay: float = 10.0) -> Iterator["FilterDB"]:
         """Within the block, rewrite the master file at most every ``max_delay`` seconds, and on exit.
 
-        Builds add models in a batch: the master (tables and virtual datasets of every
-        model) is then rewritten once per interval instead of once per model. Nothing is
-        less safe: the shards are the database, a reader sees the last master written, and
-        a process killed inside the block leaves a master that the next open rebuilds.
-        This object's own tables are always current.
+        Builds add models in a batch: the master is then published once per interval
+        instead of once per model. Nothing is less safe: the shards are the database, a
+        reader sees the last master written, and a process killed inside the block leaves
+        a master that the next open brings up to date. This object's own tables are always current.
         """
         self._require_writable()
         before = self._publish_every
@@ -505,47 +418,93 @@ class FilterDB:
             yield self
         finally:
             self._publish_every = before
-            if self._unpublished and before is None:
-                self._publish()
+            if before is None:
+                self._adopting = False  # the workers are done: the final master may vouch for the folder
+                if self._unpublished:
+                    self._publish()
+
+    def _changed_tables(self) -> None:
+        self._view = None
+        self._spans = None
 
     def _changed(self) -> None:
         """The shards changed: publish now, or later inside ``batch``."""
-        self._stale_tables = self._unpublished = True
+        self._changed_tables()
+        self._unpublished = True
         if self._publish_every is None or time.monotonic() - self._published_at >= self._publish_every:
             self._publish()
 
-    def _sync(self) -> None:
-        """Bring the in-memory tables up to date with the shards (without writing the master)."""
-        if self._stale_tables:
-            self._models, self._layers = self._assemble(self._parts)
-            self._spans = _model_spans(self._layers)
-            self._stale_tables = False
+    def _drop(self, model_id: str) -> None:
+        """Forget a model of the tables (its shard is gone or about to be replaced)."""
+        if self._pending.pop(model_id, None) is None:
+            self._dropped.add(model_id)
+        self._changed_tables()
 
     def _publish(self) -> None:
-        self._sync()
-        self._write_master()
-        self._open_master()
+        """Write the master: append what was added since the last one, or rewrite it when models went away."""
+        clean = not self._adopting
+        state = self._state
+        if self._rewrite or self._dropped or state is None:
+            models, layers = self._tables()
+            stats = {**self._known()}
+            index = _index_rows(models, layers, stats, first_layer=0)
+            span_rows = spans(layers, _by_model(self._offsets()))
+            self._state = write_master(self.path, models, layers, index, span_rows, clean=clean)
+            self._base = models, layers
+            self._base_spans = None
+        else:
+            parts = list(self._pending.values())
+            models = pd.concat([p.models for p in parts]) if parts else empty_frame(schema.MODEL_COLUMNS, "model_id")
+            layers = global_rows(pd.concat([p.layers for p in parts], ignore_index=True) if parts
+                                 else empty_frame(schema.LAYER_COLUMNS), state.totals)
+            index = _index_rows(models, layers, {mid: part.stat for mid, part in self._pending.items()},
+                                first_layer=state.n_layers)
+            span_rows = spans(layers, {mid: part.offsets for mid, part in self._pending.items()})
+            self._state = append_master(self.path, state, models, layers, index, span_rows, clean=clean)
+            self._base = self._view if self._view is not None else None
+            if self._base_spans is not None:
+                self._base_spans.update({(m, k): (s, o) for m, k, s, o in
+                                         zip(span_rows["model_id"], span_rows["kernel"], span_rows["start"].tolist(),
+                                             span_rows["offset"].tolist())})
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._pending, self._dropped, self._rewrite = {}, set(), False
         self._unpublished = False
         self._published_at = time.monotonic()
 
     def adopt_shard(self, model_id: str) -> None:
         """Register a shard that another process (a build worker) wrote into this database."""
         self._require_writable()
-        self._parts[model_id] = read_shard_tables(self.shard_path(model_id))
-        self._changed()
+        self._adopting = True
+        models, layers = read_shard_tables(self.shard_path(model_id))
+        self._add(model_id, models, layers)
 
-    def add_extracted(self, record: dict, layers: list[ExtractedLayer]) -> str:
-        """Store an extracted model (a complete model-table row and its layers); returns its model_id."""
+    def add_extracted(self, record: dict, layers: list) -> str:
+        """Store an extracted model (a complete model-table row and its ``ExtractedLayer`` list); returns its model_id."""
         self._require_writable()
         _, models, layer_rows = write_shard(self.path, record, layers)
-        self._parts[record["model_id"]] = (models, layer_rows)
-        self._changed()
+        self._add(record["model_id"], models, layer_rows)
         return record["model_id"]
 
-    def add_module(self, module: nn.Module | list[nn.Module], *, source: str, name: str,
-                   input_shape: tuple[int, int, int], record: dict | None = None,
-                   weights_path: str | os.PathLike | None = None) -> str:
-        """Extract a network (or the members of an ensemble) and store it; returns its model_id."""
+    def _add(self, model_id: str, models: pd.DataFrame, layers: pd.DataFrame) -> None:
+        path = self.shard_path(model_id)
+        stat = path.stat()
+        offsets = filter_offsets(path)
+        f = self._shards.pop(model_id, None)
+        if f is not None:
+            f.close()
+        if self.has_model(model_id):
+            self._drop(model_id)  # re-extracted: the new rows go last
+        self._pending[model_id] = Pending(models, layers, (stat.st_size, stat.st_mtime_ns), offsets)
+        self._changed()
+
+    def add_module(self, module, *, source: str, name: str, input_shape: tuple[int, int, int],
+                   record: dict | None = None, weights_path: str | os.PathLike | None = None) -> str:
+        """Extract a ``torch.nn.Module`` (or a list: the members of an ensemble) and store it; returns its model_id."""
+        from filterdb.records import extract_loaded  # extraction imports torch: only here, never to read
+        from filterdb.sources.base import LoadedModel, ModelSpec
+
         members = module if isinstance(module, list) else [module]
         spec = ModelSpec(source, name, record=dict(record or {}))
         loaded = LoadedModel(spec, members, tuple(input_shape), Path(weights_path) if weights_path else None)
@@ -553,25 +512,44 @@ class FilterDB:
 
     def remove_model(self, model_id: str) -> None:
         self._require_writable()
-        if model_id not in self.models.index:
+        if not self.has_model(model_id):
             raise FilterDBError(f"no model {model_id} in {self.path}; 'filterdb info' lists the models")
         f = self._shards.pop(model_id, None)
         if f is not None:
             f.close()
         self.shard_path(model_id).unlink()
-        del self._parts[model_id]
+        self._drop(model_id)
         self._changed()
 
 
-def _model_spans(layers: pd.DataFrame) -> dict[tuple[str, str], tuple[int, int]]:
-    """(model_id, kernel) -> the rows [start, stop) of that model's filters in /filters/<kernel>."""
-    spans: dict[tuple[str, str], tuple[int, int]] = {}
-    columns = (layers[name].to_numpy() for name in ("model_id", "kernel", "start", "stop"))
-    for mid, kernel, start, stop in zip(*columns):
-        lo, hi = spans.get((mid, kernel), (start, stop))
-        spans[(mid, kernel)] = (int(min(lo, start)), int(max(hi, stop)))
-    return spans
 
+def _is_stale(path: Path) -> bool:
+    """Whether a reader should ask for the master to be brought up to date first."""
+    state = read_state(path)
+    if state is not None and state.version != MASTER_VERSION:
+        return _legacy_is_stale(path)
+    return not is_current(path, state)
+
+
+def _by_model(offsets: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (mid, kernel), offset in offsets.items():
+        out.setdefault(mid, {})[kernel] = offset
+    return out
+
+
+def _index_rows(models: pd.DataFrame, layers: pd.DataFrame, stats: dict[str, tuple[int, int]],
+                first_layer: int) -> pd.DataFrame:
+    """The index rows of ``models`` (in order): shard file, its size and mtime, and its rows in /layers."""
+    ids = models["model_id"].to_numpy(dtype=object)
+    counts = layers["model_id"].value_counts().reindex(ids, fill_value=0).to_numpy(np.int64)
+    stops = first_layer + np.cumsum(counts)
+    return pd.DataFrame({
+        "model_id": ids, "file": [f"{SHARD_DIR}/{mid}.h5" for mid in ids],
+        "size": np.array([stats[mid][0] for mid in ids], np.int64),
+        "mtime_ns": np.array([stats[mid][1] for mid in ids], np.int64),
+        "layer_start": stops - counts, "layer_stop": stops,
+    })
 
 
 def open_database(path: str | os.PathLike, mode: str = "r") -> FilterDB:

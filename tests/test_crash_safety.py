@@ -82,3 +82,57 @@ def test_sigkill_at_several_points_then_resume(tmp_path):
     assert not [p for p in (db / "shards").iterdir() if p.name.startswith(".")]
     with open_database(db) as reopened:
         assert reopened.filters().shape[0] == N_MODELS * reopened.layers["n_filters"].sum() // N_MODELS
+
+
+PUBLISH_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from torch import nn
+    from filterdb.store import FilterDB
+    with FilterDB.open(sys.argv[1], "a") as db:
+        i = 0
+        while True:  # one model per publish: most of the time goes to publishing the master
+            i += 1
+            torch.manual_seed(10_000 + i)
+            db.add_module(nn.Sequential(nn.Conv2d(1, 2, 3)), source="publish", name=f"{sys.argv[2]}-{i}",
+                          input_shape=(1, 4, 4))
+            if i == 1:
+                print("ready", flush=True)
+""")
+
+
+def tiny_model(i: int) -> nn.Module:
+    torch.manual_seed(i)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3))
+
+
+@pytest.mark.slow
+def test_sigkill_during_publish_of_a_200_model_database_leaves_one_that_opens(tmp_path):
+    from filterdb.store import FilterDB
+
+    db_path = tmp_path / "db"
+    with FilterDB.open(db_path, "a") as db, db.batch(max_delay=3600):
+        for i in range(200):
+            db.add_module(tiny_model(i), source="crash", name=f"t{i}", input_shape=(1, 8, 8))
+    counts, hit_publish = [], 0
+    for attempt, delay in enumerate((0.02, 0.11, 0.29, 0.53)):
+        proc = subprocess.Popen([sys.executable, "-c", PUBLISH_SCRIPT, str(db_path), f"k{attempt}"],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline() == "ready\n"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        hit_publish += any(p.name.startswith(".filterdb.h5.") for p in db_path.iterdir())
+        with open_database(db_path) as db:  # opens (and brings the master up to date)
+            assert db.models["model_id"].is_unique
+            counts.append(len(db.models))
+            for i in (0, 99, 199):
+                row = db.layers[(db.layers["model_id"] == model_id("crash", f"t{i}")) & (db.layers["name"] == "1")].iloc[0]
+                assert db.read_layer(row).tobytes() == tiny_model(i)[1].weight.detach().numpy().reshape(-1, 3, 3).tobytes()
+                assert np.array_equal(db.filters()[row["start"]:row["stop"]], db.read_layer(row))
+            shards = {p.stem for p in (db_path / "shards").glob("*.h5")}
+            assert set(db.models.index) == shards  # every committed model is listed, nothing else
+    assert counts == sorted(counts) and counts[0] >= 200
+    assert hit_publish >= 1, "no kill landed inside a publish"
+    with FilterDB.open(db_path, "a"):
+        pass
+    assert not [p for p in db_path.rglob(".*.tmp")]

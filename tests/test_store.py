@@ -12,6 +12,7 @@ from torch import nn
 from filterdb import open_database
 from filterdb.errors import FilterDBError
 from filterdb.ids import model_id
+from filterdb import schema
 from filterdb.schema import LAYER_COLUMN_NAMES, MODEL_COLUMN_NAMES
 from filterdb.store import FilterDB
 
@@ -62,7 +63,8 @@ def test_plain_h5py_reads_everything(zoo_db):
     path, models = zoo_db
     os.chdir("/")  # virtual datasets resolve shards relative to the master file, not the working directory
     with h5py.File(path / "filterdb.h5", "r") as f:
-        assert f.attrs["format"] == "filterdb" and f.attrs["format_version"] == "1.0"
+        assert f.attrs["format"] == "filterdb" and f.attrs["format_version"] == "2.0"
+        assert f.attrs["encoding-type"] == "filterdb-database" and f.attrs["encoding-version"] == "2.0"
         assert list(f["models"].attrs["column-order"]) == list(MODEL_COLUMN_NAMES)
         assert list(f["layers"].attrs["column-order"]) == list(LAYER_COLUMN_NAMES)
         for name in MODEL_COLUMN_NAMES:
@@ -107,9 +109,10 @@ def test_ids_do_not_depend_on_build_order(tmp_path):
             for n in order:
                 db.add_module(nets[n], source="s", name=n, input_shape=(1, 4, 4))
     with open_database(tmp_path / "one") as one, open_database(tmp_path / "two") as two:
-        assert list(one.models.index) == list(two.models.index) == [model_id("s", n) for n in "abc"]
-        assert one.layers[["model_id", "start", "stop"]].equals(two.layers[["model_id", "start", "stop"]])
-        assert np.array_equal(one.filters()[()], two.filters()[()])
+        assert list(one.models.index) == [model_id("s", n) for n in "abc"]  # rows in the order models were added
+        assert list(two.models.index) == [model_id("s", n) for n in "cab"]
+        for n in "abc":
+            assert np.array_equal(one.read_model(model_id("s", n)), two.read_model(model_id("s", n)))
 
 
 def test_readd_replaces_and_remove_deletes(tmp_path):
@@ -241,3 +244,69 @@ def test_nan_weights_leave_no_shard_behind(tmp_path):
             db.add_module(bad, source="s", name="bad", input_shape=(1, 6, 6))
         assert list(db.models["name"]) == ["good"]
     assert sorted(p.name for p in (tmp_path / "db" / "shards").iterdir()) == [f"{model_id('s', 'good')}.h5"]
+
+
+def write_format_1_master(db_path):
+    """Rewrite a database's master in the format 1.0 layout (flat tables, one virtual dataset
+    with one source per shard), as filterdb before the index wrote it."""
+    from filterdb.h5table import write_table
+    from filterdb.shards import root_attrs
+
+    with open_database(db_path) as db:
+        models, layers = db.models.copy(), db.layers.copy()
+    master = db_path / "filterdb.h5"
+    master.unlink()
+    with h5py.File(master, "w", libver="latest") as f:
+        root_attrs(f, "filterdb-database", "1.0")
+        write_table(f, "models", models, schema.MODEL_COLUMNS, index="model_id")
+        write_table(f, "layers", layers, schema.LAYER_COLUMNS)
+        for kernel, rows in layers.groupby("kernel"):
+            kh, kw = map(int, kernel.split("x"))
+            layout = h5py.VirtualLayout(shape=(int(rows["stop"].max()), kh, kw), dtype=np.float32)
+            for mid, part in rows.groupby("model_id"):
+                lo, hi = int(part["start"].min()), int(part["stop"].max())
+                layout[lo:hi] = h5py.VirtualSource(f"shards/{mid}.h5", f"filters/{kernel}", shape=(hi - lo, kh, kw))
+            f.create_virtual_dataset(f"filters/{kernel}", layout, fillvalue=np.nan)
+    return models, layers
+
+
+def test_format_1_databases_read_and_upgrade_on_first_write(tmp_path):
+    nets = {n: nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 3, 1)) for n in "ab"}
+    with FilterDB.open(tmp_path / "db", "a") as db:
+        for n, net in nets.items():
+            db.add_module(net, source="s", name=n, input_shape=(1, 4, 4))
+    models, layers = write_format_1_master(tmp_path / "db")
+    with open_database(tmp_path / "db") as db:
+        pd.testing.assert_frame_equal(db.models, models)
+        for _, row in db.layers.iterrows():
+            weight = nets[db.models.loc[row["model_id"], "name"]][int(row["name"])].weight.detach().numpy()
+            assert db.read_layer(row).tobytes() == weight.reshape(db.read_layer(row).shape).tobytes()
+            assert db.filters(row["kernel"])[row["start"]:row["stop"]].tobytes() == db.read_layer(row).tobytes()
+    with h5py.File(tmp_path / "db" / "filterdb.h5", "r") as f:
+        assert f.attrs["encoding-version"] == "1.0"  # reading never rewrote it
+    with FilterDB.open(tmp_path / "db", "a") as db:
+        pd.testing.assert_frame_equal(db.models, models)
+        pd.testing.assert_frame_equal(db.layers, layers)
+    with h5py.File(tmp_path / "db" / "filterdb.h5", "r") as f:
+        assert f.attrs["encoding-version"] == "2.0" and list(f["shards/model_id"].asstr()[()]) == list(models.index)
+
+
+def test_index_follows_the_shards(tmp_path):
+    """The master's index lists each shard with its size and mtime; a shard changed behind its back
+    (here: deleted) is noticed on open and the master rewritten without it."""
+    with FilterDB.open(tmp_path / "db", "a") as db:
+        for n in "abc":
+            db.add_module(nn.Sequential(nn.Conv2d(1, 2, 3)), source="s", name=n, input_shape=(1, 4, 4))
+    shards = tmp_path / "db" / "shards"
+    with h5py.File(tmp_path / "db" / "filterdb.h5", "r") as f:
+        index = {c: f["shards"][c][()] for c in ("model_id", "file", "size", "mtime_ns", "layer_start", "layer_stop")}
+        assert [m.decode() for m in index["model_id"]] == [model_id("s", n) for n in "abc"]
+        for mid, file, size, mtime in zip(index["model_id"], index["file"], index["size"], index["mtime_ns"]):
+            stat = (tmp_path / "db" / file.decode()).stat()
+            assert file.decode() == f"shards/{mid.decode()}.h5" and (size, mtime) == (stat.st_size, stat.st_mtime_ns)
+        assert list(index["layer_start"]) == [0, 1, 2] and list(index["layer_stop"]) == [1, 2, 3]
+        assert f.attrs["clean"] and f.attrs["shards_mtime_ns"] == shards.stat().st_mtime_ns
+    (shards / f"{model_id('s', 'b')}.h5").unlink()
+    with open_database(tmp_path / "db") as db:
+        assert list(db.models["name"]) == ["a", "c"] and db.filters().shape[0] == 4
+        assert list(db.layers["start"]) == [0, 2]

@@ -1,0 +1,301 @@
+"""The master file ``<db>/filterdb.h5``: every model's tables, the shard index and one view of all filters.
+
+Format 2.0 (``encoding-version`` 2.0 of ``filterdb-database``)::
+
+    /models, /layers        the tables (chunked: a publish appends rows instead of rewriting them)
+    /shards                 the index: one row per shard, in /models order (INDEX_COLUMNS)
+    /spans                  one row per (model, kernel): its rows and its data's byte offset in the shard
+    /filters/<kernel>       (N, kh, kw) float32, a virtual dataset over /batches/<kernel>/<batch>
+    /batches/<kernel>/<b>   a virtual dataset over the shards of models b*BATCH ... b*BATCH+BATCH-1
+
+Models keep the position they were added at, so adding models appends rows and remaps only
+the last batch and the short /filters/<kernel> list of batches: a publish costs what
+changed, not the size of the database (a flat virtual dataset with one source per shard
+costs ~45 us per source to write and slows every read as it grows). Removing or
+re-extracting a model rewrites the master.
+
+A publish never touches the file readers have open: it writes a copy under a temporary
+name and renames it over ``filterdb.h5``. The master is derived from the shards; when the
+shard files on disk differ from the index (a build killed between a shard and the
+master), the writer brings it up to date, reading only the shards that changed.
+Format 1.0 masters (flat tables, one virtual dataset over all shards) read the same way.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from filterdb import schema
+from filterdb.h5table import append_rows, read_table, write_table
+from filterdb.schema import Column
+from filterdb.shards import FILTERS_ENCODING, SHARD_DIR, TMP_SUFFIX, root_attrs
+
+MASTER_NAME = "filterdb.h5"
+DATABASE_ENCODING = "filterdb-database"
+MASTER_VERSION = "2.0"
+BATCH = 64  # models per /batches virtual dataset
+MODEL_CHUNK, LAYER_CHUNK = 1024, 4096
+
+# One row per shard, in the order of /models. A shard's identity on open is (file, size, mtime_ns).
+INDEX_COLUMNS: tuple[Column, ...] = (
+    Column("model_id", "str", "Model whose shard this is (models.model_id)."),
+    Column("file", "str", "The shard file, relative to the database directory."),
+    Column("size", "int", "Size of the shard file in bytes when it was indexed."),
+    Column("mtime_ns", "int", "Modification time of the shard file (ns) when it was indexed."),
+    Column("layer_start", "int", "First row of the model in /layers."),
+    Column("layer_stop", "int", "One past the last row of the model in /layers."),
+)
+
+
+# One row per (model, kernel): where the model's filters of that kernel are, in the master and in its shard.
+SPAN_COLUMNS: tuple[Column, ...] = (
+    Column("model_id", "str", "Model (models.model_id)."),
+    Column("kernel", "str", "Kernel size, 'HxW'."),
+    Column("start", "int", "First row of the model's filters in /filters/<kernel>."),
+    Column("stop", "int", "One past the last row."),
+    Column("offset", "int", "Byte offset of the shard's /filters/<kernel> data (contiguous little-endian float32) "
+                            "in its file; -1 if not stored that way."),
+)
+
+
+@dataclass
+class MasterState:
+    """What a writer needs of the published master, without reading its tables."""
+    version: str
+    index: pd.DataFrame  # INDEX_COLUMNS, one row per model in /models order (empty for 1.0)
+    totals: dict[str, int]  # kernel -> rows of /filters/<kernel>
+    n_layers: int
+    clean: bool
+    shards_mtime_ns: int
+
+
+def master_path(db_dir: str | os.PathLike) -> Path:
+    return Path(db_dir) / MASTER_NAME
+
+
+def empty_frame(columns: tuple[Column, ...], index: str | None = None) -> pd.DataFrame:
+    frame = pd.DataFrame({c.name: pd.Series(dtype=c.numpy_dtype) for c in columns})
+    return frame.set_index(index, drop=False).rename_axis(None) if index else frame
+
+
+def read_state(db_dir: Path) -> MasterState | None:
+    """The published master's index and sizes; None when it is missing or unreadable."""
+    try:
+        with h5py.File(master_path(db_dir), "r") as f:
+            version = str(f.attrs.get("encoding-version", ""))
+            if f.attrs.get("format") != schema.FORMAT_NAME:
+                return None
+            if version == MASTER_VERSION and not {"shards", "spans", "batches"} <= set(f):
+                version = "incomplete"  # written before the index had all its parts: rewritten from the shards
+            totals = {k: int(f["filters"][k].shape[0]) for k in f["filters"]}
+            n_layers = int(f["layers"]["model_id"].shape[0])
+            if "shards" in f:
+                index = read_table(f["shards"], INDEX_COLUMNS)
+            else:
+                index = empty_frame(INDEX_COLUMNS, "model_id")
+            return MasterState(version, index, totals, n_layers, bool(f.attrs.get("clean", False)),
+                               int(f.attrs.get("shards_mtime_ns", -1)))
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def is_current(db_dir: Path, state: MasterState | None, on_disk: dict[str, tuple[int, int]] | None = None) -> bool:
+    """Whether the index lists exactly the shard files on disk, each with its size and mtime.
+
+    Cheap first: a master published with no other process writing shards (``clean``)
+    recorded the shards folder's mtime, and any shard renamed in or out since changes it.
+    Otherwise one directory listing with a stat per shard; no shard is opened.
+    """
+    if state is None or state.version != MASTER_VERSION:
+        return False
+    if vouches_for_folder(db_dir, state):
+        return True
+    on_disk = on_disk if on_disk is not None else _list(db_dir)
+    index = state.index
+    return on_disk == dict(zip(index["model_id"], zip(index["size"].tolist(), index["mtime_ns"].tolist())))
+
+
+def vouches_for_folder(db_dir: Path, state: MasterState) -> bool:
+    """Whether the shards folder is unchanged since a master published with no other process writing shards."""
+    return state.clean and _dir_mtime(db_dir) == state.shards_mtime_ns
+
+
+def _list(db_dir: Path) -> dict[str, tuple[int, int]]:
+    from filterdb.shards import list_shards
+    return list_shards(db_dir)
+
+
+def _dir_mtime(db_dir: Path) -> int:
+    try:
+        return (Path(db_dir) / SHARD_DIR).stat().st_mtime_ns
+    except OSError:
+        return -2
+
+
+def global_rows(layers: pd.DataFrame, totals: dict[str, int]) -> pd.DataFrame:
+    """Layer rows with shard-local start/stop turned into rows of /filters/<kernel> after ``totals``
+    (the rows already there): the filters of each kernel follow one another in table order."""
+    layers = layers.reset_index(drop=True)
+    n = layers["n_filters"].to_numpy(np.int64)
+    start = np.empty(len(layers), np.int64)
+    for kernel, rows in layers.groupby("kernel", sort=False).indices.items():
+        ends = np.cumsum(n[rows]) + totals.get(kernel, 0)
+        start[rows] = ends - n[rows]
+    layers["start"], layers["stop"] = start, start + n
+    return layers
+
+
+def spans(layers: pd.DataFrame, offsets: dict[str, dict[str, int]]) -> pd.DataFrame:
+    """The /spans rows of ``layers`` (global rows): per model and kernel, its rows and its shard's byte offset."""
+    grouped = layers.groupby(["model_id", "kernel"], sort=False).agg(start=("start", "min"), stop=("stop", "max"))
+    frame = grouped.reset_index()
+    frame["offset"] = [offsets.get(mid, {}).get(kernel, -1) for mid, kernel in zip(frame["model_id"], frame["kernel"])]
+    return frame.astype({"start": np.int64, "stop": np.int64, "offset": np.int64})
+
+
+def read_spans(f: h5py.File) -> dict[tuple[str, str], tuple[int, int]]:
+    """(model_id, kernel) -> (first row in /filters/<kernel>, byte offset in the shard or -1); {} for format 1.0."""
+    if "spans" not in f:
+        return {}
+    group = f["spans"]
+    ids, kernels = group["model_id"].asstr()[()], group["kernel"].asstr()[()]
+    return dict(zip(zip(ids, kernels), zip(group["start"][()].tolist(), group["offset"][()].tolist())))
+
+
+def write_master(db_dir: Path, models: pd.DataFrame, layers: pd.DataFrame, index: pd.DataFrame,
+                 span_rows: pd.DataFrame, *, clean: bool) -> MasterState:
+    """Write the whole master (``layers`` with global rows) under a temporary name, then rename it."""
+    tmp = _tmp(db_dir)
+    try:
+        with h5py.File(tmp, "w", libver="latest", fs_strategy="fsm", fs_persist=True) as f:
+            root_attrs(f, DATABASE_ENCODING, MASTER_VERSION)
+            write_table(f, "models", models, schema.MODEL_COLUMNS, index="model_id", chunk_rows=MODEL_CHUNK)
+            write_table(f, "layers", layers, schema.LAYER_COLUMNS, chunk_rows=LAYER_CHUNK)
+            write_table(f, "shards", index, INDEX_COLUMNS, index="model_id", chunk_rows=MODEL_CHUNK)
+            write_table(f, "spans", span_rows, SPAN_COLUMNS, chunk_rows=MODEL_CHUNK)
+            f.create_group("filters")
+            f.create_group("batches")
+            _map_batches(f, range((len(models) + BATCH - 1) // BATCH))
+            mtime = _finish(f, db_dir, len(models), clean)
+        commit(tmp, master_path(db_dir))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return MasterState(MASTER_VERSION, index.reset_index(drop=True), _totals(layers, {}), len(layers), clean, mtime)
+
+
+def append_master(db_dir: Path, state: MasterState, models: pd.DataFrame, layers: pd.DataFrame,
+                  index: pd.DataFrame, span_rows: pd.DataFrame, *, clean: bool) -> MasterState:
+    """Publish models added after the current master (``layers`` with global rows): a copy of the
+    master gets their rows appended and its last batches remapped, then replaces it."""
+    tmp = _tmp(db_dir)
+    try:
+        shutil.copyfile(master_path(db_dir), tmp)
+        with h5py.File(tmp, "r+") as f:
+            before = int(f["models"]["model_id"].shape[0])
+            append_rows(f["models"], models, schema.MODEL_COLUMNS)
+            append_rows(f["layers"], layers, schema.LAYER_COLUMNS)
+            append_rows(f["shards"], index, INDEX_COLUMNS)
+            append_rows(f["spans"], span_rows, SPAN_COLUMNS)
+            after = before + len(models)
+            _map_batches(f, range(before // BATCH, (after + BATCH - 1) // BATCH))
+            mtime = _finish(f, db_dir, after, clean)
+        commit(tmp, master_path(db_dir))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return MasterState(MASTER_VERSION, pd.concat([state.index, index], ignore_index=True),
+                       _totals(layers, state.totals), state.n_layers + len(layers), clean, mtime)
+
+
+def _totals(layers: pd.DataFrame, before: dict[str, int]) -> dict[str, int]:
+    """Rows of each /filters/<kernel> once ``layers`` (global rows) are in."""
+    totals = dict(before)
+    if len(layers):
+        totals.update({k: int(v) for k, v in layers.groupby("kernel")["stop"].max().items()})
+    return totals
+
+
+def commit(tmp: Path, final: Path) -> None:
+    """Make a completely written temporary file the real one (the rename is atomic)."""
+    os.replace(tmp, final)
+
+
+def _tmp(db_dir: Path) -> Path:
+    return Path(db_dir) / f".{MASTER_NAME}.{os.getpid()}{TMP_SUFFIX}"
+
+
+def _finish(f: h5py.File, db_dir: Path, n_models: int, clean: bool) -> int:
+    mtime = _dir_mtime(db_dir)
+    f.attrs["n_models"] = n_models
+    f.attrs["clean"] = clean
+    f.attrs["shards_mtime_ns"] = mtime
+    return mtime
+
+
+def _map_batches(f: h5py.File, batches: range) -> None:
+    """(Re)create the virtual datasets of ``batches`` from the tables in ``f``, then every /filters/<kernel>."""
+    if len(batches):
+        index = f["shards"]
+        first = batches.start * BATCH
+        ids = index["model_id"].asstr()[first:]
+        layer_rows = slice(int(index["layer_start"][first]), int(index["layer_stop"][-1])) if len(ids) else slice(0, 0)
+        lay = {name: f["layers"][name][layer_rows] for name in ("start", "stop")}
+        lay["kernel"] = f["layers"]["kernel"].asstr()[layer_rows]
+        lay["model_id"] = f["layers"]["model_id"].asstr()[layer_rows]
+        spans = pd.DataFrame(lay).groupby(["model_id", "kernel"], sort=False).agg(start=("start", "min"),
+                                                                                  stop=("stop", "max"))
+        position = {mid: first + i for i, mid in enumerate(ids)}
+        by_batch: dict[tuple[str, int], list[tuple[str, int, int]]] = {}
+        for (mid, kernel), (start, stop) in zip(spans.index, spans.to_numpy()):
+            if stop > start:
+                by_batch.setdefault((kernel, position[mid] // BATCH), []).append((mid, int(start), int(stop)))
+        for kernel in {k for k, _ in by_batch} | set(f["batches"]):
+            group = f["batches"].require_group(kernel)
+            mapped = {int(b): (int(lo), int(hi)) for b, lo, hi in zip(group.attrs.get("batch", []),
+                                                                   group.attrs.get("start", []),
+                                                                   group.attrs.get("stop", []))}
+            for b in batches:
+                if mapped.pop(b, None) is not None:
+                    del group[f"{b:05d}"]
+            for b in batches:
+                sources = by_batch.get((kernel, b))
+                if sources:
+                    lo, hi = sources[0][1], sources[-1][2]
+                    _create_vds(group, f"{b:05d}", kernel, hi - lo,
+                                [(f"{SHARD_DIR}/{mid}.h5", f"filters/{kernel}", start - lo, stop - lo)
+                                 for mid, start, stop in sources])
+                    mapped[b] = (lo, hi)
+            order = sorted(mapped)
+            group.attrs["batch"] = np.array(order, np.int64)  # which /batches/<kernel>/<b> exist, and their rows
+            group.attrs["start"] = np.array([mapped[b][0] for b in order], np.int64)
+            group.attrs["stop"] = np.array([mapped[b][1] for b in order], np.int64)
+    for kernel in f["batches"]:
+        attrs = f["batches"][kernel].attrs
+        sources = [(".", f"batches/{kernel}/{b:05d}", int(lo), int(hi))
+                   for b, lo, hi in zip(attrs["batch"], attrs["start"], attrs["stop"])]
+        if kernel in f["filters"]:
+            del f["filters"][kernel]
+        _create_vds(f["filters"], kernel, kernel, max((hi for *_, hi in sources), default=0), sources)
+
+
+def _create_vds(group: h5py.Group, name: str, kernel: str, rows: int, sources: list[tuple[str, str, int, int]]):
+    """A float32 (rows, kh, kw) virtual dataset; each source (file, dataset, lo, hi) fills rows [lo, hi)."""
+    kh, kw = map(int, kernel.split("x"))
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_fill_value(np.array(np.nan, np.float32))
+    space = h5py.h5s.create_simple((rows, kh, kw))
+    for file, dataset, lo, hi in sources:
+        space.select_hyperslab((lo, 0, 0), (hi - lo, kh, kw))
+        dcpl.set_virtual(space, file.encode(), dataset.encode(), h5py.h5s.create_simple((hi - lo, kh, kw)))
+    space.select_all()
+    dataset = h5py.Dataset(h5py.h5d.create(group.id, name.encode(), h5py.h5t.IEEE_F32LE, space, dcpl=dcpl))
+    dataset.attrs["encoding-type"] = FILTERS_ENCODING
+    dataset.attrs["encoding-version"] = schema.FORMAT_VERSION
+    return dataset

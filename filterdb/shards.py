@@ -1,0 +1,176 @@
+"""Shard files: one model's tables and filters, written under a temporary name and renamed when complete.
+
+A shard (``<db>/shards/<model_id>.h5``, ``encoding-type`` ``filterdb-shard``) holds
+``/models`` (one row), ``/layers`` (``start``/``stop`` counting within the shard) and one
+contiguous float32 dataset ``/filters/<kernel>`` per kernel size. Its rename into place is
+the commit of a model: everything else in a database is derived from the shards.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from filterdb import schema
+from filterdb.errors import FilterDBError
+from filterdb.h5table import read_table, table_columns, table_frame, write_table
+
+if TYPE_CHECKING:  # extraction imports torch; the store only duck-types its layers
+    from filterdb.extract import ExtractedLayer
+
+SHARD_DIR = "shards"
+TMP_SUFFIX = ".tmp"
+SHARD_ENCODING = "filterdb-shard"
+FILTERS_ENCODING = "filter-array"
+
+
+def tool_version() -> str:
+    from filterdb import __version__
+    return __version__
+
+
+def root_attrs(f: h5py.File, encoding: str, version: str = schema.FORMAT_VERSION) -> None:
+    f.attrs["format"] = schema.FORMAT_NAME
+    f.attrs["format_version"] = version
+    f.attrs["encoding-type"] = encoding
+    f.attrs["encoding-version"] = version
+    f.attrs["tool_version"] = tool_version()
+
+
+def shard_path(db_dir: str | os.PathLike, model_id: str) -> Path:
+    return Path(db_dir) / SHARD_DIR / f"{model_id}.h5"
+
+
+def write_shard(db_dir: str | os.PathLike, record: dict, layers: list["ExtractedLayer"]
+                ) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    """Write one model's shard atomically: a temporary file, renamed into place once complete.
+
+    ``record`` is a complete model-table row (``model_record``). Filters of one layer are
+    contiguous and out-channel-major; ``start``/``stop`` in the shard's layer table are
+    local to the shard. NaN/Inf weights raise ``FilterDBError`` naming the layer, and no
+    shard is left. Returns the shard's path and its model and layer tables.
+    """
+    final = shard_path(Path(db_dir), record["model_id"])
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.stem}.{os.getpid()}{TMP_SUFFIX}")
+    sizes: dict[str, int] = {}
+    rows = []
+    for layer in layers:
+        start = sizes.get(layer.kernel, 0)
+        sizes[layer.kernel] = start + layer.info["n_filters"]
+        rows.append({**layer.info, "model_id": record["model_id"], "start": start, "stop": sizes[layer.kernel]})
+    model_columns = table_columns([record], schema.MODEL_COLUMNS)
+    layer_columns = table_columns(rows, schema.LAYER_COLUMNS)
+    try:
+        with h5py.File(tmp, "w", libver="latest") as f:
+            root_attrs(f, SHARD_ENCODING)
+            write_table(f, "models", model_columns, schema.MODEL_COLUMNS, index="model_id")
+            write_table(f, "layers", layer_columns, schema.LAYER_COLUMNS)
+            group = f.create_group("filters")
+            shapes = {layer.kernel: (layer.info["kernel_h"], layer.info["kernel_w"]) for layer in layers}
+            offsets = {kernel: _allocate_contiguous(group, kernel, (n, *shapes[kernel])) for kernel, n in sizes.items()}
+        # The filter datasets are contiguous, unfiltered little-endian float32 at known file
+        # offsets: a thread writes the bytes there directly (HDF5's own write path is 2x
+        # slower) while this one checks the weights for NaN/Inf.
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            runs = {offsets[kernel]: [layer for layer in layers if layer.kernel == kernel] for kernel in sizes}
+            written = writer.submit(_write_filter_bytes, tmp, runs)
+            try:
+                for layer in layers:
+                    layer.check_finite()
+                models = table_frame(model_columns, schema.MODEL_COLUMNS, "model_id")
+                layer_frame = table_frame(layer_columns, schema.LAYER_COLUMNS)
+            finally:
+                written.result()
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final, models, layer_frame
+
+
+def _write_filter_bytes(path: Path, runs: dict[int, list["ExtractedLayer"]]) -> None:
+    """Write each run of layers (file offset -> the layers whose filters follow one another
+    there) with one ``pwritev``: this thread then needs Python's GIL only between runs,
+    and the other thread does not have to hand it over every few megabytes."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for offset, layers in runs.items():
+            pieces = [memoryview(np.ascontiguousarray(layer.filters(), dtype="<f4")).cast("B") for layer in layers]
+            pieces = [piece for piece in pieces if len(piece)]
+            while pieces:
+                written = os.pwritev(fd, pieces[:_IOV_MAX], offset)
+                offset += written
+                while pieces and written >= len(pieces[0]):
+                    written -= len(pieces.pop(0))
+                if written:  # a partial write stopped inside this piece
+                    pieces[0] = pieces[0][written:]
+    finally:
+        os.close(fd)
+
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
+def _allocate_contiguous(group: h5py.Group, name: str, shape: tuple[int, ...]) -> int:
+    """Create a contiguous float32 dataset, allocated now and never filled; return its file offset."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.CONTIGUOUS)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    space = h5py.h5s.create_simple(shape)
+    dataset = h5py.Dataset(h5py.h5d.create(group.id, name.encode(), h5py.h5t.IEEE_F32LE, space, dcpl=dcpl))
+    dataset.attrs["encoding-type"] = FILTERS_ENCODING
+    dataset.attrs["encoding-version"] = schema.FORMAT_VERSION
+    return dataset.id.get_offset() or 0  # None only for an empty dataset: nothing to write there
+
+
+def read_shard_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A shard's model row and layer rows (shard-local start/stop)."""
+    return read_shard(path)[:2]
+
+
+def read_shard(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """A shard's model row, layer rows (shard-local start/stop) and ``filter_offsets``."""
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("encoding-type") != SHARD_ENCODING:
+            raise FilterDBError(f"{path} is not a filterdb shard; remove it from the shards folder")
+        return (read_table(f["models"], schema.MODEL_COLUMNS), read_table(f["layers"], schema.LAYER_COLUMNS),
+                _offsets(f))
+
+
+def filter_offsets(path: Path) -> dict[str, int]:
+    """kernel -> byte offset of the shard's /filters/<kernel> data in its file (-1: not contiguous there)."""
+    with h5py.File(path, "r") as f:
+        return _offsets(f)
+
+
+def _offsets(f: h5py.File) -> dict[str, int]:
+    return {kernel: _offset(f["filters"][kernel]) for kernel in f["filters"]}
+
+
+def _offset(dataset: h5py.Dataset) -> int:
+    if dataset.compression or dataset.chunks or dataset.dtype != np.dtype("<f4"):
+        return -1
+    offset = dataset.id.get_offset()
+    return -1 if offset is None else int(offset)
+
+
+def list_shards(db_dir: str | os.PathLike) -> dict[str, tuple[int, int]]:
+    """model_id -> (size, mtime_ns) of every complete shard file (a directory listing, no file opened)."""
+    found = {}
+    try:
+        entries = os.scandir(Path(db_dir) / SHARD_DIR)
+    except FileNotFoundError:
+        return found
+    with entries:
+        for entry in entries:
+            if entry.name.endswith(".h5") and not entry.name.startswith("."):
+                stat = entry.stat()
+                found[entry.name[:-3]] = (stat.st_size, stat.st_mtime_ns)
+    return found
