@@ -319,3 +319,52 @@ def test_figures_run_on_an_imported_database(imported_db, tmp_path):
     made = sorted(p.name for p in out.iterdir())
     assert made == sorted(f"{n}.{ext}" for n in database_figures for ext in ("pdf", "png"))
     assert all((out / name).stat().st_size > 1000 for name in made)
+
+
+KILL_SCRIPT = """
+import sys
+from filterdb.sources.cnn_filter_db import import_cnn_filter_db
+from filterdb.store import FilterDB
+with FilterDB.open(sys.argv[2], "a") as db:
+    print("ready", flush=True)
+    report = import_cnn_filter_db(sys.argv[1], db, chunk_rows=4096, show_progress=False)
+print(report.count("added"), "added", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_import_loses_only_the_model_in_flight_and_a_rerun_resumes(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    big = [(f"timm_big{i}_cifar10_13", i % 2 == 0, [(3, 64), (64, 256), (256, 256)]) for i in range(8)]
+    source, db_path = tmp_path / "filters.h5", tmp_path / "db"
+    filters = write_file(source, models=big)
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(source), str(db_path)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline() == "ready\n"
+    deadline = time.monotonic() + 120
+    while not list((db_path / "shards").glob("*.h5")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)  # as soon as the first model is complete: the second is in flight
+    proc.wait()
+
+    def check_intact() -> int:
+        with open_database(db_path) as db:
+            offsets = np.cumsum([0] + [sum(a * b for a, b in m[2]) for m in big])
+            for number, (name, _, _) in enumerate(big):
+                mid = model_id("cnn-filter-db", name)
+                if mid in db.models.index:
+                    want = filters[offsets[number]:offsets[number + 1]].astype(np.float32)
+                    assert np.array_equal(db.read_model(mid).view(np.uint32), want.view(np.uint32))
+            return len(db.models)
+
+    present = check_intact()
+    assert 1 <= present < len(big)
+    assert not list((db_path / "shards").glob(".*"))  # the model in flight left nothing
+    done = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(source), str(db_path)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"{len(big) - present} added"
+    assert check_intact() == len(big)

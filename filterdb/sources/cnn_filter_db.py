@@ -292,8 +292,8 @@ def import_cnn_filter_db(path: str | os.PathLike, db: FilterDB, *, force: bool =
     """Import every model of the file at ``path`` into ``db`` (open for writing); returns what happened to each.
 
     Models already in ``db`` are skipped unless ``force``, so a rerun resumes an interrupted
-    import. Memory: two chunks of ``chunk_rows`` filters in the file's dtype and two in float32
-    (about 200 MB at the default for a float64 file), whatever the size of a model.
+    import. Memory: three chunks of ``chunk_rows`` filters in the file's dtype and three in float32
+    (324 MB at the default for a float64 file), whatever the size of a model.
     ``models``: the file's ``plan_import`` if already read.
     """
     path = Path(path)
@@ -309,83 +309,131 @@ def import_cnn_filter_db(path: str | os.PathLike, db: FilterDB, *, force: bool =
         else:
             todo.append(model)
     with h5py.File(path, "r") as f, db.batch(), progress_bar(unit="filters", transient=not show_progress) as progress:
-        reader = _FilterReader(filters_dataset(f, path), chunk_rows)
+        pipeline = _Pipeline(filters_dataset(f, path), chunk_rows)
         task = progress.add_task(SOURCE, total=sum(m.n_filters for m in todo), status="", visible=show_progress)
-        for model in todo:
-            progress.update(task, status=model.name)
-            t0 = time.perf_counter()
-            try:
-                _write_model(db, model, reader, lambda n: progress.advance(task, n))
-            except (FilterDBError, OSError) as exc:
-                report.outcomes.append(ModelOutcome(model_key(SOURCE, model.name), model.model_id, "failed",
-                                                    seconds=time.perf_counter() - t0, error=f"{path}: {exc}"))
-                continue
-            report.outcomes.append(ModelOutcome(model_key(SOURCE, model.name), model.model_id, "added",
-                                                len(model.layers), model.n_filters, time.perf_counter() - t0))
+        try:
+            _import_models(db, todo, pipeline, report, path, lambda n: progress.advance(task, n),
+                           lambda name: progress.update(task, status=name))
+        finally:
+            pipeline.close()
         progress.update(task, status="done")
     return report
 
 
-class _FilterReader:
-    """Reads rows of /filters as float32 (n, 3, 3) chunks into two alternating buffers."""
+def _import_models(db: FilterDB, todo: list[PublishedModel], pipeline: "_Pipeline", report: BuildReport, path: Path,
+                   advance, show) -> None:
+    for model in todo:
+        show(model.name)
+        t0 = time.perf_counter()
+        try:
+            _write_model(db, model, pipeline, advance)
+        except (FilterDBError, OSError) as exc:
+            report.outcomes.append(ModelOutcome(model_key(SOURCE, model.name), model.model_id, "failed",
+                                                seconds=time.perf_counter() - t0, error=f"{path}: {exc}"))
+            continue
+        report.outcomes.append(ModelOutcome(model_key(SOURCE, model.name), model.model_id, "added",
+                                            len(model.layers), model.n_filters, time.perf_counter() - t0))
+
+
+class _Pipeline:
+    """Moves rows of /filters into shards through three slots, so that reading the next chunk
+    (a reader thread), converting and checking this one (the caller) and writing the previous
+    one (a writer thread) overlap. A slot is a buffer in the file's dtype and its float32 view
+    or copy; it is read into again only once its last write has finished."""
+
+    SLOTS = 3
 
     def __init__(self, dataset: h5py.Dataset, chunk_rows: int):
         self.dataset = dataset
         self.chunk_rows = chunk_rows
-        rows = min(chunk_rows, len(dataset))
-        self._raw = [np.empty((rows, *dataset.shape[1:]), dataset.dtype) for _ in range(2)]
-        self._out = [np.empty((rows, 3, 3), np.float32) for _ in range(2)] if dataset.dtype != np.float32 else \
-            [raw.reshape(rows, 3, 3) for raw in self._raw]
-        self._turn = 0
+        rows = max(1, min(chunk_rows, len(dataset)))
+        self._raw = [np.empty((rows, *dataset.shape[1:]), dataset.dtype) for _ in range(self.SLOTS)]
+        self._out = [raw.reshape(rows, 3, 3) if raw.dtype == np.float32 else np.empty((rows, 3, 3), np.float32)
+                     for raw in self._raw]
+        self._writes: list[Future | None] = [None] * self.SLOTS
+        self._reader = ThreadPoolExecutor(max_workers=1)
+        self._writer = ThreadPoolExecutor(max_workers=1)
 
-    def read(self, lo: int, hi: int) -> np.ndarray:
-        """Rows [lo, hi) (at most chunk_rows) as float32; valid until the second call after this one."""
-        i = self._turn = 1 - self._turn
-        n = hi - lo
-        raw = self._raw[i][:n]
-        self.dataset.read_direct(raw, source_sel=np.s_[lo:hi], dest_sel=np.s_[:n])
-        out = self._out[i][:n]
-        if raw.dtype != np.float32:
-            with np.errstate(over="ignore"):  # overflow gives inf, which the finite check reports
-                np.copyto(out.reshape(raw.shape), raw, casting="same_kind")
-        return out
+    def close(self) -> None:
+        self._reader.shutdown()
+        self._writer.shutdown()
+
+    def _read(self, slot: int, lo: int, hi: int) -> None:
+        self.dataset.read_direct(self._raw[slot], source_sel=np.s_[lo:hi], dest_sel=np.s_[:hi - lo])
+
+    def _submit_read(self, slot: int, lo: int, hi: int) -> Future:
+        if self._writes[slot] is not None:
+            self._writes[slot].result()
+            self._writes[slot] = None
+        return self._reader.submit(self._read, slot, lo, hi)
+
+    def copy(self, model: PublishedModel, fd: int, offset: int, advance) -> None:
+        """Every filter of ``model`` into the shard open as ``fd``, whose filters start at byte ``offset``."""
+        tasks = list(_chunks(model, self.chunk_rows))
+        reads = {0: self._submit_read(0, *tasks[0][:2])} if tasks else {}
+        try:
+            for k, (lo, hi, row) in enumerate(tasks):
+                if k + 1 < len(tasks):
+                    reads[k + 1] = self._submit_read((k + 1) % self.SLOTS, *tasks[k + 1][:2])
+                reads.pop(k).result()
+                slot, n = k % self.SLOTS, hi - lo
+                raw, out = self._raw[slot][:n], self._out[slot][:n]
+                if raw.dtype != np.float32:
+                    with np.errstate(over="ignore"):  # overflow gives inf, which the check reports
+                        np.copyto(out.reshape(raw.shape), raw, casting="same_kind")
+                _check_finite(out, model, lo)
+                self._writes[slot] = self._writer.submit(_pwrite_all, fd, out, offset + row * _BYTES_PER_FILTER)
+                advance(n)
+        except BaseException:  # nothing may still read into or write from the buffers after this
+            for future in [*reads.values(), *self._writes]:
+                if future is not None:
+                    future.exception()
+            self._writes = [None] * self.SLOTS
+            raise
+        for slot, future in enumerate(self._writes):  # the shard is complete once every write is
+            if future is not None:
+                future.result()
+            self._writes[slot] = None
 
 
-def _write_model(db: FilterDB, model: PublishedModel, reader: _FilterReader, advance) -> None:
-    """One model's shard: its layers' filters read in chunks and written at their offsets by a second thread."""
+def _chunks(model: PublishedModel, chunk_rows: int):
+    """(first row, end row in /filters, first row in the shard) of chunks of at most ``chunk_rows``
+    filters; layers that follow one another in the file are read as one run."""
+    runs: list[list[int]] = []
+    for layer, (lo, hi) in zip(model.layers, model.sources):
+        if runs and runs[-1][1] == lo:
+            runs[-1][1] = hi
+        else:
+            runs.append([lo, hi, layer["start"]])
+    for lo, hi, row in runs:
+        for a in range(lo, hi, chunk_rows):
+            yield a, min(a + chunk_rows, hi), row + a - lo
+
+
+def _write_model(db: FilterDB, model: PublishedModel, pipeline: _Pipeline, advance) -> None:
+    """One model's shard, written in place by the pipeline, then registered with the database."""
     with shard_writer(db.path, model.record, model.layers) as (tmp, offsets):
         fd = os.open(tmp, os.O_WRONLY)
-        pending: list[Future] = []
         try:
-            with ThreadPoolExecutor(max_workers=1) as writer:
-                for layer, (lo, hi) in zip(model.layers, model.sources):
-                    for a in range(lo, hi, reader.chunk_rows):
-                        b = min(a + reader.chunk_rows, hi)
-                        if len(pending) == 2:  # the buffer read next is the one this write still uses
-                            pending.pop(0).result()
-                        chunk = reader.read(a, b)
-                        _check_finite(chunk, model, layer, a - lo)
-                        offset = offsets["3x3"] + (layer["start"] + a - lo) * _BYTES_PER_FILTER
-                        pending.append(writer.submit(_pwrite_all, fd, chunk, offset))
-                        advance(b - a)
-                for future in pending:
-                    future.result()
+            pipeline.copy(model, fd, offsets["3x3"], advance)
         finally:
             os.close(fd)
     db.adopt_shard(model.model_id)
 
 
 def _pwrite_all(fd: int, chunk: np.ndarray, offset: int) -> None:
-    view = memoryview(np.ascontiguousarray(chunk, dtype="<f4")).cast("B")
+    view = memoryview(chunk).cast("B")
     while len(view):
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
 
 
-def _check_finite(chunk: np.ndarray, model: PublishedModel, layer: dict, first: int) -> None:
+def _check_finite(chunk: np.ndarray, model: PublishedModel, first_row: int) -> None:
+    """Raise ``FilterDBError`` naming the model, layer and row of the first NaN/Inf filter of a chunk."""
     if np.isfinite(chunk.sum()) or np.isfinite(chunk).all():
         return
-    bad = np.flatnonzero(~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1))
-    raise FilterDBError(f"model {model.name!r}, {layer['name']}: filter {first + int(bad[0])} of the layer "
-                        f"(row {model.sources[layer['layer_index']][0] + first + int(bad[0])} of /filters) is NaN or Inf "
-                        "(or a float64 value beyond float32's range); the file is corrupt - download it again")
+    row = first_row + int(np.flatnonzero(~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1))[0])
+    layer, (lo, _) = next((l, src) for l, src in zip(model.layers, model.sources) if src[0] <= row < src[1])
+    raise FilterDBError(f"model {model.name!r}, {layer['name']}: filter {row - lo} of the layer (row {row} of /filters) "
+                        "is NaN or Inf (or a float64 value beyond float32's range); the file is corrupt - "
+                        "download it again")
