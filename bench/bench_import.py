@@ -3,15 +3,17 @@
 Writes (once, then reuses) a synthetic file in the published layout: ``--filters`` 3x3 filters
 (default 100M) as float64 (the authors' extraction code) or float32, in WideResNet-28-10-like
 models of about 4M filters, ``/meta`` written by pandas' ``to_hdf``. Then, each in its own
-process so that its peak memory is its own:
+process so that its peak memory is its own, with the file's pages dropped from the page cache
+before each (the published file, 72 GB, does not fit in memory: it is read from disk):
 
-1. raw: h5py reads /filters sequentially into one reused buffer of 1M filters (the baseline);
-2. import: ``import_cnn_filter_db`` (what ``filterdb import cnn-filter-db`` runs) into a fresh
+1. raw read: h5py reads /filters sequentially into one reused buffer of 1M filters (the baseline);
+2. raw write: as many float32 bytes as the import writes, written sequentially to a new file;
+3. import: ``import_cnn_filter_db`` (what ``filterdb import cnn-filter-db`` runs) into a fresh
    database, timed without the process's start (importing torch and filterdb);
-3. raw again (the file's pages are then as warm as they were for the import).
+4. raw read again, warm (the import has just read the file).
 
-The ratio is import throughput over the faster raw read. Needs ~11 GB free for float64
-(7.2 GB file + 3.6 GB database): ``df -h /tmp``.
+Ratios are raw time over import time, so 1.0 means the import is as fast as the raw read.
+Needs ~11 GB free for float64 (7.2 GB file + 3.6 GB database): ``df -h /tmp``.
 
     python bench/bench_import.py [--filters 100_000_000] [--dtype float64] [--dir /tmp/filterdb-bench-import]
 """
@@ -94,6 +96,28 @@ print(seconds, base / 1024)
 """
 
 
+RAW_WRITE = """
+import os, sys, time, numpy as np
+buf = np.ones(({chunk}, 3, 3), np.float32)
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+t0 = time.perf_counter()
+for lo in range(0, int(sys.argv[2]), {chunk}):
+    os.write(fd, memoryview(buf[:min({chunk}, int(sys.argv[2]) - lo)]).cast("B"))
+print(time.perf_counter() - t0)
+os.close(fd)
+"""
+
+
+def evict(path: Path) -> None:
+    """Write every dirty page back, then drop the file's pages from the page cache: the next read is from disk."""
+    os.sync()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def run_child(argv: list[str]) -> tuple[float, float, str]:
     """(wall seconds, peak RSS in MiB, stdout) of a child process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -128,12 +152,21 @@ def main() -> None:
     db = args.dir / "db"
     shutil.rmtree(db, ignore_errors=True)
 
-    raw = [float(run_child([sys.executable, "-c", RAW_READ.format(chunk=CHUNK), str(source)])[2])]
-    # The import runs in a process of its own: its peak RSS is then the largest child's so far,
-    # unless the raw read's was larger (it is not: one 1M-filter buffer).
+    read = [sys.executable, "-c", RAW_READ.format(chunk=CHUNK), str(source)]
+    evict(source)
+    raw_cold = float(run_child(read)[2])
+    scratch = args.dir / "raw-write.bin"
+    evict(source)
+    raw_write = float(run_child([sys.executable, "-c", RAW_WRITE.format(chunk=CHUNK), str(scratch), str(n)])[2])
+    scratch.unlink()
+    evict(source)
+    # The import runs in a process of its own: its peak RSS is then the largest child's so far
+    # (the raw reads and writes hold one 1M-filter buffer).
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     _, import_peak, out = run_child([sys.executable, "-c", IMPORT, str(source), str(db)])
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     import_wall, startup_rss = map(float, out.split())
-    raw.append(float(run_child([sys.executable, "-c", RAW_READ.format(chunk=CHUNK), str(source)])[2]))
+    raw_warm = float(run_child(read)[2])  # the import has just read the file: its pages are cached
 
     from filterdb.store import open_database
     with open_database(db) as opened, h5py.File(source, "r") as f:  # spot check: first and last layers, bit for bit
@@ -146,13 +179,16 @@ def main() -> None:
             lo = int(offsets[layer["model_id"]] + layer["start"] - layers[layers["model_id"] == layer["model_id"]]["start"].min())
             want = f["filters"][lo:lo + int(layer["n_filters"])].astype(np.float32)
             assert np.array_equal(opened.read_layer(layer).view(np.uint32), want.view(np.uint32))
-    best_raw = min(raw)
     result = {
         "filters": n, "dtype": args.dtype, "file_gb": round(size / 1e9, 2),
-        "raw_read_s": [round(r, 1) for r in raw], "raw_filters_per_s": round(n / best_raw),
+        "raw_read_cold_s": round(raw_cold, 1), "raw_read_warm_s": round(raw_warm, 1),
+        "raw_write_s": round(raw_write, 1),
         "import_s": round(import_wall, 1), "import_filters_per_s": round(n / import_wall),
-        "ratio_import_vs_raw": round(best_raw / import_wall, 3), "import_peak_rss_mib": round(import_peak),
-        "rss_after_importing_filterdb_mib": round(startup_rss),
+        "import_cpu_s": round(cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime, 1),
+        "ratio_import_vs_cold_read": round(raw_cold / import_wall, 3),
+        "ratio_import_vs_warm_read": round(raw_warm / import_wall, 3),
+        "ratio_import_vs_cold_read_plus_write": round((raw_cold + raw_write) / import_wall, 3),
+        "import_peak_rss_mib": round(import_peak), "rss_after_importing_filterdb_mib": round(startup_rss),
         "db_gb": round(sum(p.stat().st_size for p in db.rglob("*") if p.is_file()) / 1e9, 2),
     }
     print(json.dumps(result, indent=2))

@@ -100,7 +100,11 @@ def _parse_ids(text, label: str) -> tuple[int, int]:
 
 
 def _as_int(value, what: str, label: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or is_missing(value) or float(value) != int(value):
+    try:
+        whole = not isinstance(value, (bool, np.bool_, str)) and float(value) == int(value)
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole:
         raise FilterDBError(f"{label}: {what} {value!r} is not an integer")
     return int(value)
 
@@ -197,10 +201,10 @@ def plan_import(path: str | os.PathLike) -> list[PublishedModel]:
     with h5py.File(path, "r") as f:
         n_rows = len(filters_dataset(f, path))
     meta = read_fixed_frame(path, "meta")
-    names = [n or INDEX_LEVELS[i] for i, n in enumerate(meta.index.names)]
     if meta.index.nlevels not in (3, 4):
         raise FilterDBError(f"{path}: /meta has a {meta.index.nlevels}-level index; expected "
                             f"[{', '.join(INDEX_LEVELS)}] (or the first three)")
+    names = [n or INDEX_LEVELS[i] for i, n in enumerate(meta.index.names)]
     missing = [c for c in REQUIRED if c not in meta.columns]
     if missing:
         raise FilterDBError(f"{path}: /meta lacks the column(s) {', '.join(missing)}; this is not a CNN-Filter-DB file")
@@ -266,9 +270,8 @@ def _plan_model(model: PublishedModel, positions: list[int], index_rows: list[tu
     layers.sort()  # file order: the shard is then one sequential read of the source
     claimed.extend((lo, hi, labels[p], model) for lo, hi, p, *_ in layers)
 
-    fields = {}
     first = positions[0]
-    fields.update(zip(names, (_json_value(v) for v in index_rows[first][:1])))
+    fields = {names[0]: _json_value(index_rows[first][0])}  # the published model_id
     for c in model_fields:
         values = [columns[c][p] for p in positions]
         same = all(v == values[0] or (is_missing(v) and is_missing(values[0])) for v in values)

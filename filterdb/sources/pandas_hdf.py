@@ -126,8 +126,13 @@ def _decode(values: np.ndarray, encoding: str) -> list:
     return [v.decode(encoding) if isinstance(v, bytes) else v for v in values.tolist()]
 
 
+def _str_attr(node, name: str) -> str:
+    value = node.attrs.get(name, b"")
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _index_values(node: h5py.Dataset, encoding: str) -> np.ndarray | list:
-    kind = node.attrs.get("kind", b"").decode() if isinstance(node.attrs.get("kind"), bytes) else node.attrs.get("kind", "")
+    kind = _str_attr(node, "kind")
     if node.attrs.get("CLASS") == b"VLARRAY":
         raise FilterDBError(f"{node.file.filename}:{node.name}: an index of pickled objects; filterdb reads only "
                             "integer, float and string index levels")
@@ -141,7 +146,7 @@ def _index_values(node: h5py.Dataset, encoding: str) -> np.ndarray | list:
 
 
 def _read_index(group: h5py.Group, encoding: str) -> pd.Index:
-    variety = group.attrs.get("axis1_variety", b"").decode()
+    variety = _str_attr(group, "axis1_variety")
     if variety == "regular":
         return pd.Index(_index_values(group["axis1"], encoding))
     if variety != "multi":
@@ -151,9 +156,8 @@ def _read_index(group: h5py.Group, encoding: str) -> pd.Index:
         level = group[f"axis1_level{i}"]
         levels.append(_index_values(level, encoding))
         codes.append(group[f"axis1_label{i}"][()].astype(np.int64))
-        name = level.attrs.get("name", b"N.")
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        names.append(None if name == "N." else name)
+        name = _str_attr(level, "name")
+        names.append(None if name in ("", "N.") else name)  # pandas writes "N." for an unnamed level
     return pd.MultiIndex(levels=levels, codes=codes, names=names)
 
 
@@ -202,7 +206,7 @@ def read_fixed_frame(path: str | Path, key: str) -> pd.DataFrame:
             kind = pandas_type.decode() if pandas_type else "not written by pandas"
             raise FilterDBError(f"{path}:/{key} is not a DataFrame in pandas' fixed format ({kind}); "
                                 "write it with DataFrame.to_hdf(path, key) (format='fixed')")
-        encoding = group.attrs.get("encoding", b"UTF-8").decode()
+        encoding = _str_attr(group, "encoding") or "UTF-8"
         columns = _decode(group["axis0"][()], encoding)
         index = _read_index(group, encoding)
         data: dict[str, np.ndarray] = {}
@@ -212,15 +216,14 @@ def read_fixed_frame(path: str | Path, key: str) -> pd.DataFrame:
             if node.attrs.get("CLASS") == b"VLARRAY":
                 values = _read_object_block(node, items, len(index))
             else:
-                if node.attrs.get("value_type", b"") not in (b"",):
-                    raise FilterDBError(f"{path}:{node.name}: columns {items} of type "
-                                        f"{node.attrs['value_type'].decode()} cannot be read (numbers and strings can)")
+                if _str_attr(node, "value_type"):  # datetime64 / timedelta64 blocks
+                    raise FilterDBError(f"{path}:{node.name}: columns {items} of type {_str_attr(node, 'value_type')} "
+                                        "cannot be read (numbers, booleans and strings can)")
                 values = node[()]
                 values = values.T if node.attrs.get("transposed") else values
             for name, column in zip(items, values):
                 data[name] = column
-    frame = pd.DataFrame({name: data[name] for name in columns}, index=index)
-    return frame
+    return pd.DataFrame({name: data[name] for name in columns}, index=index)
 
 
 def is_missing(value) -> bool:
