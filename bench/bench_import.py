@@ -6,13 +6,17 @@ models of about 4M filters, ``/meta`` written by pandas' ``to_hdf``. Then, each 
 process so that its peak memory is its own, with the file's pages dropped from the page cache
 before each (the published file, 72 GB, does not fit in memory: it is read from disk):
 
-1. raw read: h5py reads /filters sequentially into one reused buffer of 1M filters (the baseline);
-2. raw write: as many float32 bytes as the import writes, written sequentially to a new file;
-3. import: ``import_cnn_filter_db`` (what ``filterdb import cnn-filter-db`` runs) into a fresh
-   database, timed without the process's start (importing torch and filterdb);
-4. raw read again, warm (the import has just read the file).
+1. raw read, cold: h5py reads /filters sequentially into one reused buffer of 1M filters (the
+   baseline), from disk;
+2. raw read, warm: the same again, now from the page cache (if the file fits in memory);
+3. raw read, direct: the bytes of /filters read with O_DIRECT (as the import reads them), from disk;
+4. raw write: as many float32 bytes as the import writes, written sequentially to a new file;
+5. import: ``import_cnn_filter_db`` (what ``filterdb import cnn-filter-db`` runs) into a fresh
+   database, timed without the process's start (importing torch and filterdb). It reads and
+   writes with O_DIRECT, from disk whatever the page cache holds.
 
 Ratios are raw time over import time, so 1.0 means the import is as fast as the raw read.
+CPU times are user + system of the whole child process, its start included.
 Needs ~11 GB free for float64 (7.2 GB file + 3.6 GB database): ``df -h /tmp``.
 
     python bench/bench_import.py [--filters 100_000_000] [--dtype float64] [--dir /tmp/filterdb-bench-import]
@@ -96,6 +100,20 @@ print(seconds, base / 1024)
 """
 
 
+RAW_DIRECT_READ = """
+import sys, time, h5py
+from filterdb.sources.direct_io import DirectFile, aligned_buffer
+with h5py.File(sys.argv[1], "r") as f:
+    ds = f["filters"]
+    n, row, offset = len(ds), ds.dtype.itemsize * 9, ds.id.get_offset()
+source, buf = DirectFile(sys.argv[1], "r"), aligned_buffer({chunk} * row)
+t0 = time.perf_counter()
+for lo in range(0, n, {chunk}):
+    source.read(buf, offset + lo * row, (min(lo + {chunk}, n) - lo) * row)
+print(time.perf_counter() - t0)
+"""
+
+
 RAW_WRITE = """
 import os, sys, time, numpy as np
 buf = np.ones(({chunk}, 3, 3), np.float32)
@@ -154,7 +172,13 @@ def main() -> None:
 
     read = [sys.executable, "-c", RAW_READ.format(chunk=CHUNK), str(source)]
     evict(source)
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     raw_cold = float(run_child(read)[2])
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    raw_cpu = cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
+    raw_warm = float(run_child(read)[2])  # the file's pages are now cached (if they fit in memory)
+    evict(source)
+    raw_direct = float(run_child([sys.executable, "-c", RAW_DIRECT_READ.format(chunk=CHUNK), str(source)])[2])
     scratch = args.dir / "raw-write.bin"
     evict(source)
     raw_write = float(run_child([sys.executable, "-c", RAW_WRITE.format(chunk=CHUNK), str(scratch), str(n)])[2])
@@ -166,7 +190,6 @@ def main() -> None:
     _, import_peak, out = run_child([sys.executable, "-c", IMPORT, str(source), str(db)])
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     import_wall, startup_rss = map(float, out.split())
-    raw_warm = float(run_child(read)[2])  # the import has just read the file: its pages are cached
 
     from filterdb.store import open_database
     with open_database(db) as opened, h5py.File(source, "r") as f:  # spot check: first and last layers, bit for bit
@@ -182,11 +205,13 @@ def main() -> None:
     result = {
         "filters": n, "dtype": args.dtype, "file_gb": round(size / 1e9, 2),
         "raw_read_cold_s": round(raw_cold, 1), "raw_read_warm_s": round(raw_warm, 1),
+        "raw_read_cold_cpu_s": round(raw_cpu, 1), "raw_read_direct_s": round(raw_direct, 1),
         "raw_write_s": round(raw_write, 1),
         "import_s": round(import_wall, 1), "import_filters_per_s": round(n / import_wall),
         "import_cpu_s": round(cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime, 1),
         "ratio_import_vs_cold_read": round(raw_cold / import_wall, 3),
         "ratio_import_vs_warm_read": round(raw_warm / import_wall, 3),
+        "ratio_import_vs_direct_read": round(raw_direct / import_wall, 3),
         "ratio_import_vs_cold_read_plus_write": round((raw_cold + raw_write) / import_wall, 3),
         "import_peak_rss_mib": round(import_peak), "rss_after_importing_filterdb_mib": round(startup_rss),
         "db_gb": round(sum(p.stat().st_size for p in db.rglob("*") if p.is_file()) / 1e9, 2),

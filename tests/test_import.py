@@ -33,7 +33,7 @@ MODELS = [
 
 
 def write_file(path: Path, *, dtype=np.float64, levels: int = 4, visual_category: bool = True, flat: bool = False,
-               models=MODELS, seed: int = 0, edit=None) -> np.ndarray:
+               chunked: bool = False, models=MODELS, seed: int = 0, edit=None) -> np.ndarray:
     """A CNN-Filter-DB file: /filters by h5py, /meta by ``DataFrame.to_hdf``. Returns the filters written."""
     rows, index, start = [], [], 0
     for number, (name, robust, channels) in enumerate(models):
@@ -65,7 +65,11 @@ def write_file(path: Path, *, dtype=np.float64, levels: int = 4, visual_category
     if edit is not None:
         edit(meta, filters)
     with h5py.File(path, "w") as f:
-        f["filters"] = filters.reshape(-1, 9) if flat else filters
+        data = filters.reshape(-1, 9) if flat else filters
+        if chunked:  # read through HDF5 (not at a file offset)
+            f.create_dataset("filters", data=data, chunks=(100, *data.shape[1:]), compression="gzip")
+        else:
+            f["filters"] = data
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PyTables' performance warning about pickled object columns
         meta.to_hdf(path, key="meta")
@@ -77,18 +81,21 @@ def import_file(path: Path, db_path: Path, **kwargs):
         return import_cnn_filter_db(path, db, show_progress=False, **kwargs)
 
 
-CASES = [  # filter dtype, index levels, Visual Category (else the older Datatype), (N, 9) filters
-    (np.float64, 4, True, False),
-    (np.float32, 4, False, False),
-    (np.float64, 3, False, True),
-    (np.float32, 3, True, True),
+CASES = [  # filter dtype, index levels, Visual Category (else the older Datatype), (N, 9) filters, chunked + gzip
+    (np.float64, 4, True, False, False),
+    (np.float32, 4, False, False, False),
+    (np.float64, 3, False, True, False),
+    (np.float32, 3, True, True, False),
+    (np.float64, 4, True, False, True),
+    (np.float32, 3, False, True, True),
 ]
 
 
-@pytest.mark.parametrize("dtype,levels,visual_category,flat", CASES)
-def test_filters_are_bit_equal_and_metadata_is_mapped(tmp_path, dtype, levels, visual_category, flat):
+@pytest.mark.parametrize("dtype,levels,visual_category,flat,chunked", CASES)
+def test_filters_are_bit_equal_and_metadata_is_mapped(tmp_path, dtype, levels, visual_category, flat, chunked):
     source = tmp_path / "filters.h5"
-    filters = write_file(source, dtype=dtype, levels=levels, visual_category=visual_category, flat=flat)
+    filters = write_file(source, dtype=dtype, levels=levels, visual_category=visual_category, flat=flat,
+                         chunked=chunked)
     report = import_file(source, tmp_path / "db", chunk_rows=37)  # chunks cross layer boundaries
     assert report.count("added") == len(MODELS) and not report.failed
 
@@ -368,3 +375,16 @@ def test_sigkill_mid_import_loses_only_the_model_in_flight_and_a_rerun_resumes(t
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == f"{len(big) - present} added"
     assert check_intact() == len(big)
+
+
+def test_without_direct_io_the_import_is_the_same(tmp_path, monkeypatch):
+    """Where the file system refuses O_DIRECT every byte goes through the page cache instead."""
+    from filterdb.sources import direct_io
+
+    source = tmp_path / "filters.h5"
+    filters = write_file(source)
+    monkeypatch.setattr(direct_io, "_DIRECT", 0)
+    import_file(source, tmp_path / "db", chunk_rows=1000)
+    with open_database(tmp_path / "db") as db:
+        got = np.concatenate([db.read_model(model_id("cnn-filter-db", m[0])) for m in MODELS])
+    assert np.array_equal(got.view(np.uint32), filters.astype(np.float32).view(np.uint32))

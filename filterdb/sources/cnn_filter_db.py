@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,7 +29,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pandas as pd
 
 from filterdb import schema
 from filterdb.build import BuildReport, ModelOutcome
@@ -37,6 +37,7 @@ from filterdb.ids import model_id as make_model_id
 from filterdb.ids import model_key
 from filterdb.progress import progress_bar
 from filterdb.records import tool_version
+from filterdb.sources.direct_io import DirectFile, aligned_buffer, window
 from filterdb.sources.pandas_hdf import is_missing, read_fixed_frame
 from filterdb.store import FilterDB, shard_writer
 
@@ -296,7 +297,8 @@ def import_cnn_filter_db(path: str | os.PathLike, db: FilterDB, *, force: bool =
 
     Models already in ``db`` are skipped unless ``force``, so a rerun resumes an interrupted
     import. Memory: three chunks of ``chunk_rows`` filters in the file's dtype and three in float32
-    (324 MB at the default for a float64 file), whatever the size of a model.
+    (324 MB at the default for a float64 file), whatever the size of a model; the page cache
+    is bypassed where the file system allows (``O_DIRECT``).
     ``models``: the file's ``plan_import`` if already read.
     """
     path = Path(path)
@@ -341,8 +343,9 @@ def _import_models(db: FilterDB, todo: list[PublishedModel], pipeline: "_Pipelin
 class _Pipeline:
     """Moves rows of /filters into shards through three slots, so that reading the next chunk
     (a reader thread), converting and checking this one (the caller) and writing the previous
-    one (a writer thread) overlap. A slot is a buffer in the file's dtype and its float32 view
-    or copy; it is read into again only once its last write has finished."""
+    one (a writer thread) overlap. A slot holds a chunk as read and as float32; it is read into
+    again only once its last write has finished. Reads and writes bypass the page cache where
+    they can (:mod:`.direct_io`): each byte is read once and written once."""
 
     SLOTS = 3
 
@@ -350,19 +353,33 @@ class _Pipeline:
         self.dataset = dataset
         self.chunk_rows = chunk_rows
         rows = max(1, min(chunk_rows, len(dataset)))
-        self._raw = [np.empty((rows, *dataset.shape[1:]), dataset.dtype) for _ in range(self.SLOTS)]
-        self._out = [raw.reshape(rows, 3, 3) if raw.dtype == np.float32 else np.empty((rows, 3, 3), np.float32)
-                     for raw in self._raw]
+        self._row_bytes = dataset.dtype.itemsize * 9
+        self._raw = [aligned_buffer(rows * self._row_bytes) for _ in range(self.SLOTS)]
+        self._out = [aligned_buffer(rows * _BYTES_PER_FILTER) for _ in range(self.SLOTS)]
         self._writes: list[Future | None] = [None] * self.SLOTS
         self._reader = ThreadPoolExecutor(max_workers=1)
         self._writer = ThreadPoolExecutor(max_workers=1)
+        # A contiguous, unfiltered little-endian dataset (what h5py writes by default) is read at
+        # its file offset; any other goes through HDF5.
+        plain = dataset.chunks is None and dataset.compression is None and dataset.dtype.byteorder in "<=" \
+            and sys.byteorder == "little" and dataset.id.get_offset() is not None
+        self._source = DirectFile(dataset.file.filename, "r") if plain else None
+        self._offset = dataset.id.get_offset() if plain else None
 
     def close(self) -> None:
         self._reader.shutdown()
         self._writer.shutdown()
+        if self._source is not None:
+            self._source.close()
 
-    def _read(self, slot: int, lo: int, hi: int) -> None:
-        self.dataset.read_direct(self._raw[slot], source_sel=np.s_[lo:hi], dest_sel=np.s_[:hi - lo])
+    def _read(self, slot: int, lo: int, hi: int) -> np.ndarray:
+        shape = (hi - lo, *self.dataset.shape[1:])
+        if self._source is None:
+            raw = self._raw[slot][:(hi - lo) * self._row_bytes].view(self.dataset.dtype).reshape(shape)
+            self.dataset.read_direct(raw, source_sel=np.s_[lo:hi])
+            return raw
+        data = self._source.read(self._raw[slot], self._offset + lo * self._row_bytes, (hi - lo) * self._row_bytes)
+        return data.view(self.dataset.dtype).reshape(shape)
 
     def _submit_read(self, slot: int, lo: int, hi: int) -> Future:
         if self._writes[slot] is not None:
@@ -370,22 +387,22 @@ class _Pipeline:
             self._writes[slot] = None
         return self._reader.submit(self._read, slot, lo, hi)
 
-    def copy(self, model: PublishedModel, fd: int, offset: int, advance) -> None:
-        """Every filter of ``model`` into the shard open as ``fd``, whose filters start at byte ``offset``."""
+    def copy(self, model: PublishedModel, shard: DirectFile, offset: int, advance) -> None:
+        """Every filter of ``model`` into ``shard``, whose filters start at byte ``offset``."""
         tasks = list(_chunks(model, self.chunk_rows))
         reads = {0: self._submit_read(0, *tasks[0][:2])} if tasks else {}
         try:
             for k, (lo, hi, row) in enumerate(tasks):
                 if k + 1 < len(tasks):
                     reads[k + 1] = self._submit_read((k + 1) % self.SLOTS, *tasks[k + 1][:2])
-                reads.pop(k).result()
-                slot, n = k % self.SLOTS, hi - lo
-                raw, out = self._raw[slot][:n], self._out[slot][:n]
-                if raw.dtype != np.float32:
-                    with np.errstate(over="ignore"):  # overflow gives inf, which the check reports
-                        np.copyto(out.reshape(raw.shape), raw, casting="same_kind")
+                raw = reads.pop(k).result()
+                slot, n, at = k % self.SLOTS, hi - lo, offset + row * _BYTES_PER_FILTER
+                data = window(self._out[slot], at, n * _BYTES_PER_FILTER)
+                out = data.view(np.float32).reshape(n, 3, 3)
+                with np.errstate(over="ignore"):  # float64 -> float32 overflow gives inf, which the check reports
+                    np.copyto(out.reshape(raw.shape), raw, casting="same_kind")
                 _check_finite(out, model, lo)
-                self._writes[slot] = self._writer.submit(_pwrite_all, fd, out, offset + row * _BYTES_PER_FILTER)
+                self._writes[slot] = self._writer.submit(shard.write, data, at)
                 advance(n)
         except BaseException:  # nothing may still read into or write from the buffers after this
             for future in [*reads.values(), *self._writes]:
@@ -416,19 +433,12 @@ def _chunks(model: PublishedModel, chunk_rows: int):
 def _write_model(db: FilterDB, model: PublishedModel, pipeline: _Pipeline, advance) -> None:
     """One model's shard, written in place by the pipeline, then registered with the database."""
     with shard_writer(db.path, model.record, model.layers) as (tmp, offsets):
-        fd = os.open(tmp, os.O_WRONLY)
+        shard = DirectFile(tmp, "w")
         try:
-            pipeline.copy(model, fd, offsets["3x3"], advance)
+            pipeline.copy(model, shard, offsets["3x3"], advance)
         finally:
-            os.close(fd)
+            shard.close()
     db.adopt_shard(model.model_id)
-
-
-def _pwrite_all(fd: int, chunk: np.ndarray, offset: int) -> None:
-    view = memoryview(chunk).cast("B")
-    while len(view):
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
 
 
 def _check_finite(chunk: np.ndarray, model: PublishedModel, first_row: int) -> None:
