@@ -25,6 +25,8 @@ CONTRIBUTED_COMMANDS = {
     "evaluate": ("filterdb.training.evaluate_cli", "evaluate",
                  "Evaluate training checkpoints: clean and robust accuracy (PGD, CW, AutoAttack at Linf and L2 budgets), "
                  "where the perturbations sit (border vs interior) and the fooling rate under rotations and translations."),
+    "import": ("filterdb.sources.import_cli", "import_group",
+               "Import a published filter database into a filterdb database."),
     "leaderboards": ("filterdb.sources.cli", "leaderboards",
                      "List the leaderboards that 'filterdb build --leaderboard' accepts, with model counts; or the "
                      "models of NAME."),

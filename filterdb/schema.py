@@ -34,12 +34,12 @@ class Column:
 MODEL_COLUMNS: tuple[Column, ...] = (
     Column("model_id", "str", "Stable id: first 12 hex digits of sha1(key). The table's index."),
     Column("key", "str", "Identity of the model, 'source:name'; model_id is derived from it."),
-    Column("source", "str", "Where the model came from: robustbench, demo, checkpoint or timm."),
+    Column("source", "str", "Where the model came from: robustbench, demo, checkpoint, timm or cnn-filter-db."),
     Column("name", "str", "Name within the source (robustbench: dataset/threat_model/model name)."),
     Column("dataset", "str", "Training dataset, lower case: cifar10, cifar100, imagenet, digits, ..."),
     Column("threat_model", "str", "Threat model of the robust evaluation: Linf, L2, corruptions; '' if none."),
     Column("eps", "float", "Perturbation budget of the threat model in [0, 1] pixel units; NaN if none."),
-    Column("training", "str", "'robust' (adversarially trained) or 'normal'."),
+    Column("training", "str", "'robust' (adversarially trained) or 'normal'; '' if unknown."),
     Column("training_method", "str", "standard, fgsm, pgd, trades, mart, cusp, ... ('' if unknown)."),
     Column("architecture", "str", "Architecture name, e.g. WideResNet-28-10, PreActResNet-18."),
     Column("model_string", "str", "filterdb.training model string that rebuilds the model ('' if none)."),
@@ -60,6 +60,7 @@ MODEL_COLUMNS: tuple[Column, ...] = (
     Column("n_layers", "int", "Number of convolution layers stored for the model."),
     Column("n_filters", "int", "Number of filters stored for the model, all kernel sizes."),
     Column("weights_sha256", "str", "sha256 of the weights file the filters were read from ('' if none)."),
+    Column("published_json", "str", "Models imported from a published filter database (cnn-filter-db): every model-level field of its metadata as JSON, under the published names (Task, Visual Category, Optimizer, Robust, ...); '' if none."),
     Column("tool_version", "str", "filterdb version that extracted the model."),
     Column("extracted_at", "str", "Extraction time, ISO 8601 UTC."),
 )

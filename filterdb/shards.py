@@ -8,7 +8,9 @@ the commit of a model: everything else in a database is derived from the shards.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,6 +130,37 @@ def _allocate_contiguous(group: h5py.Group, name: str, shape: tuple[int, ...]) -
     dataset.attrs["encoding-type"] = FILTERS_ENCODING
     dataset.attrs["encoding-version"] = schema.FORMAT_VERSION
     return dataset.id.get_offset() or 0  # None only for an empty dataset: nothing to write there
+
+
+@contextmanager
+def shard_writer(db_dir: str | os.PathLike, record: dict, layer_rows: list[dict]
+                 ) -> Iterator[tuple[Path, dict[str, int]]]:
+    """Write one model's shard whose filters the caller streams in (an imported file, in chunks).
+
+    ``layer_rows`` are complete layer-table rows (``start``/``stop`` local to the shard).
+    Yields the temporary file and, per kernel, the file offset of its contiguous float32
+    dataset: the caller writes the filters' little-endian bytes there (``os.pwrite``) and
+    checks their values. On a clean exit the shard is renamed into place (register it
+    with ``FilterDB.adopt_shard``); on an exception nothing is left.
+    """
+    final = shard_path(Path(db_dir), record["model_id"])
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.stem}.{os.getpid()}{TMP_SUFFIX}")
+    sizes = {row["kernel"]: (max(r["stop"] for r in layer_rows if r["kernel"] == row["kernel"]),
+                             row["kernel_h"], row["kernel_w"]) for row in layer_rows}
+    try:
+        with h5py.File(tmp, "w", libver="latest") as f:
+            root_attrs(f, SHARD_ENCODING)
+            write_table(f, "models", table_columns([record], schema.MODEL_COLUMNS), schema.MODEL_COLUMNS,
+                        index="model_id")
+            write_table(f, "layers", table_columns(layer_rows, schema.LAYER_COLUMNS), schema.LAYER_COLUMNS)
+            group = f.create_group("filters")
+            offsets = {kernel: _allocate_contiguous(group, kernel, shape) for kernel, shape in sizes.items()}
+        yield tmp, offsets
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_shard_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -36,7 +36,8 @@ from filterdb.master import (DATABASE_ENCODING, INDEX_COLUMNS, MASTER_NAME, MAST
                              empty_frame, global_rows, is_current, read_spans, read_state, spans, vouches_for_folder,
                              write_master)
 from filterdb.shards import (FILTERS_ENCODING, SHARD_DIR, SHARD_ENCODING, TMP_SUFFIX, filter_offsets,  # noqa: F401
-                             list_shards, read_shard, read_shard_tables, root_attrs, shard_path, write_shard)
+                             list_shards, read_shard, read_shard_tables, root_attrs, shard_path, shard_writer,
+                             write_shard)
 
 
 @dataclass
