@@ -237,8 +237,12 @@ def check_input_size(model_string: str, input_shape: tuple[int, int, int]) -> tu
     """Return ``input_shape`` (C, H, W, e.g. a dataset's) if the model accepts it.
 
     Unpadded (``nopad``, ``nopadcrop``) models shrink maps by k - 1 per conv; a model whose maps
-    would vanish raises ``ModelStringError`` naming the smallest input side it accepts.
+    would vanish raises ``ModelStringError`` naming the smallest input side it accepts. Padded
+    models accept every input (a padded conv or pool maps n px to ceil(n / stride) >= 1).
     """
+    spec = parse_model_string(model_string)
+    if spec.family == "robustbench" or spec.layer_options.pads:
+        return tuple(input_shape)
     smallest = min_input_size(model_string, in_chans=input_shape[0])
     if smallest > min(input_shape[1:]):
         raise ModelStringError(f"{model_string!r} needs inputs of at least {smallest}x{smallest}, "
