@@ -82,3 +82,30 @@ def test_pairs_are_detected_from_the_demo_database(demo_db):
         # every normal model of the architecture is a counterpart; the twin is one of them
         same = models[(models["training"] == "normal") & (models["architecture"] == row.architecture)]
         assert row.normal_models.split(", ") == sorted(same["key"]) and row.twin in row.normal_models
+
+
+def test_train_pair_then_add_names_the_twin(tmp_path):
+    """'filterdb train pair' writes two matched checkpoints; added to a database, 'pairs' names the twin."""
+    from filterdb.training.checkpoint import load_checkpoint
+    from filterdb.training.pairs import check_pair
+
+    out, db = tmp_path / "run-a", tmp_path / "db"
+    args = ["train", "pair", "-m", "cnn1-2", "-e", "1", "--eval-samples", "16", "--steps", "1", "--eval-steps", "1",
+            "-o", str(out), "--no-progress", "--format", "csv"]
+    trained = CliRunner().invoke(main, args)
+    assert trained.exit_code == 0, trained.output
+    check_pair(out / "normal" / "last.pt", out / "pgd" / "last.pt")
+    pairing = {role: load_checkpoint(out / role / "last.pt").pairing for role in ("normal", "pgd")}
+    assert (pairing["normal"]["role"], pairing["pgd"]["role"]) == ("normal", "robust")
+    assert pairing["normal"]["init_sha256"] == pairing["pgd"]["init_sha256"]
+
+    added = CliRunner().invoke(main, ["build", "--checkpoints", str(out), "--db", str(db)])
+    assert added.exit_code == 0, added.output
+    listed = CliRunner().invoke(main, ["pairs", "--db", str(db), "--format", "csv"])
+    assert listed.exit_code == 0, listed.output
+    row = pd.read_csv(io.StringIO(listed.output[listed.output.index("robust_model,"):]), keep_default_na=False).iloc[0]
+    with open_database(db) as opened:
+        keys = opened.models.set_index("pair_role")["key"]
+        assert set(opened.models["pair"]) == {f"run-a@{pairing['pgd']['init_sha256'][:8]}"}
+    assert (row["robust_model"], row["twin"], row["pair"]) == (keys["robust"], keys["normal"],
+                                                                f"run-a@{pairing['pgd']['init_sha256'][:8]}")
