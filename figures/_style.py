@@ -151,29 +151,30 @@ def require_both_groups(models: pd.DataFrame, what: str) -> None:
 
 
 def matched_pairs(db, robust: str | None = None, normal: str | None = None) -> list[tuple[pd.Series, pd.Series]]:
-    """(robust, normal) pairs of models, best matches first: same dataset, same architecture,
-    names that differ only in the last part (the role, as in the demo), then name order.
+    """(robust, normal) pairs of models, best matches first (``filterdb.pairs.ranked_pairs``):
+    twins trained as a matched pair, then same dataset, same architecture, same run name.
 
     ``robust`` / ``normal`` (a model id or name) fix that side of every pair.
     """
-    models = db.models.sort_values("name")
+    from filterdb.pairs import ranked_pairs
+
+    models = db.models
     require_both_groups(models, "this figure")
 
-    def side(key: str | None, training: str) -> list[pd.Series]:
-        if key is None:
-            return [row for _, row in models[models["training"] == training].iterrows()]
+    def model_id(key: str, training: str) -> str:
         hit = models[(models["model_id"] == key) | (models["name"] == key)]
         if hit.empty:
             raise SystemExit(f"no model {key!r} in {db.path}; 'filterdb info' lists the models")
-        return [hit.iloc[0]]
+        if hit.iloc[0]["training"] != training:
+            raise SystemExit(f"model {key!r} is {hit.iloc[0]['training'] or 'of unknown training'}, not {training}")
+        return hit.index[0]
 
-    def mismatch(a: pd.Series, b: pd.Series) -> tuple[bool, bool, bool]:
-        return (a["dataset"] != b["dataset"], a["architecture"] != b["architecture"],
-                a["name"].rsplit("/", 1)[0] != b["name"].rsplit("/", 1)[0])
-
-    pairs = [(a, b) for a in side(robust, "robust") for b in side(normal, "normal")]
-    order = sorted(range(len(pairs)), key=lambda i: (mismatch(*pairs[i]), i))
-    return [pairs[i] for i in order]
+    ranked = ranked_pairs(models)
+    if robust is not None:
+        ranked = ranked[ranked["robust_id"] == model_id(robust, "robust")]
+    if normal is not None:
+        ranked = ranked[ranked["normal_id"] == model_id(normal, "normal")]
+    return [(models.loc[r], models.loc[n]) for r, n in zip(ranked["robust_id"], ranked["normal_id"])]
 
 
 def matched_pair(db, robust: str | None = None, normal: str | None = None) -> tuple[pd.Series, pd.Series]:

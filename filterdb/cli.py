@@ -269,7 +269,7 @@ def info(db_path, fmt, as_json):
               help="Database directory [default: $FILTERDB_HOME/demo-db].")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 def demo(db_path, fmt):
-    """Build the demo database (3 matched pairs trained on digits; cached) and compare robust vs normal."""
+    """Build the demo database (16 matched pairs trained on digits; cached) and compare robust vs normal."""
     from filterdb.build import build as run_build
     from filterdb.sources import leaderboard_specs
     from filterdb.store import FilterDB

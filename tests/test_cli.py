@@ -24,26 +24,32 @@ def snapshot(db_path):
 
 
 def test_demo_build_is_cached_and_info_reports_it(demo_home, monkeypatch, tmp_path):
+    from filterdb.sources.demo import DEMO_PAIRS
+
     monkeypatch.setenv("FILTERDB_HOME", str(demo_home))
     db = tmp_path / "db"
+    n = 2 * len(DEMO_PAIRS)
+    checkpoints = sorted((demo_home / "demo-checkpoints").rglob("*.pt"))
+    mtimes = [p.stat().st_mtime_ns for p in checkpoints]
     result = run("build", "--leaderboard", "demo", "--db", db)
     assert result.exit_code == 0, result.output
-    assert "6 added, 0 already present, 0 failed" in result.output
+    assert f"{n} added, 0 already present, 0 failed" in result.output
+    assert [p.stat().st_mtime_ns for p in checkpoints] == mtimes and len(checkpoints) == n  # cached: nothing retrained
     again = run("build", "--leaderboard", "demo", "--db", db)
-    assert again.exit_code == 0 and "0 added, 6 already present, 0 failed" in again.output
+    assert again.exit_code == 0 and f"0 added, {n} already present, 0 failed" in again.output
 
     info = run("info", "--db", db, "--json")
     assert info.exit_code == 0, info.output
     summary = json.loads(info.output)
     with open_database(db) as opened:
-        assert summary["models"] == 6 == len(opened.models)
+        assert summary["models"] == n == len(opened.models)
         assert summary["layers"] == len(opened.layers)
         assert summary["filters_per_kernel"] == {k: int(v) for k, v in
                                                  opened.layers.groupby("kernel")["n_filters"].sum().items()}
         robust = opened.models[opened.models["training"] == "robust"]
         normal = opened.models[opened.models["training"] == "normal"]
-        assert len(robust) == len(normal) == 3
-        assert (robust["robust_acc"].to_numpy() > normal["robust_acc"].to_numpy()).all()
+        assert len(robust) == len(normal) == len(DEMO_PAIRS)
+        assert (robust.sort_values("name")["robust_acc"].to_numpy() > normal.sort_values("name")["robust_acc"].to_numpy()).all()
         assert set(opened.models["robust_attack"]) == {"pgd-10"}
     table = run("info", "--db", db)
     assert table.exit_code == 0 and "digits/cnn4-16-s0/pgd" in table.output and "3x3" in table.output
@@ -154,6 +160,7 @@ def test_model_without_convolutions_leaves_nothing(tmp_path):
 
 def test_compare_on_the_demo_database_reports_differences_and_statistics(demo_db):
     from filterdb.analysis.metrics import METRIC_NAMES
+    from filterdb.sources.demo import DEMO_PAIRS
 
     first = run("compare", "robust", "normal", "--layer", "first", "--db", demo_db, "--format", "json")
     assert first.exit_code == 0, first.output
@@ -163,7 +170,7 @@ def test_compare_on_the_demo_database_reports_differences_and_statistics(demo_db
     assert {r["metric"] for r in rows} == set(METRIC_NAMES)
     assert len(divergence) == 1 and divergence[0]["divergence"] > 0 and divergence[0]["filters_a"] > 0
     for r in rows:
-        assert r["layers"] == "first" and r["n_a"] == r["n_b"] == 3  # 3 robust, 3 normal demo models
+        assert r["layers"] == "first" and r["n_a"] == r["n_b"] == len(DEMO_PAIRS)  # one robust, one normal per pair
         assert r["difference"] == pytest.approx(r["mean_a"] - r["mean_b"], abs=1e-12)
         assert 0 <= r["p_value"] <= 1 and -1 <= r["cliffs_delta"] <= 1
         assert r["ci_low"] <= r["difference"] <= r["ci_high"]

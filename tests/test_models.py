@@ -15,9 +15,11 @@ CANONICAL = [
     "cnn4-16", "cnn2-8_k5_nopad_silu", "resnet8-8", "resnet20-16", "resnet20-16_k7_reflect", "resnet20-16_nopad",
     "resnet32-16_replicate", "resnet56-64_k5_circular_gelu", "preactresnet18", "preactresnet34_k5",
     "wrn28-10", "wrn16-4_reflect_elu", "robustresnet-a1", "robustresnet-a4_k5_replicate", "wrn-a1", "wrn-a3_nopad",
-    "resnet20-16_k9", "cnn1-1_k1", "resnet14-32_softplus", "wrn10-1_leakyrelu",
+    "resnet20-16_k9", "cnn1-1_k1", "resnet14-32_softplus", "wrn10-1_leakyrelu", "resnet20-16_nopadcrop",
+    "wrn-a3_k5_nopadcrop", "preactresnet18_nopad",
 ]
-PADDINGS = {"zeros": "zeros", "reflect": "reflect", "replicate": "replicate", "circular": "circular", "nopad": "none"}
+PADDINGS = {"zeros": "zeros", "reflect": "reflect", "replicate": "replicate", "circular": "circular", "nopad": "none",
+            "nopadcrop": "crop"}
 
 
 def meta_model(model_string: str, **kwargs) -> nn.Module:
@@ -53,6 +55,7 @@ def test_parse_result_fields():
     assert (spec.family, spec.depth, spec.width, spec.kernel_size, spec.padding, spec.activation) == (
         "resnet", 20, 16, 5, "reflect", "relu")
     assert parse_model_string("resnet20-16_nopad").padding == "none"
+    assert parse_model_string("resnet20-16_nopadcrop").padding == "crop"
     assert parse_model_string("robustresnet-a3").variant == "a3"
 
 
@@ -61,7 +64,7 @@ def test_unknown_option_lists_the_valid_ones():
         parse_model_string("resnet20-16_k5_foo")
     message = str(error.value)
     assert "'foo'" in message
-    for valid in ("k<odd>", "zeros", "reflect", "replicate", "circular", "nopad", "relu", "silu", "gelu"):
+    for valid in ("k<odd>", "zeros", "reflect", "replicate", "circular", "nopad", "nopadcrop", "relu", "silu", "gelu"):
         assert valid in message
 
 
@@ -143,8 +146,9 @@ def test_padding_kernel_and_activation_reach_every_conv(head, padding):
     spatial = [c for c in convs if c.kernel_size != (1, 1)]
     assert spatial and all(c.kernel_size == (5, 5) for c in spatial)
     for conv in spatial:
-        assert conv.padding_mode == ("zeros" if padding == "nopad" else padding)
-        assert conv.padding == ((0, 0) if padding == "nopad" else (2, 2))
+        unpadded = padding.startswith("nopad")
+        assert conv.padding_mode == ("zeros" if unpadded else padding)
+        assert conv.padding == ((0, 0) if unpadded else (2, 2))
     assert all(c.padding == (0, 0) for c in convs if c.kernel_size == (1, 1))
     # the squeeze-and-excitation gate of a RobustResBlock keeps its ReLU, as in the paper's code
     relus = [name for name, m in model.named_modules() if isinstance(m, nn.ReLU) and not name.endswith("se.fc.1")]
@@ -153,7 +157,7 @@ def test_padding_kernel_and_activation_reach_every_conv(head, padding):
 
 
 @pytest.mark.parametrize("k", [3, 5, 7])
-def test_nopad_shapes_are_consistent(k):
+def test_nopadcrop_shapes_are_consistent(k):
     # resnet8: stem, one block per stage; every k x k conv shrinks by k - 1, the strided ones then halve
     def expected(side):
         side -= 3 * (k - 1)  # stem + stage 1
@@ -161,8 +165,8 @@ def test_nopad_shapes_are_consistent(k):
             side = (side - k) // 2 + 1 - (k - 1)
         return side
 
-    model = create_model(f"resnet8-4_k{k}_nopad", in_chans=1).eval()
-    smallest = min_input_size(f"resnet8-4_k{k}_nopad", in_chans=1)
+    model = create_model(f"resnet8-4_k{k}_nopadcrop", in_chans=1).eval()
+    smallest = min_input_size(f"resnet8-4_k{k}_nopadcrop", in_chans=1)
     assert expected(smallest) == 1 and expected(smallest - 1) < 1
     for side in (smallest, smallest + 1, smallest + 7):
         features = model.blocks(model.stem(torch.randn(1, 1, side, side)))
@@ -174,11 +178,11 @@ def test_nopad_shapes_are_consistent(k):
 
 @pytest.mark.parametrize("k", [3, 5, 7])
 @pytest.mark.parametrize("side", [20, 21])
-def test_nopad_shortcut_is_center_aligned(k, side):
+def test_nopadcrop_shortcut_is_center_aligned(k, side):
     """With the conv branch silenced, a block outputs its (cropped) shortcut: for a stride-2
     block the pixels at the receptive-field centres of the unpadded conv branch, 3(k-1)/2 in."""
     torch.manual_seed(0)
-    model = create_model(f"resnet8-4_k{k}_nopad", in_chans=1).eval()
+    model = create_model(f"resnet8-4_k{k}_nopadcrop", in_chans=1).eval()
     identity_block, strided_block = model.blocks[0], model.blocks[1]
     with torch.no_grad():
         for block in (identity_block, strided_block):
@@ -243,10 +247,16 @@ def test_padding_modes_change_the_function():
 def test_input_sizes():
     assert check_input_size("resnet20-16", (3, 32, 32)) == (3, 32, 32)
     assert check_input_size("cnn4-16_nopad", (1, 9, 9)) == (1, 9, 9)
-    assert min_input_size("resnet20-16_nopad") == 81
-    assert min_input_size("resnet20-16_k5_nopad") == 161
-    with pytest.raises(ModelStringError, match="at least 81x81"):
-        check_input_size("resnet20-16_nopad", (3, 32, 32))
+    assert check_input_size("resnet20-16_nopad", (3, 32, 32)) == (3, 32, 32)
+    # the last stage's second conv needs 5 px: 5 <- 9 (stride 2, ceil) <- 17 <- 19 (stem)
+    assert min_input_size("resnet20-16_nopad") == 19
+    assert min_input_size("resnet20-16_k5_nopad") == 37
+    assert min_input_size("resnet20-16_k7_nopad") == 55
+    assert min_input_size("resnet20-16_nopadcrop") == 81
+    assert min_input_size("resnet20-16_k5_nopadcrop") == 161
+    for model_string, side in [("resnet20-16_k5_nopad", 37), ("resnet20-16_k7_nopad", 55), ("resnet20-16_nopadcrop", 81)]:
+        with pytest.raises(ModelStringError, match=f"'{model_string}' needs inputs of at least {side}x{side}, got 32x32"):
+            check_input_size(model_string, (3, 32, 32))
     with pytest.raises(ModelStringError, match="at least 9x9"):
         check_input_size("cnn4-16_nopad", (1, 8, 8))
 
@@ -257,9 +267,87 @@ def test_robustresnet_forward_on_cpu():
     from filterdb.training.models.layers import LayerOptions
 
     torch.manual_seed(0)
-    for stride, padding in [(1, "zeros"), (2, "zeros"), (1, "none"), (2, "none"), (2, "circular")]:
+    cases = [(1, "zeros"), (2, "zeros"), (1, "crop"), (2, "crop"), (1, "none"), (2, "none"), (2, "circular")]
+    for stride, padding in cases:
         block = RobustResBlock(32, 16, stride, LayerOptions(3, padding)).eval()
         out = block(torch.randn(2, 32, 17, 17))
-        side = {("zeros", 1): 17, ("zeros", 2): 9, ("none", 1): 17 - 2 * 7, ("none", 2): 8, ("circular", 2): 9}
+        side = {("zeros", 1): 17, ("zeros", 2): 9, ("crop", 1): 17 - 2 * 7, ("crop", 2): 8, ("none", 1): 17,
+                ("none", 2): 9, ("circular", 2): 9}
         assert out.shape == (2, 64, side[(padding, stride)], side[(padding, stride)])
         assert torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------- the padding paper's no-padding ResNet
+
+def authors_block(block, x):
+    """Block.forward of tinytorchtrainer's models/open_lth/resnet.py with force_no_padding (k = 3),
+    transcribed: the branch padded by (2, 1, 2, 1) in a downsampling block, (2, 2, 2, 2) otherwise."""
+    out = block.act1(block.bn1(block.conv1(x)))
+    out = block.bn2(block.conv2(out))
+    out = nn.functional.pad(out, (2, 1, 2, 1)) if block.stride == 2 else nn.functional.pad(out, (2, 2, 2, 2))
+    out += block.shortcut(x)
+    return torch.relu(out)
+
+
+def randomize_batchnorm(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+
+
+def test_resnet20_16_nopad_is_the_padding_papers_model():
+    torch.manual_seed(0)
+    model = create_model("resnet20-16_nopad")
+    assert n_params(model) == 272474
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    sides = []
+    hooks = [b.register_forward_hook(lambda m, i, o: sides.append(o.shape[-1])) for b in model.blocks]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model.fc.weight.detach().clone()
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss) and not torch.equal(model.fc.weight, before)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    for hook in hooks:
+        hook.remove()
+    assert sides == [30, 30, 30, 15, 15, 15, 8, 8, 8]
+    assert model.stem[0].padding == (0, 0) and all(
+        c.padding == (0, 0) for c in model.modules() if isinstance(c, nn.Conv2d))
+
+    model.eval()
+    with torch.no_grad():
+        randomize_batchnorm(model)
+        ours = authors = model.stem(x)
+        for block in model.blocks:
+            ours, authors = block(ours), authors_block(block, authors)
+            assert torch.equal(ours, authors)
+        assert torch.equal(model(x), model.fc(model.pool(authors).flatten(1)))
+
+
+@pytest.mark.parametrize("model_string", ["resnet20-16_k5_nopad", "preactresnet18_nopad", "wrn16-4_nopad",
+                                          "robustresnet-a1_nopad", "wrn-a1_k5_nopad"])
+def test_nopad_pads_every_residual_branch_back(model_string):
+    """In every residual family a block's output has its shortcut's size (input side, or half of it)."""
+    model = meta_model(model_string)
+    side = min_input_size(model_string)
+    sides = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda m, i, o: sides.append((i[0].shape[-1], o.shape[-1])))
+    assert model(torch.empty(2, 3, side + 4, side + 4, device="meta")).shape == (2, 10)
+    for (inside, outside), block in zip(sides, model.blocks):
+        assert outside == (inside if block.stride == 1 else -(-inside // 2))
+
+
+def test_zero_pad_to():
+    from filterdb.training.models.layers import zero_pad_to
+
+    x = torch.ones(1, 1, 2, 2)
+    padded = zero_pad_to(x, (5, 6))
+    assert padded.shape[-2:] == (5, 6)
+    assert torch.equal(padded[0, 0, 2:4, 2:4], x[0, 0]) and padded.sum() == 4  # 3 -> (2, 1), 4 -> (2, 2)
+    with pytest.raises(ValueError, match="cannot zero-pad"):
+        zero_pad_to(x, (1, 2))

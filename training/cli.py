@@ -146,19 +146,12 @@ def run_command(model_string, method, **o):
 def pair_command(model_string, robust_method, **o):
     """Train a matched pair: a normal and a robust model with the same seed, initial
     weights, data order and checkpoint-selection rule (into OUT/normal and OUT/<method>)."""
-    from filterdb.training.pairs import check_pair, pair_configs
-    from filterdb.training.trainer import initial_weights
+    from filterdb.training.pairs import pair_configs, train_pair_config
 
-    normal_cfg, robust_cfg = pair_configs(_config(model_string, robust_method, o))
+    robust_cfg = pair_configs(_config(model_string, robust_method, o))[1]
     out = _run_dir(o, f"pair-{robust_cfg.model_string}-{robust_cfg.dataset}-{robust_method}-s{robust_cfg.seed}")
-    init = initial_weights(normal_cfg)
-    rows, results = [], []
-    for role, cfg in (("normal", normal_cfg), ("robust", robust_cfg)):
-        result = _fit(cfg, out / ("normal" if role == "normal" else robust_method), o, init_state=init,
-                      pairing={"pair": out.name, "role": role})
-        results.append(result)
-        rows.append(_row(result, cfg))
-    check_pair(results[0].checkpoint, results[1].checkpoint)
+    results = train_pair_config(robust_cfg, out, fit=lambda cfg, run_dir, **kw: _fit(cfg, run_dir, o, **kw))
+    rows = [_row(result, cfg) for result, cfg in zip(results, pair_configs(robust_cfg))]
     emit(pd.DataFrame(rows), o["fmt"], title="matched pair")
 
 

@@ -13,6 +13,7 @@ from its id with random weights), to compare against the robust original.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from filterdb.errors import FilterDBError
 from filterdb.training.attacks import AttackConfig
@@ -31,17 +32,26 @@ def pair_configs(robust: TrainConfig) -> tuple[TrainConfig, TrainConfig]:
     return normal, robust
 
 
-def train_pair_config(robust: TrainConfig, out_dir: str | Path, progress: bool = False) -> tuple[TrainResult, TrainResult]:
-    """Train the pair of ``robust`` into ``out_dir/normal`` and ``out_dir/<robust method>``."""
+def train_pair_config(robust: TrainConfig, out_dir: str | Path, progress: bool = False,
+                      fit: Callable[..., TrainResult] | None = None) -> tuple[TrainResult, TrainResult]:
+    """Train the pair of ``robust`` into ``out_dir/normal`` and ``out_dir/<robust method>``, and
+    check that the two checkpoints match (``check_pair``).
+
+    ``fit(config, run_dir, init_state=..., pairing=...)`` trains one run (default: a fresh
+    ``Trainer``; the CLI passes one that resumes).
+    """
     out_dir = Path(out_dir)
+    if fit is None:
+        def fit(config, run_dir, **trainer_args):
+            return Trainer(config, run_dir, progress=progress, **trainer_args).fit()
     normal_cfg, robust_cfg = pair_configs(robust)
     init = initial_weights(normal_cfg)
     results = []
     for role, cfg in (("normal", normal_cfg), ("robust", robust_cfg)):
         pairing = {"pair": out_dir.name, "role": role}
-        trainer = Trainer(cfg, out_dir / ("normal" if role == "normal" else cfg.method), init_state=init,
-                          pairing=pairing, progress=progress)
-        results.append(trainer.fit())
+        results.append(fit(cfg, out_dir / ("normal" if role == "normal" else cfg.method), init_state=init,
+                           pairing=pairing))
+    check_pair(results[0].checkpoint, results[1].checkpoint)
     return results[0], results[1]
 
 

@@ -10,7 +10,11 @@ The head names a family and its size (see ``FAMILIES``: ``cnn4-16``, ``resnet20-
 at most one of each kind:
 
     k<odd>                                   kernel size of every k x k conv (default k3)
-    zeros|reflect|replicate|circular|nopad   padding mode of every k x k conv (default zeros)
+    zeros|reflect|replicate|circular|nopad|nopadcrop   padding mode of every k x k conv (default zeros)
+
+``nopad`` is the padding paper's no-padding model: unpadded convs, each residual branch
+zero-padded back to its shortcut's size; ``nopadcrop`` pads nothing at all and center-crops
+the shortcuts instead (see ``models/layers.py``).
     relu|silu|gelu|elu|softplus|leakyrelu|mish   activation (default relu)
 
 ``str(parse_model_string(s))`` is the canonical string: defaults dropped, options in the
@@ -37,7 +41,8 @@ from .models.robustresnet import ROBUST_RESNETS, robust_resnet, wrn_a
 ROBUSTBENCH_PREFIX = "robustbench:"
 
 # padding as written in a model string -> nn.Conv2d padding mode ("none": no padding at all)
-PADDING_OPTIONS = {"zeros": "zeros", "reflect": "reflect", "replicate": "replicate", "circular": "circular", "nopad": "none"}
+PADDING_OPTIONS = {"zeros": "zeros", "reflect": "reflect", "replicate": "replicate", "circular": "circular",
+                   "nopad": "none", "nopadcrop": "crop"}
 _PADDING_NAMES = {mode: option for option, mode in PADDING_OPTIONS.items()}
 
 
@@ -58,7 +63,7 @@ class ArchSpec:
     width: int | None = None
     variant: str | None = None  # "a1".."a4" for the RobustResNet scalings, the id for robustbench
     kernel_size: int = 3
-    padding: str = "zeros"  # an nn.Conv2d padding mode, or "none"
+    padding: str = "zeros"  # an nn.Conv2d padding mode, or "none" / "crop" (unpadded, see LayerOptions)
     activation: str = "relu"
 
     @property
@@ -231,9 +236,13 @@ def describe_models() -> str:
 def check_input_size(model_string: str, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
     """Return ``input_shape`` (C, H, W, e.g. a dataset's) if the model accepts it.
 
-    Unpadded ("nopad") models shrink every map by k - 1 per conv; a model whose maps would
-    vanish raises ``ModelStringError`` naming the smallest input side it accepts.
+    Unpadded (``nopad``, ``nopadcrop``) models shrink maps by k - 1 per conv; a model whose maps
+    would vanish raises ``ModelStringError`` naming the smallest input side it accepts. Padded
+    models accept every input (a padded conv or pool maps n px to ceil(n / stride) >= 1).
     """
+    spec = parse_model_string(model_string)
+    if spec.family == "robustbench" or spec.layer_options.pads:
+        return tuple(input_shape)
     smallest = min_input_size(model_string, in_chans=input_shape[0])
     if smallest > min(input_shape[1:]):
         raise ModelStringError(f"{model_string!r} needs inputs of at least {smallest}x{smallest}, "

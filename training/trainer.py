@@ -205,7 +205,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, out_dir: str | Path, init_state: dict | None = None,
                  pairing: dict | None = None, progress: bool = False):
-        from filterdb.training.registry import create_model
+        from filterdb.training.registry import check_input_size, create_model
 
         self.config = config
         self.out_dir = Path(out_dir)
@@ -214,6 +214,7 @@ class Trainer:
         self.device = self.ctx.device
         self.info = dataset_info(config.dataset, config.data_dir)
         seed_everything(config.seed)
+        check_input_size(config.model_string, self.info.input_shape)  # unpadded models need large inputs
 
         if init_state is None:
             init_state = initial_weights(config)

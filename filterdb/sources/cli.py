@@ -52,21 +52,31 @@ def counterpart_candidates(dataset: str, architecture: str) -> list[str]:
     return candidates
 
 
+PAIR_TABLE_COLUMNS = ["robust_model", "dataset", "architecture", "normal_models", "missing", "twin", "pair"]
+
+
 def pair_table(models: pd.DataFrame) -> pd.DataFrame:
-    """One row per robust model: the normal models of the same dataset and architecture, and those still missing."""
-    normal = models[models["training"] == "normal"]
-    present_keys = set(models["key"])
+    """One row per robust model: the normal models of the same dataset and architecture, those
+    still missing, and its twin (the normal model trained with it as a matched pair) if any."""
+    from filterdb.pairs import ranked_pairs, twin_pairs
+
+    keys = models["key"]
+    ranked = ranked_pairs(models)
+    same = ranked[ranked["same_dataset"] & ranked["same_architecture"]]
+    twins = twin_pairs(models).set_index("robust_id")
+    present_keys = set(keys)
     rows = []
     for _, robust in models[models["training"] == "robust"].sort_values("key").iterrows():
         known = robust["architecture"] != ""  # an unknown architecture pairs with nothing
-        same = normal[(normal["dataset"] == robust["dataset"]) & (normal["architecture"] == robust["architecture"])
-                      & known]
+        normal_models = keys.loc[same.loc[same["robust_id"] == robust["model_id"], "normal_id"]]
         missing = [c for c in counterpart_candidates(robust["dataset"], robust["architecture"])
                    if c not in present_keys] if known else []
+        twin = twins.loc[robust["model_id"]] if robust["model_id"] in twins.index else None
         rows.append({"robust_model": robust["key"], "dataset": robust["dataset"],
-                     "architecture": robust["architecture"], "normal_models": ", ".join(sorted(same["key"])),
-                     "missing": ", ".join(dict.fromkeys(missing))})
-    return pd.DataFrame(rows, columns=["robust_model", "dataset", "architecture", "normal_models", "missing"])
+                     "architecture": robust["architecture"], "normal_models": ", ".join(sorted(normal_models)),
+                     "missing": ", ".join(dict.fromkeys(missing)),
+                     "twin": "" if twin is None else twin["normal"], "pair": "" if twin is None else twin["pair"]})
+    return pd.DataFrame(rows, columns=PAIR_TABLE_COLUMNS)
 
 
 @click.command()
@@ -74,7 +84,9 @@ def pair_table(models: pd.DataFrame) -> pd.DataFrame:
               help="Database directory [default: $FILTERDB_DB or $FILTERDB_HOME/db].")
 @format_option
 def pairs(db_path, fmt):
-    """For each robust model, the normal models of the same architecture, and the counterparts still missing.
+    """For each robust model, the normal models of the same architecture, the counterparts still
+    missing, and its twin: the normal model trained with it as a matched pair (same seed,
+    initial weights and data order; the paired statistics compare twins).
 
     A missing robustbench counterpart is added with 'filterdb build --leaderboard ... --models NAME',
     a pretrained one with 'filterdb add timm:NAME' or 'filterdb add torchvision:NAME'.
@@ -83,7 +95,8 @@ def pairs(db_path, fmt):
 
     with open_database(db_path or paths.default_db_path()) as db:
         table = pair_table(db.models)
-    emit(table, fmt, title=f"{len(table)} robust models and their normal counterparts")
+    twins = int((table["twin"] != "").sum())
+    emit(table, fmt, title=f"{len(table)} robust models and their normal counterparts ({twins} with a twin)")
     unpaired = int((table["normal_models"] == "").sum())
     if unpaired:
         click.echo(f"{unpaired} robust model(s) have no normal counterpart in the database", err=True)

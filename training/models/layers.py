@@ -4,9 +4,18 @@
 size chosen in a model string reaches every such conv of the network. 1x1 convolutions
 (shortcuts, bottlenecks) need no padding and stay as they are.
 
-Padding ``"none"`` pads nothing anywhere: every k x k conv shrinks its input by k - 1, so a
-residual block crops its shortcut branch to the centre of the input with ``center_crop``
-before adding it to the conv branch.
+Two modes leave the convolutions unpadded, so that every k x k conv shrinks its input by k - 1;
+they differ in how a residual block adds branches of different sizes:
+
+- ``"none"`` (model option ``nopad``) is the padding paper's model (Gavrikov & Keuper, the
+  open_lth ResNet of tinytorchtrainer, ``force_no_padding``): the residual branch's output is
+  zero-padded back to the shortcut's size, the larger half of the difference before
+  (``zero_pad_to``). For k = 3 this is the authors' ``F.pad(out, (2, 2, 2, 2))`` in a
+  same-size block and ``F.pad(out, (2, 1, 2, 1))`` in a strided one; for larger kernels, where
+  the authors' fixed pads do not fit and their code fails, the same rule is our extension.
+- ``"crop"`` (model option ``nopadcrop``) injects no zeros anywhere: the shortcut is cropped
+  to the centre of the input with ``center_crop`` before it is added to the conv branch, so
+  the maps shrink through the whole network and the model needs larger inputs.
 """
 from __future__ import annotations
 
@@ -14,8 +23,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-PADDING_MODES = ("zeros", "reflect", "replicate", "circular", "none")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular", "none", "crop")
+UNPADDED = ("none", "crop")
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -46,7 +57,16 @@ class LayerOptions:
 
     @property
     def pads(self) -> bool:
-        return self.padding != "none"
+        return self.padding not in UNPADDED
+
+    def add_residual(self, branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """``branch + shortcut``; in mode "none" the branch first zero-padded to the shortcut's size.
+
+        (Mode "crop" crops the shortcut before its 1x1 conv, see ``center_crop``.)
+        """
+        if self.padding == "none":
+            branch = zero_pad_to(branch, shortcut.shape[-2:])
+        return branch + shortcut
 
     def conv(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1, bias: bool = False) -> nn.Conv2d:
         """A k x k convolution; 'same' padding (k // 2) in the chosen mode, or none at all."""
@@ -61,7 +81,7 @@ class LayerOptions:
         """Average pooling padded like the convs ("zeros" counts the zeros, as nn.AvgPool2d does)."""
         if self.padding == "zeros":
             return nn.AvgPool2d(kernel_size, stride, padding=kernel_size // 2)
-        if self.padding == "none":
+        if not self.pads:
             return nn.AvgPool2d(kernel_size, stride)
         return nn.Sequential(_PADS[self.padding](kernel_size // 2), nn.AvgPool2d(kernel_size, stride))
 
@@ -85,3 +105,14 @@ def center_crop(x: torch.Tensor, size: tuple[int, int], stride: int = 1) -> torc
     if top < 0 or left < 0:
         raise ValueError(f"cannot crop a {tuple(x.shape[-2:])} map to {(h, w)}")
     return x[..., top:top + h, left:left + w]
+
+
+def zero_pad_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Zero-pad x (N, C, H, W) to ``size``, the larger half of each difference before (top, left).
+
+    A difference of 4 gives (2, 2), of 3 gives (2, 1): the pads of the padding paper's code.
+    """
+    dh, dw = size[0] - x.shape[-2], size[1] - x.shape[-1]
+    if dh < 0 or dw < 0:
+        raise ValueError(f"cannot zero-pad a {tuple(x.shape[-2:])} map to {tuple(size)}")
+    return F.pad(x, (dw - dw // 2, dw // 2, dh - dh // 2, dh // 2))

@@ -31,17 +31,17 @@ class PreActBlock(nn.Module):
         self.conv2 = options.conv(width, width)
         self.shortcut = conv1x1(in_channels, width, stride) if stride != 1 or in_channels != width else None
         self.stride = stride
-        self.crop = not options.pads
+        self.options = options
 
     def forward(self, x):
         out = self.act1(self.bn1(x))
         shortcut = x if self.shortcut is None else out
         out = self.conv2(self.act2(self.bn2(self.conv1(out))))
-        if self.crop:
+        if self.options.padding == "crop":
             shortcut = center_crop(shortcut, out.shape[-2:], self.stride)
         if self.shortcut is not None:
             shortcut = self.shortcut(shortcut)
-        return out + shortcut
+        return self.options.add_residual(out, shortcut)
 
 
 class PreActResNet(nn.Module):

@@ -3,6 +3,16 @@
 D = 6n + 2: a k x k stem conv, three stages of n blocks with widths W, 2W, 4W (strides
 1, 2, 2), global average pooling and a linear classifier. A block whose shape changes gets
 a 1x1 conv + BN shortcut, and conv and linear weights start Kaiming-normal, as in open_lth.
+
+With padding "none" (``_nopad``) this is the padding paper's no-padding ResNet
+(tinytorchtrainer's ``open_lth/resnet.py`` with ``force_no_padding``): every k x k conv,
+the stem's included, is unpadded and each block zero-pads its residual branch back to the
+shortcut's size. resnet20-16_nopad on 32x32 inputs: stem 30 px, blocks 30, 30, 30, 15, 15,
+15, 8, 8, 8 px. The authors' pads are fixed for k = 3 (their k5/k7 no-padding models fail
+on any input); here larger kernels pad by the same rule (``LayerOptions.add_residual``), our
+extension. Their maps vanish on 32x32: resnet20-16_k5_nopad needs 37x37 inputs and
+resnet20-16_k7_nopad 55x55, and training refuses smaller ones with that message
+(``registry.check_input_size``).
 """
 from __future__ import annotations
 
@@ -21,16 +31,16 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.act2 = options.act()
         self.stride = stride
-        self.crop = not options.pads
+        self.options = options
         self.shortcut = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
 
     def forward(self, x):
         out = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
-        if self.crop:
+        if self.options.padding == "crop":
             x = center_crop(x, out.shape[-2:], self.stride)
-        return self.act2(out + self.shortcut(x))
+        return self.act2(self.options.add_residual(out, self.shortcut(x)))
 
 
 class CifarResNet(nn.Module):

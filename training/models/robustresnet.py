@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from .layers import LayerOptions, center_crop, conv1x1
+from .layers import LayerOptions, center_crop, conv1x1, zero_pad_to
 from .preact import PreActBlock, PreActResNet
 
 # compound scaling (depths D1, D2, D3 and widening factors W1, W2, W3 per stage), README of the paper's code
@@ -60,7 +60,7 @@ class RobustResBlock(nn.Module):
         needs_projection = stride > 1 or in_channels != self.out_channels
         self.shortcut = conv1x1(in_channels, self.out_channels, stride) if needs_projection else None
         self.scales, self.stride = scales, stride
-        self.crop = not options.pads
+        self.options = options
 
     def forward(self, x):
         shortcut = x if self.shortcut is None else self.act(self.bn1(x))
@@ -69,18 +69,25 @@ class RobustResBlock(nn.Module):
         for i, (conv, bn) in enumerate(zip(self.conv2, self.bn3)):
             chunk = chunks[i]
             if i > 0 and self.stride == 1:  # strided blocks act as a plain bottleneck, no chaining
-                chunk = self._crop(chunk, ys[-1]) + ys[-1]
+                chunk = self._match(chunk, ys[-1]) + self._match(ys[-1], chunk)
             ys.append(self.act(bn(conv(chunk))))
         ys.append(chunks[-1] if self.pool is None else self.pool(chunks[-1]))
-        out = self.conv3(torch.cat([self._crop(y, ys[-2]) for y in ys], 1))
-        if self.crop:
+        like = (max if self.options.padding == "none" else min)(ys, key=lambda y: y.shape[-1])
+        out = self.conv3(torch.cat([self._match(y, like) for y in ys], 1))
+        if self.options.padding == "crop":
             shortcut = center_crop(shortcut, out.shape[-2:], self.stride)
         if self.shortcut is not None:
             shortcut = self.shortcut(shortcut)
-        return out + shortcut + self.se(self.se_bn(out))
+        return self.options.add_residual(out, shortcut) + self._match(self.se(self.se_bn(out)), shortcut)
 
-    def _crop(self, x, like):
-        return center_crop(x, like.shape[-2:]) if self.crop else x
+    def _match(self, x, like):
+        """Unpadded modes: maps of two sizes meet; "crop" crops the larger to the smaller,
+        "none" zero-pads the smaller to the larger (a no-op for same sizes and padded modes)."""
+        if self.options.padding == "crop" and x.shape[-1] > like.shape[-1]:
+            return center_crop(x, like.shape[-2:])
+        if self.options.padding == "none" and x.shape[-1] < like.shape[-1]:
+            return zero_pad_to(x, like.shape[-2:])
+        return x
 
 
 def _stages(variant: str) -> list[tuple[int, int, int]]:
