@@ -164,10 +164,23 @@ def test_a_forward_set_on_the_instance_is_kept_and_used():
     calls = []
 
     def patched(x):
-        calls.append(x.shape)
+        calls.append(tuple(x.shape))
         return nn.Conv2d.forward(conv, x)
 
     conv.forward = patched
     layers = extract_layers(nn.Sequential(conv), (1, 5, 5))
-    assert [l.info["name"] for l in layers] == ["0"] and calls == [(1, 1, 5, 5)]
+    # the order pass, then the probe of the unknown forward (on the input shape the pass saw)
+    assert [l.info["name"] for l in layers] == ["0"] and calls == [(1, 1, 5, 5), (1, 1, 5, 5)]
+    assert layers[0].info["weight_kind"] == "probe_verified"
     assert conv.forward is patched
+
+
+def test_a_forward_that_applies_other_filters_is_refused_by_model_and_layer():
+    class Negated(nn.Conv2d):
+        def forward(self, x):
+            return nn.functional.conv2d(x, -self.weight, self.bias, self.stride, self.padding)
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), Negated(2, 2, 3))
+    with pytest.raises(FilterDBError, match=r"mynet, layer 1 \(Negated, weight_kind probe_verified\): its forward "
+                                            r"does not convolve with the weight filterdb would store"):
+        extract_layers(model, (1, 8, 8), model_name="mynet")
