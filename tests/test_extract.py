@@ -184,3 +184,48 @@ def test_a_forward_that_applies_other_filters_is_refused_by_model_and_layer():
     with pytest.raises(FilterDBError, match=r"mynet, layer 1 \(Negated, weight_kind probe_verified\): its forward "
                                             r"does not convolve with the weight filterdb would store"):
         extract_layers(model, (1, 8, 8), model_name="mynet")
+
+
+def known_forward_convs():
+    from timm.layers import Conv2dSame, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
+
+    from filterdb.compat import import_robustbench
+    import_robustbench()
+    from robustbench.model_zoo.architectures import bit_rn_v2
+
+    return [ScaledStdConv2d(3, 4, 3), ScaledStdConv2d(3, 4, 5, stride=2, dilation=2), StdConv2d(3, 4, 3, stride=2),
+            StdConv2dSame(3, 4, 3, stride=2), ScaledStdConv2dSame(3, 4, 4, stride=3), Conv2dSame(3, 4, 2, stride=2),
+            Conv2dSame(3, 4, 7, stride=1, dilation=2), bit_rn_v2.StdConv2d(3, 4, 3, padding=1, stride=2)]
+
+
+@pytest.mark.parametrize("size", [(7, 7), (8, 13), (16, 9)])
+def test_shape_only_stand_ins_of_known_forwards_give_the_real_output_shape(size):
+    from filterdb.extract import _shape_only_forward
+
+    x = torch.rand(1, 3, *size)
+    for conv in known_forward_convs():
+        with torch.no_grad():
+            assert _shape_only_forward(conv)(x).shape == conv(x).shape, (type(conv).__name__, size)
+
+
+def test_scaled_std_conv_takes_the_shapes_only_path_and_unknown_forwards_do_not():
+    from timm.layers import ScaledStdConv2d
+
+    class OwnForward(nn.Conv2d):
+        def forward(self, x):
+            return super().forward(x)
+
+    model = nn.Sequential(ScaledStdConv2d(3, 4, 3, padding=1), nn.ReLU(), OwnForward(4, 4, 3))
+    seen = {}
+
+    def record(key):
+        def hook(module, inputs, output):
+            seen[key] = (float(inputs[0].abs().sum()), float(output.abs().sum()))
+        return hook
+
+    handles = [m.register_forward_hook(record(key)) for key, m in (("scaled", model[0]), ("own", model[2]))]
+    _hooked_pass(model, [model[0], model[2]], (3, 8, 8), shapes_only=True)
+    for h in handles:
+        h.remove()
+    assert seen["scaled"][1] == 0.0  # a stand-in: zeros of the output's shape
+    assert seen["own"][0] == 0.0 and seen["own"][1] > 0.0  # ran its own forward (zeros in, its bias out)

@@ -156,3 +156,16 @@ def test_torchvision_input_size_is_its_evaluation_crop():
 
     assert torchvision_input_shape(torchvision.models.Inception_V3_Weights.DEFAULT) == (3, 299, 299)
     assert torchvision_input_shape(torchvision.models.ResNet18_Weights.DEFAULT) == (3, 224, 224)
+
+
+def test_build_runs_the_forward_pass_at_the_given_input_shape(tmp_path):
+    write_checkpoint(tmp_path / "models", "Salman2020Do_R18", seed=3, dataset="imagenet")
+    db = str(tmp_path / "db")
+    built = run_cli("build", "-l", "linf-imagenet", "-m", "Salman2020Do_R18", "--offline", "--input-shape", "3,64,48",
+                    "--model-dir", str(tmp_path / "models"), "--db", db)
+    assert built.exit_code == 0, built.output
+    with open_database(db) as opened:
+        assert list(opened.models["input_shape"]) == ["3x64x48"]
+        assert opened.layers["reached"].all() and len(opened.layers) == 20
+    bad = run_cli("build", "-l", "linf-imagenet", "--input-shape", "three", "--db", db)
+    assert bad.exit_code == 2 and "give channels, height and width as C,H,W" in bad.output
