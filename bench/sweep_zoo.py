@@ -121,6 +121,24 @@ def sweep_one(db: FilterDB, source: str, name: str, tolerance: float) -> dict:
     return row
 
 
+def time_order_pass(name: str, repeat: int = 3) -> None:
+    """Seconds of the execution-order pass of a timm model, shapes-only vs complete (medians, alternated)."""
+    import statistics
+
+    from filterdb.extract import _hooked_pass, conv_modules
+
+    (model,), input_shape = timm_model(name)
+    convs = [m for _, m in conv_modules(model)]
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(repeat):
+        for shapes_only in (True, False):
+            t0 = time.perf_counter()
+            _hooked_pass(model, convs, input_shape, shapes_only=shapes_only)
+            times[shapes_only].append(time.perf_counter() - t0)
+    fast, full = statistics.median(times[True]), statistics.median(times[False])
+    print(f"{name} {input_shape}: order pass shapes-only {fast:.2f} s, complete {full:.2f} s ({full / fast:.1f}x)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--timm", action="store_true", help="Sweep the timm architectures listed in TIMM.")
@@ -129,8 +147,14 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=float("inf"), help="Stop starting models after SECONDS.")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="Max relative output error of a layer.")
     parser.add_argument("--csv", type=Path, default=None, help="Write one row per model here.")
+    parser.add_argument("--order-pass", nargs="*", default=None, metavar="TIMM_NAME",
+                        help="Only time the execution-order pass of these timm models, shapes-only vs complete.")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.order_pass is not None:
+        for name in args.order_pass or ["nfnet_f0"]:
+            time_order_pass(name)
+        return 0
     todo = ([("timm", n) for n in TIMM] if args.timm else []) + \
            ([("robustbench", i) for i in robustbench_order()] if args.robustbench else [])
     if args.only:

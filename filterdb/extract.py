@@ -145,8 +145,11 @@ def forward_owner(module: nn.Module) -> str:
 
 
 def known_forward(module: nn.Module) -> KnownForward | None:
-    """The module's forward if filterdb knows it, None for a forward that must be probed."""
-    if "forward" in vars(module):
+    """The module's forward if filterdb knows it, None for a forward that must be probed (also when
+    nn.Conv2d's ``_conv_forward``, which its forward calls, is replaced)."""
+    if "forward" in vars(module) or "_conv_forward" in vars(module):
+        return None
+    if isinstance(module, nn.Conv2d) and type(module)._conv_forward is not nn.Conv2d._conv_forward:
         return None
     return KNOWN_FORWARDS.get(forward_owner(module))
 

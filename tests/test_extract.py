@@ -175,6 +175,15 @@ def test_a_forward_set_on_the_instance_is_kept_and_used():
     assert conv.forward is patched
 
 
+def test_a_subclass_replacing_conv_forward_is_probed():
+    class Centered(nn.Conv2d):
+        def _conv_forward(self, x, weight, bias):
+            return super()._conv_forward(x, weight - weight.mean(), bias)
+
+    with pytest.raises(FilterDBError, match=r"net, layer 0 \(Centered, weight_kind probe_verified\)"):
+        extract_layers(nn.Sequential(Centered(1, 2, 3)), (1, 6, 6), model_name="net")
+
+
 def test_a_forward_that_applies_other_filters_is_refused_by_model_and_layer():
     class Negated(nn.Conv2d):
         def forward(self, x):
