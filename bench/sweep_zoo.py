@@ -65,10 +65,11 @@ def timm_model(name: str):
 
 
 def robustbench_model(model_id: str):
-    from filterdb.sources.robustbench import INPUT_SHAPES, ensemble_members
+    from filterdb.sources.robustbench import ensemble_members, input_shape, zoo_entry
     from filterdb.training import create_model
 
-    return ensemble_members(create_model("robustbench:" + model_id)), INPUT_SHAPES[model_id.split("/")[0]]
+    dataset, threat, name = model_id.split("/")
+    return ensemble_members(create_model("robustbench:" + model_id)), input_shape(dataset, zoo_entry(dataset, threat, name))
 
 
 def robustbench_order() -> list[str]:

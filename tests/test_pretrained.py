@@ -169,3 +169,11 @@ def test_build_runs_the_forward_pass_at_the_given_input_shape(tmp_path):
         assert opened.layers["reached"].all() and len(opened.layers) == 20
     bad = run_cli("build", "-l", "linf-imagenet", "--input-shape", "three", "--db", db)
     assert bad.exit_code == 2 and "give channels, height and width as C,H,W" in bad.output
+
+
+def test_robustbench_input_size_follows_its_preprocessing():
+    from filterdb.sources.robustbench import input_shape, zoo_entry
+
+    assert input_shape("imagenet", zoo_entry("imagenet", "Linf", "Wong2020Fast")) == (3, 288, 288)  # 'Crop288'
+    assert input_shape("imagenet", zoo_entry("imagenet", "Linf", "Salman2020Do_R18")) == (3, 224, 224)
+    assert input_shape("cifar10", zoo_entry("cifar10", "Linf", "Standard")) == (3, 32, 32)
