@@ -51,7 +51,8 @@ WEIGHT_KINDS: dict[str, str] = {
     "scaled_std_conv_same": "timm ScaledStdConv2dSame: as scaled_std_conv",
     "bit_std_conv": "RobustBench bit_rn(_v2).StdConv2d (Bai2024MixedNUTS): (w - mean) / sqrt(var + 1e-10), biased variance",
     "conv2d_same": "timm Conv2dSame: the weight as stored (TensorFlow SAME padding, padding 'tf_same')",
-    "probe_verified": "a Conv2d with its own forward: the weight as stored, its output checked against F.conv2d on a probe",
+    "probe_verified": "a Conv2d with its own forward or an unknown forward pre-hook: its output on a probe input "
+                      "checked against F.conv2d with the stored filters",
     "condconv_expert": "one expert kernel of timm CondConv2d (layer '<module>:expert<i>'), (out, in/groups, kh, kw)",
 }
 PROBE_TOLERANCE = {torch.float64: 1e-4, torch.float32: 1e-4}  # max |difference| / max |output|; else 1e-2
@@ -176,20 +177,20 @@ def _stored_weight(module: nn.Conv2d) -> tuple[torch.Tensor, list[str], bool]:
 def effective_weight(module: nn.Conv2d) -> tuple[torch.Tensor, str]:
     """The weight the convolution really applies, and its ``weight_kind`` (see :data:`WEIGHT_KINDS`).
 
-    A forward filterdb does not know gives the stored weight and kind ``probe_verified``:
-    :func:`extract_layers` then probes the layer before storing it.
+    A forward filterdb does not know (or an unknown forward pre-hook) adds the kind
+    ``probe_verified``: :func:`extract_layers` then probes the layer before storing it.
     """
     with torch.no_grad():
         weight, kinds, unknown_hook = _stored_weight(module)
         forward = known_forward(module)
-        if forward is None or unknown_hook:
-            kinds.append("probe_verified")
-        else:
+        if forward is not None:
             if forward.transform is not None:
                 weight = forward.transform(module, weight)
-            if forward.kind != "plain" or not kinds:
+            if forward.kind != "plain":
                 kinds.append(forward.kind)
-        return weight.detach(), "+".join(kinds)
+        if forward is None or unknown_hook:
+            kinds.append("probe_verified")
+        return weight.detach(), "+".join(kinds) or "plain"
 
 
 def tf_same(module: nn.Module) -> bool:

@@ -184,6 +184,18 @@ def test_a_subclass_replacing_conv_forward_is_probed():
         extract_layers(nn.Sequential(Centered(1, 2, 3)), (1, 6, 6), model_name="net")
 
 
+def test_an_unknown_forward_pre_hook_is_probed():
+    from timm.layers import StdConv2d
+
+    harmless, doubling = StdConv2d(1, 2, 3), nn.Conv2d(1, 2, 3)
+    harmless.register_forward_pre_hook(lambda module, inputs: None)
+    doubling.register_forward_pre_hook(lambda module, inputs: (2 * inputs[0],))
+    (layer,) = extract_layers(nn.Sequential(harmless), (1, 6, 6))
+    assert layer.info["weight_kind"] == "std_conv+probe_verified"
+    with pytest.raises(FilterDBError, match=r"layer 0 \(Conv2d, weight_kind probe_verified\)"):
+        extract_layers(nn.Sequential(doubling), (1, 6, 6))
+
+
 def test_a_forward_that_applies_other_filters_is_refused_by_model_and_layer():
     class Negated(nn.Conv2d):
         def forward(self, x):
