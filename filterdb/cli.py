@@ -124,6 +124,24 @@ db_option = click.option("--db", "db_path", type=click.Path(path_type=Path), def
                          help="Database directory [default: $FILTERDB_DB or $FILTERDB_HOME/db].")
 
 
+def parse_input_shape(ctx, param, value) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in value.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise click.BadParameter(f"{value!r}: give channels, height and width as C,H,W, e.g. 3,256,256")
+    return shape
+
+
+input_shape_option = click.option(
+    "--input-shape", callback=parse_input_shape, default=None, metavar="C,H,W",
+    help="Input shape of the forward pass that orders the layers [default: the model's own: its dataset's, "
+         "or timm/torchvision's pretrained configuration].")
+
+
 def resolve_db(db_path: Path | None) -> Path:
     return db_path if db_path is not None else paths.default_db_path()
 
@@ -151,6 +169,18 @@ def report_build(report, fmt: str = "table") -> None:
         sys.exit(1)
 
 
+def report_skipped_convs(db, report) -> None:
+    """One line per added model with modules that convolve but whose filters were not stored."""
+    added = {o.model_id for o in report.outcomes if o.status == "added"}
+    models = db.models
+    for model_id, row in models[models.index.isin(added) & (models["skipped_convs"] != "")].iterrows():
+        skipped = json.loads(row["skipped_convs"])
+        kinds = pd.Series([s["class"] for s in skipped]).value_counts()
+        what = ", ".join(f"{n} {cls}" for cls, n in kinds.items())
+        click.echo(f"note: {row['key']}: {len(skipped)} convolution module(s) not stored ({what}: "
+                   f"{skipped[0]['reason']}); the model table's skipped_convs lists them", err=True)
+
+
 @main.command()
 @click.option("--leaderboard", "-l", default=None, help="Leaderboard to build ('filterdb leaderboards' lists them).")
 @click.option("--checkpoints", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -165,13 +195,16 @@ def report_build(report, fmt: str = "table") -> None:
               help="robustbench weights cache [default: $FILTERDB_MODEL_DIR or $FILTERDB_HOME/models].")
 @click.option("--keep-weights/--no-keep-weights", default=True, show_default=True,
               help="Keep each downloaded weights file once its filters are stored.")
-def build(leaderboard, checkpoints, models, db_path, force, jobs, scheduler, offline, model_dir, keep_weights):
+@input_shape_option
+def build(leaderboard, checkpoints, models, db_path, force, jobs, scheduler, offline, model_dir, keep_weights,
+          input_shape):
     """Build (or complete) a filter database from a leaderboard or a checkpoint directory.
 
     Models already in the database are skipped, so a rerun resumes an interrupted build.
     """
     from filterdb.build import build as run_build
     from filterdb.sources import leaderboard_specs, select_specs
+    from filterdb.sources.base import with_input_shape
     from filterdb.store import FilterDB
 
     if (leaderboard is None) == (checkpoints is None):
@@ -182,6 +215,7 @@ def build(leaderboard, checkpoints, models, db_path, force, jobs, scheduler, off
     else:
         from filterdb.sources.checkpoint import checkpoint_dir_specs
         specs = select_specs(checkpoint_dir_specs(checkpoints), models, where=str(checkpoints))
+    specs = with_input_shape(specs, input_shape)
     with FilterDB.open(resolve_db(db_path), "a") as db:
         click.echo(f"database {db.path}: {len(specs)} model(s) to check", err=True)
         if scheduler:
@@ -189,6 +223,7 @@ def build(leaderboard, checkpoints, models, db_path, force, jobs, scheduler, off
             report = build_on_dask(db, specs, scheduler, force=force)
         else:
             report = run_build(db, specs, force=force, jobs=jobs, description=leaderboard or "checkpoints")
+        report_skipped_convs(db, report)
     report_build(report)
 
 
@@ -196,15 +231,18 @@ def build(leaderboard, checkpoints, models, db_path, force, jobs, scheduler, off
 @click.argument("models", nargs=-1, required=True)
 @db_option
 @click.option("--force", is_flag=True, help="Extract again even if already in the database.")
-def add(models, db_path, force):
+@input_shape_option
+def add(models, db_path, force, input_shape):
     """Add models: filterdb training checkpoints (FILE.pt) or pretrained names (timm:NAME, torchvision:NAME)."""
     from filterdb.build import build as run_build
+    from filterdb.sources.base import with_input_shape
     from filterdb.sources.named import spec_for_argument
     from filterdb.store import FilterDB
 
-    specs = [spec_for_argument(m) for m in models]
+    specs = with_input_shape([spec_for_argument(m) for m in models], input_shape)
     with FilterDB.open(resolve_db(db_path), "a") as db:
         report = run_build(db, specs, force=force, description="add")
+        report_skipped_convs(db, report)
     report_build(report)
 
 

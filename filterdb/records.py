@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import os
 
 from filterdb import schema
-from filterdb.extract import ExtractedLayer, extract_members
+from filterdb.extract import ExtractedLayer, extract_members, skipped_convs
 from filterdb.ids import model_id as make_model_id
 from filterdb.ids import model_key
 from filterdb.sources.base import LoadedModel
@@ -45,7 +46,9 @@ def extract_loaded(loaded: LoadedModel) -> tuple[dict, list[ExtractedLayer]]:
     spec = loaded.spec
     layers = extract_members(loaded.members, loaded.input_shape, model_name=spec.label, check_values=False)
     n_params = sum(p.numel() for m in loaded.members for p in m.parameters())
+    skipped = [{"member": i, **entry} for i, m in enumerate(loaded.members) for entry in skipped_convs(m)]
     sha = spec.record.get("weights_sha256") or (sha256_file(loaded.weights_path) if loaded.weights_path else "")
-    record = model_record(spec.source, spec.name, layers, {**spec.record, **loaded.record}, n_params=n_params,
+    known = {**spec.record, **loaded.record, "skipped_convs": json.dumps(skipped) if skipped else ""}
+    record = model_record(spec.source, spec.name, layers, known, n_params=n_params,
                           n_members=len(loaded.members), input_shape=loaded.input_shape, weights_sha256=sha)
     return record, layers

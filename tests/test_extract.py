@@ -164,10 +164,89 @@ def test_a_forward_set_on_the_instance_is_kept_and_used():
     calls = []
 
     def patched(x):
-        calls.append(x.shape)
+        calls.append(tuple(x.shape))
         return nn.Conv2d.forward(conv, x)
 
     conv.forward = patched
     layers = extract_layers(nn.Sequential(conv), (1, 5, 5))
-    assert [l.info["name"] for l in layers] == ["0"] and calls == [(1, 1, 5, 5)]
+    # the order pass, then the probe of the unknown forward (on the input shape the pass saw)
+    assert [l.info["name"] for l in layers] == ["0"] and calls == [(1, 1, 5, 5), (1, 1, 5, 5)]
+    assert layers[0].info["weight_kind"] == "probe_verified"
     assert conv.forward is patched
+
+
+def test_a_subclass_replacing_conv_forward_is_probed():
+    class Centered(nn.Conv2d):
+        def _conv_forward(self, x, weight, bias):
+            return super()._conv_forward(x, weight - weight.mean(), bias)
+
+    with pytest.raises(FilterDBError, match=r"net, layer 0 \(Centered, weight_kind probe_verified\)"):
+        extract_layers(nn.Sequential(Centered(1, 2, 3)), (1, 6, 6), model_name="net")
+
+
+def test_an_unknown_forward_pre_hook_is_probed():
+    from timm.layers import StdConv2d
+
+    harmless, doubling = StdConv2d(1, 2, 3), nn.Conv2d(1, 2, 3)
+    harmless.register_forward_pre_hook(lambda module, inputs: None)
+    doubling.register_forward_pre_hook(lambda module, inputs: (2 * inputs[0],))
+    (layer,) = extract_layers(nn.Sequential(harmless), (1, 6, 6))
+    assert layer.info["weight_kind"] == "std_conv+probe_verified"
+    with pytest.raises(FilterDBError, match=r"layer 0 \(Conv2d, weight_kind probe_verified\)"):
+        extract_layers(nn.Sequential(doubling), (1, 6, 6))
+
+
+def test_a_forward_that_applies_other_filters_is_refused_by_model_and_layer():
+    class Negated(nn.Conv2d):
+        def forward(self, x):
+            return nn.functional.conv2d(x, -self.weight, self.bias, self.stride, self.padding)
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), Negated(2, 2, 3))
+    with pytest.raises(FilterDBError, match=r"mynet, layer 1 \(Negated, weight_kind probe_verified\): its forward "
+                                            r"does not convolve with the weight filterdb would store"):
+        extract_layers(model, (1, 8, 8), model_name="mynet")
+
+
+def known_forward_convs():
+    from timm.layers import Conv2dSame, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
+
+    from filterdb.compat import import_robustbench
+    import_robustbench()
+    from robustbench.model_zoo.architectures import bit_rn_v2
+
+    return [ScaledStdConv2d(3, 4, 3), ScaledStdConv2d(3, 4, 5, stride=2, dilation=2), StdConv2d(3, 4, 3, stride=2),
+            StdConv2dSame(3, 4, 3, stride=2), ScaledStdConv2dSame(3, 4, 4, stride=3), Conv2dSame(3, 4, 2, stride=2),
+            Conv2dSame(3, 4, 7, stride=1, dilation=2), bit_rn_v2.StdConv2d(3, 4, 3, padding=1, stride=2)]
+
+
+@pytest.mark.parametrize("size", [(7, 7), (8, 13), (16, 9)])
+def test_shape_only_stand_ins_of_known_forwards_give_the_real_output_shape(size):
+    from filterdb.extract import _shape_only_forward
+
+    x = torch.rand(1, 3, *size)
+    for conv in known_forward_convs():
+        with torch.no_grad():
+            assert _shape_only_forward(conv)(x).shape == conv(x).shape, (type(conv).__name__, size)
+
+
+def test_scaled_std_conv_takes_the_shapes_only_path_and_unknown_forwards_do_not():
+    from timm.layers import ScaledStdConv2d
+
+    class OwnForward(nn.Conv2d):
+        def forward(self, x):
+            return super().forward(x)
+
+    model = nn.Sequential(ScaledStdConv2d(3, 4, 3, padding=1), nn.ReLU(), OwnForward(4, 4, 3))
+    seen = {}
+
+    def record(key):
+        def hook(module, inputs, output):
+            seen[key] = (float(inputs[0].abs().sum()), float(output.abs().sum()))
+        return hook
+
+    handles = [m.register_forward_hook(record(key)) for key, m in (("scaled", model[0]), ("own", model[2]))]
+    _hooked_pass(model, [model[0], model[2]], (3, 8, 8), shapes_only=True)
+    for h in handles:
+        h.remove()
+    assert seen["scaled"][1] == 0.0  # a stand-in: zeros of the output's shape
+    assert seen["own"][0] == 0.0 and seen["own"][1] > 0.0  # ran its own forward (zeros in, its bias out)

@@ -6,7 +6,7 @@ then returns a ``LoadedModel`` with the networks and the model-table facts it kn
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -44,3 +44,26 @@ class LoadedModel:
     weights_path: Path | None = None  # the file whose sha256 goes into the model table
     record: dict = field(default_factory=dict)  # model-table columns learned while loading
     cleanup: Callable[[], None] | None = field(default=None, repr=False)  # e.g. delete weights once stored
+
+
+@dataclass(frozen=True)
+class InputShapeLoader:
+    """A spec's loader whose models run the ordering forward pass at a given C, H, W (``--input-shape``)."""
+    load: Callable[[ModelSpec], LoadedModel]
+    input_shape: tuple[int, int, int]
+
+    def __call__(self, spec: ModelSpec) -> LoadedModel:
+        loaded = self.load(spec)
+        loaded.input_shape = tuple(self.input_shape)
+        return loaded
+
+    def prefetch(self, spec: ModelSpec) -> None:
+        if hasattr(self.load, "prefetch"):
+            self.load.prefetch(spec)
+
+
+def with_input_shape(specs: list[ModelSpec], input_shape: tuple[int, int, int] | None) -> list[ModelSpec]:
+    """The specs with their loaders set to ``input_shape`` (unchanged if None)."""
+    if input_shape is None:
+        return specs
+    return [replace(spec, load=InputShapeLoader(spec.load, tuple(input_shape))) for spec in specs]

@@ -3,7 +3,9 @@
 Weights come through each library's own cache (timm: the Hugging Face hub cache or
 torch hub's; torchvision: ``<torch hub dir>/checkpoints``). A cached file is used
 without touching the network. With ``FILTERDB_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``) a
-file that is not cached is a clear error instead of a download.
+file that is not cached is a clear error instead of a download. The forward pass that
+orders the layers runs at the model's own input size: timm's ``pretrained_cfg.input_size``,
+torchvision's evaluation crop (``--input-shape`` overrides it).
 """
 from __future__ import annotations
 
@@ -55,8 +57,22 @@ def pretrained_spec(library: str, name: str) -> ModelSpec:
 
 
 def load(spec: ModelSpec, *, library: str) -> LoadedModel:
-    model, path = (_load_timm if library == "timm" else _load_torchvision)(spec)
-    return LoadedModel(spec, [model.eval()], INPUT_SHAPE, weights_path=path)
+    model, path, input_shape = (_load_timm if library == "timm" else _load_torchvision)(spec)
+    return LoadedModel(spec, [model.eval()], input_shape, weights_path=path)
+
+
+def timm_input_shape(cfg) -> tuple[int, int, int]:
+    """The input size of a timm model's pretrained configuration (``pretrained_cfg.input_size``)."""
+    size = getattr(cfg, "input_size", None) if cfg is not None else None
+    return tuple(int(s) for s in size) if size and len(size) == 3 else INPUT_SHAPE
+
+
+def torchvision_input_shape(weights) -> tuple[int, int, int]:
+    """The crop size of a torchvision weights entry's evaluation transform (e.g. 299 for inception_v3)."""
+    crop = getattr(weights.transforms, "keywords", {}).get("crop_size")
+    if isinstance(crop, (list, tuple)):
+        crop = crop[0]
+    return (3, int(crop), int(crop)) if crop else INPUT_SHAPE
 
 
 def _fetch(spec: ModelSpec, cached: Path | None, fetch) -> Path:
@@ -95,7 +111,7 @@ def _load_timm(spec: ModelSpec):
         cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
         path = _fetch(spec, cached, lambda: _torch_hub_download(cfg.url, cached))
     model = timm.create_model(spec.name, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
-    return model, path
+    return model, path, timm_input_shape(cfg)
 
 
 def _load_torchvision(spec: ModelSpec):
@@ -117,7 +133,7 @@ def _load_torchvision(spec: ModelSpec):
     path = _fetch(spec, cached, lambda: _torch_hub_download(weights.url, cached))
     model = torchvision.models.get_model(base, weights=None)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model, path
+    return model, path, torchvision_input_shape(weights)
 
 
 def _torch_hub_download(url: str, path: Path) -> Path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,13 @@ def fetches_pretrained_weights(dataset: str, threat: str, name: str, entry: dict
     except (OSError, TypeError):
         return False
     return "pretrained=True" in source
+
+
+def input_shape(dataset: str, entry: dict) -> tuple[int, int, int]:
+    """The input the model is evaluated on: the size its RobustBench preprocessing ends with
+    ('Crop288' -> 288 for Wong2020Fast, 'Res256Crop224' -> 224), else its dataset's."""
+    size = re.search(r"(\d+)$", entry.get("preprocessing") or "")
+    return (3, int(size.group(1)), int(size.group(1))) if size else INPUT_SHAPES[dataset]
 
 
 def ensemble_members(model: nn.Module) -> list[nn.Module]:
@@ -220,7 +228,7 @@ def load(spec: ModelSpec, *, model_dir: str, offline: bool, keep_weights: bool) 
     record = {}
     if n_files > 1:  # one sha256 per member file, in member order
         record["weights_sha256"] = ",".join(sha256_file(p) for p in files)
-    return LoadedModel(spec, ensemble_members(model), INPUT_SHAPES[dataset],
+    return LoadedModel(spec, ensemble_members(model), input_shape(dataset, entry),
                        weights_path=files[0] if n_files == 1 and files else None, record=record,
                        cleanup=None if keep_weights or not files else functools.partial(delete_files, files))
 
