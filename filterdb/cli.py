@@ -34,7 +34,9 @@ CONTRIBUTED_COMMANDS = {
     "models": ("filterdb.training.cli", "models_command",
                "The model-string grammar; with MODEL_STRING, check it and show what it builds (on the meta device)."),
     "pairs": ("filterdb.sources.cli", "pairs",
-              "For each robust model, the normal models of the same architecture, and the counterparts still missing."),
+              "For each robust model, the normal models of the same architecture, the counterparts still missing, "
+              "and its twin: the normal model trained with it as a matched pair (same seed, initial weights and data "
+              "order; the paired statistics compare twins)."),
     "train": ("filterdb.training.cli", "train",
               "Train models: one run, a matched normal/robust pair, or a RobustBench counterpart."),
 }
