@@ -67,7 +67,7 @@ def test_first_layer_statistics_by_hand(db_path):
 
 
 def test_each_model_counts_once_over_all_layers(db_path):
-    result = compare_groups(db_path, "robust", "normal", layer="all")
+    result = compare_groups(db_path, "robust", "normal", layer="all", kernel="all")
     tests = result.tests.set_index("metric")
     assert (tests.loc["ve_raw", "n_a"], tests.loc["ve_raw", "n_b"]) == (4, 4)
     per_model = result.per_model
@@ -80,7 +80,7 @@ def test_each_model_counts_once_over_all_layers(db_path):
 
 
 def test_deciles_and_by_dataset(db_path):
-    result = compare_groups(db_path, "robust", "normal", layer="deciles", by="dataset")
+    result = compare_groups(db_path, "robust", "normal", layer="deciles", by="dataset", kernel="all")
     assert set(result.tests["by"]) == {"digits", "cifar10"}
     # 4 convs at depth 0, 1/3, 2/3, 1: deciles "0", (0.3, 0.4], (0.6, 0.7], (0.9, 1]
     assert list(dict.fromkeys(result.tests["layers"])) == ["0", "(0.3, 0.4]", "(0.6, 0.7]", "(0.9, 1]"]
