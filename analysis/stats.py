@@ -177,8 +177,7 @@ def labelings(n_a: int, n_b: int, n_permutations: int = PERMUTATIONS, seed: int 
             out[k, list(chosen)] = True
         return out, True
     rng = np.random.default_rng(seed)
-    base = np.arange(n) < n_a
-    return np.array([rng.permutation(base) for _ in range(n_permutations)]), False
+    return rng.permuted(np.tile(np.arange(n) < n_a, (n_permutations, 1)), axis=1), False
 
 
 def sign_flips(n_pairs: int, n_permutations: int = PERMUTATIONS, seed: int = 0) -> tuple[np.ndarray, bool]:

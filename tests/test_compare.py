@@ -283,9 +283,10 @@ def test_pairs_from_the_demo_databases_metadata(demo_db):
     result = compare_groups(demo_db, "robust", "normal", layer="first", permutations=99)
     with open_database(demo_db) as db:
         models = db.models
-    assert (result.tests["n_pairs"] == 3).all()
+    n = int((models["training"] == "robust").sum())  # every demo model is in a pair
+    assert (result.tests["n_pairs"] == n).all()
     pairs = result.pairs[result.pairs["metric"] == "ve_linf"]
-    assert len(pairs) == 3
+    assert len(pairs) == n
     for _, p in pairs.iterrows():
         a, b = models.loc[p["model_a"]], models.loc[p["model_b"]]
         assert a["pair"] == b["pair"] == p["pair"] != "" and a["seed"] == b["seed"]
@@ -294,13 +295,36 @@ def test_pairs_from_the_demo_databases_metadata(demo_db):
     assert row["paired_difference"] == pytest.approx(pairs["difference"].mean(), rel=1e-12)
     from scipy.stats import wilcoxon
     assert row["paired_p_value"] == pytest.approx(wilcoxon(pairs["difference"]).pvalue, rel=1e-12)
-    assert row["paired_perm_p"] >= 2 / 8 and row["paired_n_permutations"] == 8  # all 2^3 sign flips
+    assert row["paired_perm_p"] >= 2 / 2 ** n and row["paired_n_permutations"] == min(2 ** n, 99)
     shown = result.display()
     assert set(shown["test"]) == {"unpaired: MWU", "paired: Wilcoxon"}
     with pytest.raises(FilterDBError, match="no pairs to test"):
-        compare_groups(demo_db, "robust", "normal", paired_by="architecture", with_divergence=False)
+        compare_groups(demo_db, "robust", "normal", paired_by="dataset", with_divergence=False)
     unpaired = compare_groups(demo_db, "robust", "normal", paired_by=None, with_divergence=False)
     assert (unpaired.tests["n_pairs"] == 0).all()
+
+
+def test_matched_pairs_by_hand(tmp_path):
+    path = tmp_path / "db"
+    with FilterDB.open(path, "a") as db:
+        for i in range(4):  # robust twins have 2 of 4 first-layer filters dead
+            for training, dead in (("robust", 2), ("normal", 0)):
+                db.add_module(net(i, dead), source="test", name=f"{training}-{i}", input_shape=(1, 8, 8),
+                              record={"training": training, "architecture": "cnn", "pair": f"p{i}@0",
+                                      "pair_role": training, "seed": i})
+        db.add_module(net(9), source="test", name="loner", input_shape=(1, 8, 8), record={"training": "normal"})
+    result = compare_groups(path, "robust", "normal", layer="first", metrics=["sparsity", "l1_norm"])
+    row = result.tests.set_index("metric").loc["sparsity"]
+    assert (row["n_a"], row["n_b"], row["n_pairs"]) == (4, 5, 4)  # the loner is in no pair
+    assert (row["paired_difference"], row["paired_ci_low"], row["paired_ci_high"]) == (0.5, 0.5, 0.5)
+    # 4 equal positive differences: Wilcoxon exact p = 2/16; all 16 sign flips, 2 as extreme
+    assert row["paired_p_value"] == pytest.approx(0.125) and row["paired_perm_p"] == pytest.approx(2 / 16)
+    assert row["paired_n_permutations"] == 16 and row["paired_test"] == "Wilcoxon signed-rank"
+    assert sorted(result.pairs["pair"].unique()) == ["p0@0", "p1@0", "p2@0", "p3@0"]
+    l1 = result.pairs[result.pairs["metric"] == "l1_norm"]
+    assert (l1["difference"] == l1["value_a"] - l1["value_b"]).all()
+    explicit = compare_groups(path, "robust", "normal", layer="first", paired_by="seed", with_divergence=False)
+    assert explicit.tests.set_index("metric").loc["sparsity", "n_pairs"] == 4
 
 
 def test_compare_help_explains_variants_aggregation_and_paired_statistics():
@@ -311,3 +335,14 @@ def test_compare_help_explains_variants_aggregation_and_paired_statistics():
                    "w_l = out_channels", "Wilcoxon signed-rank", "d_k = a_k - b_k", "p = (1 + #{T* >= T}) / (1 + N)",
                    "Holm", "--permutations", "--paired", "--aggregate", "--basis", "--kernel"):
         assert phrase in text, phrase
+
+
+def test_readme_explains_variants_aggregation_and_paired_statistics():
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Analyse"):readme.index("### Metrics")]
+    for phrase in ("D = Σ_i EVR_i (KL(p_i‖q_i) + KL(q_i‖p_i))", "`--basis`", "`database` (default; the authors'",
+                   "`groups`", "`dataset=cifar10`", "`pooled` (the paper's", "w_l = out_channels",
+                   "paired: Wilcoxon", "d_k = a_k - b_k", "p = (1 + #{T* >= T}) / (1 + N)", "Holm's step-down",
+                   "fewer than 2 models", "3x3 by default"):
+        assert phrase in section, phrase
