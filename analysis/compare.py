@@ -40,7 +40,8 @@ from filterdb.analysis.divergence import N_BINS, densities_to_probabilities, div
 from filterdb.analysis.groups import ALIASES, select_layers, select_models
 from filterdb.analysis.metrics import DEFAULT_VE, METRIC_NAMES, SPARSITY_EPS
 from filterdb.analysis.stats import (CONFIDENCE, FEWER_THAN_TWO, PERMUTATIONS, Permutation, holm, labelings, paired,
-                                     paired_permutation_test, permutation_p, permutation_test, two_sample)
+                                     paired_permutation_test, permutation_p, permutation_test, sign_flips,
+                                     two_sample)
 from filterdb.errors import FilterDBError
 
 EACH_MODEL_ONCE = "each model counts once: its value is the mean of the metric over its selected layers"
@@ -187,7 +188,7 @@ def compare_groups(db, group_a: str = "robust", group_b: str = "normal", layer: 
         notes.append(f"permutation nulls: up to {permutations} label shuffles (seed {seed}), every labeling when "
                      "there are fewer; p-values Holm-adjusted over metrics x layer groups")
         divergence = (_divergences(db, selected, values, moments, (group_a, group_b), basis, eps, seed, permutations,
-                                   len(overlap) > 0, executor, progress)
+                                   len(overlap) > 0, executor, progress, pair_of)
                       if with_divergence else pd.DataFrame(columns=["by", "layers", "kernel", "divergence"]))
         result = Comparison(group_a, group_b, str(layer), by, models, per_model, groups, tests, divergence, pairs,
                             notes, kernel or ALL_KERNELS, aggregate, basis, permutations)
@@ -342,9 +343,12 @@ def _holm_name(column: str) -> str:
 # ---------------------------------------------------------------------------- divergence
 
 def _divergences(db, selected: pd.DataFrame, values, moments: dict, groups: tuple[str, str], basis: str, eps: float,
-                 seed: int, permutations: int, overlap: bool, executor, progress: bool) -> pd.DataFrame:
+                 seed: int, permutations: int, overlap: bool, executor, progress: bool, pair_of: dict
+                 ) -> pd.DataFrame:
     """Divergence per (by, layers, kernel) on the chosen basis, from per-model histogram counts,
-    with its permutation null over models (labels shuffled, each model whole)."""
+    with its permutation null over models (labels shuffled, each model whole) and, where every
+    model is in a matched pair, the null of labels swapped within pairs (twins share their
+    initial weights, so their filters are alike: shuffling across pairs overstates D's null)."""
     cells = {}
     for (by, cell, kernel), frame in selected.groupby(["by", "layers", "kernel"], observed=True, sort=True):
         if set(frame["group"]) == set(groups):  # a kernel only one group has: nothing to compare
@@ -381,29 +385,46 @@ def _divergences(db, selected: pd.DataFrame, values, moments: dict, groups: tupl
         else:
             perm = divergence_permutation(b, [per_model[m] for m in ids[groups[0]]],
                                           [per_model[m] for m in ids[groups[1]]], result.value, permutations, seed)
+        matched = [] if overlap else match_pairs(pd.DataFrame({"model_id": ids[groups[0]]}),
+                                                 pd.DataFrame({"model_id": ids[groups[1]]}), pair_of)
+        if matched and len(matched) == len(ids[groups[0]]) == len(ids[groups[1]]):
+            twin = divergence_permutation(b, [per_model[a] for _, a, _ in matched],
+                                          [per_model[x] for _, _, x in matched], result.value, permutations, seed,
+                                          paired=True)
+        else:
+            twin = Permutation.none()
         note = result.reason or (FEWER_THAN_TWO if min(len(ids[groups[0]]), len(ids[groups[1]])) < 2 else "")
         rows.append({"by": by, "layers": cell, "kernel": kernel, "basis": b.source, "divergence": result.value,
                      "perm_p": perm.p_value, "perm_null_median": perm.null_median,
                      "n_permutations": perm.n_permutations, "perm_exact": perm.exact,
+                     "paired_perm_p": twin.p_value, "paired_perm_null_median": twin.null_median,
                      "models_a": len(ids[groups[0]]), "models_b": len(ids[groups[1]]),
                      "filters_a": result.n_a, "filters_b": result.n_b, "note": note})
     out = pd.DataFrame(rows, columns=["by", "layers", "kernel", "basis", "divergence", "perm_p", "perm_null_median",
-                                      "n_permutations", "perm_exact", "models_a", "models_b", "filters_a",
-                                      "filters_b", "note"])
+                                      "n_permutations", "perm_exact", "paired_perm_p", "paired_perm_null_median",
+                                      "models_a", "models_b", "filters_a", "filters_b", "note"])
     out.insert(out.columns.get_loc("perm_p") + 1, "perm_p_holm", holm(out["perm_p"].to_numpy(dtype=float)))
+    out.insert(out.columns.get_loc("paired_perm_p") + 1, "paired_perm_p_holm",
+               holm(out["paired_perm_p"].to_numpy(dtype=float)))
     return out
 
 
 def divergence_permutation(basis, counts_a: list[np.ndarray], counts_b: list[np.ndarray], observed: float,
-                           n_permutations: int = PERMUTATIONS, seed: int = 0, block: int = 512) -> Permutation:
+                           n_permutations: int = PERMUTATIONS, seed: int = 0, block: int = 512,
+                           paired: bool = False) -> Permutation:
     """The divergence's null: D of the two groups with their model labels shuffled (each model's
-    filters stay together), on the same basis. Groups of fewer than 2 models: no null."""
+    filters stay together), on the same basis; ``paired``: counts_a[k] and counts_b[k] are twins
+    and the labels are swapped within pairs only. Groups of fewer than 2 models: no null."""
     if len(counts_a) < 2 or len(counts_b) < 2 or math.isnan(observed):
         return Permutation.none()
     counts = np.stack(counts_a + counts_b).astype(np.float64)  # (n, d, bins)
     n, d, bins = counts.shape
     flat, total = counts.reshape(n, -1), counts.reshape(n, -1).sum(axis=0)
-    masks, exact = labelings(len(counts_a), len(counts_b), n_permutations, seed)
+    if paired:
+        signs, exact = sign_flips(len(counts_a), n_permutations, seed)
+        masks = np.concatenate([signs > 0, signs < 0], axis=1)
+    else:
+        masks, exact = labelings(len(counts_a), len(counts_b), n_permutations, seed)
     evr, edges = basis.pca.explained_variance_ratio, basis.edges
     null = np.empty(len(masks))
     for lo in range(0, len(masks), block):
