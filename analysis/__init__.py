@@ -8,8 +8,10 @@ The notebook API returns pandas DataFrames:
 >>> result.to_frame(), result.groups, result.per_model, result.divergence
 
 Single layers and in-memory groups: :func:`layer_metrics`, the metric functions of
-:mod:`filterdb.analysis.metrics`, and :func:`divergence`.
+:mod:`filterdb.analysis.metrics`, and :func:`divergence` (with :func:`reference_basis`, the
+database-wide basis the authors use).
 """
+from filterdb.analysis.basis import reference_basis
 from filterdb.analysis.compare import Comparison, compare_groups, emit_comparison, plot_comparison
 from filterdb.analysis.database import database_metrics
 from filterdb.analysis.divergence import divergence
@@ -19,4 +21,4 @@ from filterdb.analysis.metrics import (DEFAULT_VE, METRIC_NAMES, layer_metrics, 
 
 __all__ = ["Comparison", "DEFAULT_VE", "METRIC_NAMES", "compare_groups", "database_metrics", "divergence",
            "emit_comparison", "l1_norm", "l2_norm", "layer_metrics", "normalized_variance_entropy", "orthogonality",
-           "plot_comparison", "sparsity", "variance_entropy", "variance_entropy_linf", "variance_entropy_raw"]
+           "plot_comparison", "reference_basis", "sparsity", "variance_entropy", "variance_entropy_linf", "variance_entropy_raw"]

@@ -18,7 +18,7 @@ import pandas as pd
 
 from filterdb.analysis.metrics import Moments
 
-METRICS_VERSION = "1"
+METRICS_VERSION = "2"  # 2: variance entropy of 1x1 filters is NaN
 CACHE_DIR = "metrics"
 CACHE_FORMAT = "filterdb-metrics"
 

@@ -60,18 +60,64 @@ column says why.
               help="Models to report, by model id or name (repeat or separate with commas) [default: all].")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--jobs", "-j", default=1, show_default=True, help=_JOBS_HELP)
+@click.option("--kernel", default="3x3", show_default=True, metavar="KxK|all",
+              help="Only layers of this kernel size; 'all' for every size.")
 @click.option("--scheduler", default=None, help=_SCHEDULER_HELP)
-def metrics(db_path, models, fmt, jobs, scheduler):
+def metrics(db_path, models, fmt, jobs, kernel, scheduler):
     from filterdb.analysis.database import database_metrics
     with _executor(jobs, scheduler) as executor:
         frame = database_metrics(db_path or paths.default_db_path(), _split(models), executor=executor,
-                                 progress=fmt == "table")
+                                 progress=fmt == "table", kernel=None if kernel == "all" else kernel)
     if fmt == "table":
         frame = frame[list(_TABLE_COLUMNS)].rename(columns={"name": "layer"})
-    emit(frame, fmt, title="Per-layer metrics (default variance entropy: ve_linf)")
+    emit(frame, fmt, title=f"Per-layer metrics, kernel {kernel} (default variance entropy: ve_linf)")
 
 
-@click.command()
+_COMPARE_HELP = """Compare two groups of models, e.g. `filterdb compare robust normal --layer first`.
+
+GROUP_A and GROUP_B select models by the model table: robust, normal, COLUMN=VALUE
+(arch for architecture; COLUMN=V1|V2 for several values), joined with commas:
+robust,dataset=cifar10. Layers are those of one kernel size (--kernel, default 3x3 as in
+the papers: first/last are the first/last 3x3 convolution).
+
+\b
+Aggregation (--aggregate), each model counts once per layer group:
+  model   x_m = mean over the model's selected layers (the default; the unit of the tests)
+  pooled  the paper's pooling: x_m = sum_l w_l x_l / sum_l w_l with w_l = out_channels
+          (orthogonality), non-sparse filters (ve_linf, ve_normalized), filters
+          (sparsity, ve_raw: sparsity = sparse filters / filters); norms unweighted
+
+\b
+Statistics, A - B on the per-model values:
+  unpaired  difference of means, bootstrap 95% CI (each group resampled), Mann-Whitney U
+            p (two-sided), Cliff's delta = (#{a>b} - #{a<b}) / (n_a n_b)
+  paired    where the groups are matched pairs (models sharing a value of the column
+            `pair`, or of --paired COLUMN): d_k = a_k - b_k per pair, mean d with a paired
+            bootstrap 95% CI (pairs resampled), Wilcoxon signed-rank p (two-sided)
+  perm p    permutation null, T = |mean A - mean B|: labels shuffled over models (each
+            model whole; within pairs for paired rows), p = (1 + #{T* >= T}) / (1 + N),
+            exact over all labelings when there are at most N (--permutations N)
+  p Holm    Holm's step-down adjustment over all metrics x layer groups of the table:
+            p_(j) = max_{i<=j} min(1, (m - i + 1) p_(i))
+A group with fewer than 2 models gets no p-value and no interval.
+
+\b
+Divergence of the groups' filters (the robustness paper's, natural log):
+  D = sum_i EVR_i (KL(p_i||q_i) + KL(q_i||p_i)); filters scaled by their L-inf norm;
+  p_i, q_i: 70-bin density histograms of the groups' non-sparse filters projected on
+  PCA component i, over one scalar range (min, max of all projections of the reference
+  filters, sparse included), empty bins = float32 eps, renormalised to sum 1.
+  --basis names the reference set the PCA (EVR_i, v_i) and the range come from:
+  database  every model of the database (the authors' pipeline; the default), cached
+            in <db>/divergence/ until the models change
+  groups    the compared layers of both groups, per layer group
+  EXPR      a reference group, e.g. dataset=cifar10
+  Its permutation null shuffles the model labels (same basis) and gives perm p and the
+  null median of D.
+"""
+
+
+@click.command(help=_COMPARE_HELP)
 @click.argument("group_a")
 @click.argument("group_b")
 @click.option("--layer", default="first", show_default=True,
@@ -80,31 +126,33 @@ def metrics(db_path, models, fmt, jobs, scheduler):
 @click.option("--by", default=None, metavar="COLUMN", help="Compare within each value of a model column, e.g. dataset.")
 @click.option("--metric", "metric_names", multiple=True, type=click.Choice(METRIC_NAMES),
               help="Metric to compare (repeatable) [default: all].")
-@click.option("--kernel", default=None, metavar="KxK", help="Only layers of this kernel size, e.g. 3x3.")
+@click.option("--kernel", default="3x3", show_default=True, metavar="KxK|all",
+              help="Only layers of this kernel size; 'all' for every size.")
+@click.option("--aggregate", type=click.Choice(("model", "pooled")), default="model", show_default=True,
+              help="How a model's layers in a layer group make its value (see above).")
+@click.option("--basis", default="database", show_default=True, metavar="database|groups|EXPR",
+              help="Reference set of the divergence's PCA basis and range (see above).")
+@click.option("--paired", "paired_by", default="auto", show_default=True, metavar="auto|none|COLUMN",
+              help="Pair the models of the two groups by a model column (auto: the column pair, where filled).")
+@click.option("--permutations", default=9999, show_default=True, metavar="N",
+              help="Bound on each permutation null (all labelings when there are fewer).")
 @click.option("--no-divergence", is_flag=True, help="Skip the divergence (it reads the selected filters once).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap confidence intervals.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap intervals and permutations.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also save a figure (mean ± std per group and layer group) to this file.")
 @click.option("--db", "db_path", type=click.Path(path_type=Path), default=None, help=_DB_HELP)
 @click.option("--jobs", "-j", default=1, show_default=True, help=_JOBS_HELP)
 @click.option("--scheduler", default=None, help=_SCHEDULER_HELP)
-def compare(group_a, group_b, layer, by, metric_names, kernel, no_divergence, seed, fmt, plot, db_path, jobs,
-            scheduler):
-    """Compare two groups of models, e.g. `filterdb compare robust normal --layer first`.
-
-    GROUP_A and GROUP_B select models by the model table: robust, normal, COLUMN=VALUE
-    (arch for architecture), joined with commas: robust,dataset=cifar10. Each model counts
-    once: its value is the mean of a metric over its selected layers. Reports per group
-    the models, layers, filters and mean ± std and median of each metric; between groups
-    the difference with a bootstrap 95% interval, the Mann-Whitney U p-value, Cliff's delta,
-    and the divergence of the groups' filters.
-    """
+def compare(group_a, group_b, layer, by, metric_names, kernel, aggregate, basis, paired_by, permutations,
+            no_divergence, seed, fmt, plot, db_path, jobs, scheduler):
     from filterdb.analysis.compare import compare_groups, emit_comparison, plot_comparison
     with _executor(jobs, scheduler) as executor:
         result = compare_groups(db_path or paths.default_db_path(), group_a, group_b, layer, by=by,
-                                metrics=list(metric_names) or None, kernel=kernel, seed=seed,
-                                with_divergence=not no_divergence, executor=executor, progress=fmt == "table")
+                                metrics=list(metric_names) or None, kernel=kernel, basis=basis, aggregate=aggregate,
+                                paired_by=None if paired_by == "none" else paired_by, permutations=permutations,
+                                seed=seed, with_divergence=not no_divergence, executor=executor,
+                                progress=fmt == "table")
     emit_comparison(result, fmt)
     if plot:
         plot_comparison(result, plot)

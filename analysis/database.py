@@ -129,11 +129,15 @@ def layer_metrics_frame(db, model_ids: list[str], eps: float = SPARSITY_EPS, exe
 
 
 def database_metrics(db, models: Iterable[str] | None = None, eps: float = SPARSITY_EPS,
-                     executor: Executor | None = None, progress: bool = False) -> pd.DataFrame:
+                     executor: Executor | None = None, progress: bool = False, kernel: str | None = None
+                     ) -> pd.DataFrame:
     """One row per layer: layer-table identification columns, then every metric (NaN with a
-    reason in ``notes`` where undefined). ``db`` is a FilterDB or a database path."""
+    reason in ``notes`` where undefined). ``db`` is a FilterDB or a database path; ``kernel``
+    keeps the layers of one kernel size (``filterdb metrics`` defaults to 3x3)."""
     db, owned = _open(db)
     try:
+        if kernel is not None and kernel not in set(db.layers["kernel"]):
+            raise FilterDBError(f"no {kernel} layers in {db.path}; kernels present: {', '.join(db.kernels)}")
         ids = resolve_models(db.models, models)
         if progress:
             from filterdb.progress import progress_bar
@@ -143,6 +147,8 @@ def database_metrics(db, models: Iterable[str] | None = None, eps: float = SPARS
         else:
             frame, _ = layer_metrics_frame(db, ids, eps, executor)
         info = db.layers[list(LAYER_INFO_COLUMNS)]
+        if kernel is not None:
+            info = info[info["kernel"] == kernel]
         merged = info.merge(frame, on=list(LAYER_KEY_COLUMNS), how="inner")
         model_names = db.models["name"].rename("model")
         return merged.merge(model_names, left_on="model_id", right_index=True).pipe(

@@ -1,22 +1,32 @@
-"""Divergence between two groups of filters, computed in bounded memory.
+"""Divergence between two groups of filters, as the robustness paper's authors compute it.
 
-Definition (DESIGN.md): scale every filter by its L-inf norm and drop the sparse ones
-(max |w| below 0.01 x the max |w| of its layer); fit a PCA basis of d = kh*kw components
-on both groups together; per component, a 70-bin histogram of the projections over one
-shared range, empty bins set to float32 eps, renormalised;
+Definition (*Adversarial Robustness through the Lens of Convolutional Filters*, CVPR-W 2022;
+followed from the authors' notebook ``pca.ipynb`` in github.com/paulgavrikov/
+cvpr22w_RobustnessThroughTheLens, cells ``scale``, ``pca_dict["full"]``, ``dX_trans_range``,
+``get_discrete_probability_distribution``, ``kl_sym`` and the per-decile loop):
 
-    D = sum_i EVR_i * (KL(p_i || q_i) + KL(q_i || p_i))      (natural log)
+1. scale every filter x by its L-inf norm, x / max|x| (an all-zero filter stays zero);
+2. fit a PCA basis of d = kh*kw components (v_i, explained-variance ratio EVR_i, mean mu) on
+   the non-sparse scaled filters of a *reference set* of layers;
+3. one scalar range [lo, hi] = (min, max) over every projection (x - mu) . v_i of every scaled
+   filter of the reference set, sparse ones included, all components together;
+4. per component, each group's non-sparse filters in a 70-bin ``numpy.histogram(...,
+   range=(lo, hi), density=True)``; empty bins set to float32 eps *as a density*, then
+   renormalised to sum 1: p_i, q_i;
+5. D = sum_i EVR_i (KL(p_i || q_i) + KL(q_i || p_i)), natural log.
 
-with EVR the basis' explained-variance ratio. Histograms are normalised to probabilities
-(the bin width cancels, as in ``scipy.stats.entropy`` on density histograms).
+The reference set is what the variants name (:mod:`filterdb.analysis.basis`): every model
+of the database (the authors' choice and the default), a reference group of models, or the
+two compared groups' layers (``groups``). The component signs follow the authors'
+scikit-learn 0.24 (``svd_flip`` on U: the projection largest in magnitude over the fit
+filters is positive); the sign matters, because it moves the shared range.
 
-Streaming: the basis comes from :class:`~filterdb.analysis.metrics.Moments`, which merge
-over layers and chunks (the per-layer moments are cached with the metrics, so the
-covariance costs no pass over the filters). The shared range needs no pass either: an
-L-inf-scaled filter lies in [-1, 1]^d, so its projection on a unit component v lies in
-[-|v|_1, |v|_1]; that exact bound is the range. One pass of histogram accumulation,
-chunk by chunk, finishes the job; :class:`Histograms` merge, so chunks or shards can be
-counted anywhere (a process pool, a Dask executor) and summed.
+Streaming: the basis comes from :class:`~filterdb.analysis.metrics.Moments` (cached per
+layer with the metrics), the range from one pass (:class:`RangeScan`, which also finds the
+signs), the histograms from another (:class:`Histograms`); every accumulator merges, so
+chunks, layers and models can be counted anywhere (a process pool, a Dask executor) and
+summed. Projections are computed in float64, so that a filter lands in the bin numpy's
+histogram puts it in.
 """
 from __future__ import annotations
 
@@ -27,8 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from filterdb.analysis.metrics import (SPARSITY_EPS, Moments, as_filter_matrix, linf_scaled_nonsparse,
-                                      single_threaded_blas)
+from filterdb.analysis.metrics import SPARSITY_EPS, Moments, as_filter_matrix, linf_scaled_nonsparse
 
 N_BINS = 70
 EMPTY_BIN = float(np.finfo(np.float32).eps)
@@ -37,9 +46,17 @@ _BLOCK = 1 << 16
 
 @dataclass
 class PCABasis:
-    """Principal components (rows of ``components``, by decreasing variance) of a set of filters."""
+    """Principal components (rows of ``components``, by decreasing variance) of a set of filters.
+
+    ``mean`` is the mean the projections are centred on (zero if not given). The signs of
+    :meth:`from_moments` are arbitrary until :meth:`RangeScan.finish` fixes them."""
     components: np.ndarray  # (d, d)
     explained_variance_ratio: np.ndarray  # (d,)
+    mean: np.ndarray | None = None  # (d,)
+
+    def __post_init__(self):
+        if self.mean is None:
+            self.mean = np.zeros(self.components.shape[1])
 
     @classmethod
     def from_moments(cls, moments: Moments) -> "PCABasis":
@@ -49,27 +66,106 @@ class PCABasis:
         values = np.clip(values[order], 0.0, None)
         total = values.sum()
         evr = values / total if total > 0 else np.full(len(values), math.nan)
-        return cls(vectors[:, order].T.copy(), evr)
+        return cls(vectors[:, order].T.copy(), evr, np.array(moments.mean, dtype=np.float64))
+
+    def project(self, w: np.ndarray) -> np.ndarray:
+        """``(x / max|x| - mean) . v_i`` for every row x of ``w`` (all-zero rows stay zero): (d, n)."""
+        x = np.asarray(w, dtype=np.float64)
+        a = np.abs(x).max(axis=1)
+        scaled = x / np.where(a > 0, a, 1.0)[:, None]
+        return self.components @ (scaled - self.mean).T
+
+
+@dataclass
+class DivergenceBasis:
+    """A signed PCA basis with its shared histogram range: everything D needs besides the two groups."""
+    pca: PCABasis
+    lo: float
+    hi: float
+    n_fit: int  # non-sparse filters the basis was fit on
+    n_range: int  # filters (sparse ones included) the range was taken over
+    source: str = ""  # which reference set: "database", a group expression, "groups"
 
     @property
-    def half_ranges(self) -> np.ndarray:
-        """|v|_1 per component: projections of L-inf-scaled filters lie in [-|v|_1, |v|_1]."""
-        return np.abs(self.components).sum(axis=1)
+    def edges(self) -> np.ndarray:
+        lo, hi = (self.lo, self.hi) if self.hi > self.lo else (self.lo - 0.5, self.hi + 0.5)  # numpy's rule
+        return np.linspace(lo, hi, N_BINS + 1)
+
+    def to_json(self) -> dict:
+        return {"components": self.pca.components.tolist(), "evr": self.pca.explained_variance_ratio.tolist(),
+                "mean": self.pca.mean.tolist(), "lo": self.lo, "hi": self.hi, "n_fit": self.n_fit,
+                "n_range": self.n_range, "source": self.source}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DivergenceBasis":
+        pca = PCABasis(np.array(data["components"], dtype=np.float64), np.array(data["evr"], dtype=np.float64),
+                       np.array(data["mean"], dtype=np.float64))
+        return cls(pca, float(data["lo"]), float(data["hi"]), int(data["n_fit"]), int(data["n_range"]),
+                   data.get("source", ""))
+
+
+def _nonsparse(w: np.ndarray, absmax: float, eps: float) -> np.ndarray:
+    """Per row: not sparse (max |w| >= eps * the layer's max |w|, and not all zero)."""
+    a = np.abs(w).max(axis=1)
+    return (a >= eps * absmax) & (a > 0)
+
+
+class RangeScan:
+    """Per component: min and max of the projections of all scaled filters and of the non-sparse ones."""
+
+    def __init__(self, pca: PCABasis):
+        self.pca = pca
+        d = len(pca.components)
+        self.low_all, self.high_all = np.full(d, np.inf), np.full(d, -np.inf)
+        self.low_fit, self.high_fit = np.full(d, np.inf), np.full(d, -np.inf)
+        self.n_all = self.n_fit = 0
+
+    def add(self, filters, absmax: float, eps: float = SPARSITY_EPS) -> "RangeScan":
+        """Scan a chunk of filters of one layer whose max |w| is ``absmax``."""
+        w = as_filter_matrix(filters, check_values=False)
+        for start in range(0, len(w), _BLOCK):
+            block = w[start:start + _BLOCK]
+            p = self.pca.project(block)
+            keep = _nonsparse(block, absmax, eps) if absmax > 0 else np.zeros(len(block), bool)
+            self.n_all += len(block)
+            np.minimum(self.low_all, p.min(axis=1), out=self.low_all)
+            np.maximum(self.high_all, p.max(axis=1), out=self.high_all)
+            if keep.any():
+                self.n_fit += int(keep.sum())
+                np.minimum(self.low_fit, p[:, keep].min(axis=1), out=self.low_fit)
+                np.maximum(self.high_fit, p[:, keep].max(axis=1), out=self.high_fit)
+        return self
+
+    def merge(self, other: "RangeScan") -> "RangeScan":
+        for name in ("low_all", "low_fit"):
+            np.minimum(getattr(self, name), getattr(other, name), out=getattr(self, name))
+        for name in ("high_all", "high_fit"):
+            np.maximum(getattr(self, name), getattr(other, name), out=getattr(self, name))
+        self.n_all += other.n_all
+        self.n_fit += other.n_fit
+        return self
+
+    def finish(self, source: str = "") -> DivergenceBasis:
+        """Fix the signs (scikit-learn 0.24's ``svd_flip(U, V)``: the fit projection largest in
+        magnitude is positive) and take the scalar range over all components."""
+        if self.n_all == 0:
+            raise ValueError("no filters to take the divergence range over")
+        flip = -self.low_fit > self.high_fit if self.n_fit else np.zeros(len(self.low_fit), bool)
+        sign = np.where(flip, -1.0, 1.0)
+        low = np.where(flip, -self.high_all, self.low_all)
+        high = np.where(flip, -self.low_all, self.high_all)
+        pca = PCABasis(self.pca.components * sign[:, None], self.pca.explained_variance_ratio, self.pca.mean)
+        return DivergenceBasis(pca, float(low.min()), float(high.max()), self.n_fit, self.n_all, source)
 
 
 class Histograms:
-    """Counts of the projections of L-inf-scaled non-sparse filters on a basis, one row per component."""
+    """Bin counts of the projections of the non-sparse scaled filters on a basis, one row per component."""
 
-    def __init__(self, basis: PCABasis, bins: int = N_BINS):
+    def __init__(self, basis: DivergenceBasis, bins: int = N_BINS):
+        if bins != N_BINS:
+            raise ValueError(f"the divergence uses {N_BINS} bins")
         self.basis = basis
-        self.bins = bins
-        self.counts = np.zeros((len(basis.components), bins), dtype=np.int64)
-        half = basis.half_ranges
-        # bin index = floor((projection + half) * bins / (2 half)); folded into the projection
-        self._scale = np.where(half > 0, bins / (2 * np.where(half > 0, half, 1)), 0.0)
-        self._matrix = (basis.components * self._scale[:, None]).astype(np.float64)
-        self._offset = (half * self._scale)[:, None]
-        self._base = (np.arange(len(half)) * bins)[:, None]
+        self.counts = np.zeros((len(basis.pca.components), N_BINS), dtype=np.int64)
 
     @property
     def count(self) -> int:
@@ -79,42 +175,43 @@ class Histograms:
     def add(self, filters, absmax: float, eps: float = SPARSITY_EPS) -> "Histograms":
         """Count a chunk of filters of one layer whose max |w| is ``absmax`` (sparse ones are dropped)."""
         w = as_filter_matrix(filters, check_values=False)
-        with single_threaded_blas():
-            for start in range(0, len(w), _BLOCK):
-                self._add_block(w[start:start + _BLOCK], eps * absmax)
+        if absmax <= 0:
+            return self
+        for start in range(0, len(w), _BLOCK):
+            block = w[start:start + _BLOCK]
+            keep = _nonsparse(block, absmax, eps)
+            if keep.any():
+                self._add_projections(self.basis.pca.project(block[keep]))
         return self
 
-    def _add_block(self, w: np.ndarray, threshold: float) -> None:
-        # float32 filters are projected in float32 (the projections' round-off, ~1e-7 of the
-        # range, is below the filters' own precision); anything else in float64
-        dtype = np.float32 if w.dtype == np.float32 else np.float64
-        x = np.array(w.T, dtype=dtype, order="C")  # (d, n): reductions over filters run along rows
-        a = np.abs(x).max(axis=0)
-        keep = a >= threshold
-        keep &= a > 0
-        if not keep.all():
-            x, a = x[:, keep], a[keep]
-        if not len(a):
-            return
-        p = self._matrix.astype(dtype, copy=False) @ x
-        p /= a
-        p += self._offset.astype(dtype, copy=False)
-        idx = p.astype(np.intp)  # truncation: floor for p >= 0, and round-off below 0 lands in bin 0
-        np.minimum(idx, self.bins - 1, out=idx)  # the upper bound itself belongs to the last bin
-        idx += self._base
-        self.counts += np.bincount(idx.ravel(), minlength=self.counts.size).reshape(self.counts.shape)
+    def _add_projections(self, p: np.ndarray) -> None:
+        # numpy.histogram's binning for equal bins, including its corrections against the edges
+        edges = self.basis.edges
+        lo, hi = edges[0], edges[-1]
+        inside = (p >= lo) & (p <= hi)
+        idx = (((p - lo) / (hi - lo)) * N_BINS).astype(np.intp)
+        idx = np.clip(idx, 0, N_BINS - 1)
+        idx[(p < edges[idx]) & (idx > 0)] -= 1
+        idx[(p >= edges[idx + 1]) & (idx != N_BINS - 1)] += 1
+        for i in range(len(p)):
+            self.counts[i] += np.bincount(idx[i][inside[i]], minlength=N_BINS)
 
     def merge(self, other: "Histograms") -> "Histograms":
         self.counts += other.counts
         return self
 
     def probabilities(self) -> np.ndarray:
-        """Per component: counts / total, empty bins set to float32 eps, renormalised."""
-        p = self.counts.astype(np.float64)
-        total = p.sum(axis=1, keepdims=True)
-        p = np.divide(p, total, out=np.zeros_like(p), where=total > 0)
-        p[p == 0] = EMPTY_BIN
-        return p / p.sum(axis=1, keepdims=True)
+        """Per component: the density histogram, empty bins set to float32 eps, renormalised to sum 1."""
+        return densities_to_probabilities(self.counts, self.basis.edges)
+
+
+def densities_to_probabilities(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """``density=True`` histograms (count / (n * bin width)), zeros set to float32 eps, each row summed to 1."""
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum(axis=-1, keepdims=True)
+    density = np.divide(counts, total * np.diff(edges), out=np.zeros_like(counts), where=total > 0)
+    density[density == 0] = EMPTY_BIN
+    return density / density.sum(axis=-1, keepdims=True)
 
 
 def symmetric_kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -132,41 +229,64 @@ class Divergence:
     reason: str = ""
 
 
-def divergence_from_histograms(hist_a: Histograms, hist_b: Histograms) -> Divergence:
-    """D from the two groups' histograms on their shared basis."""
-    n_a, n_b = hist_a.count, hist_b.count
-    evr = hist_a.basis.explained_variance_ratio
+def divergence_from_counts(basis: DivergenceBasis, counts_a: np.ndarray, counts_b: np.ndarray) -> Divergence:
+    """D from two groups' bin counts (components x bins) on one basis."""
+    n_a, n_b = int(counts_a[0].sum()), int(counts_b[0].sum())
+    evr = basis.pca.explained_variance_ratio
     if n_a == 0 or n_b == 0:
         empty = "first" if n_a == 0 else "second"
         return Divergence(math.nan, _components(evr, np.full(len(evr), math.nan)), n_a, n_b,
                           f"the {empty} group has no non-sparse filters")
-    kl = symmetric_kl(hist_a.probabilities(), hist_b.probabilities())
-    if np.isnan(evr).all():  # every filter of both groups is the same after scaling
+    edges = basis.edges
+    kl = symmetric_kl(densities_to_probabilities(counts_a, edges), densities_to_probabilities(counts_b, edges))
+    if np.isnan(evr).all():  # every scaled filter of the reference set is the same
         return Divergence(0.0, _components(evr, kl), n_a, n_b, "no variance: all scaled filters are identical")
     frame = _components(evr, kl)
     return Divergence(float(frame["contribution"].sum()), frame, n_a, n_b)
+
+
+def divergence_from_histograms(hist_a: Histograms, hist_b: Histograms) -> Divergence:
+    """D from the two groups' histograms on their shared basis."""
+    return divergence_from_counts(hist_a.basis, hist_a.counts, hist_b.counts)
 
 
 def _components(evr: np.ndarray, kl: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"component": np.arange(len(evr)), "evr": evr, "symmetric_kl": kl, "contribution": evr * kl})
 
 
-def divergence(layers_a: Iterable, layers_b: Iterable, eps: float = SPARSITY_EPS, bins: int = N_BINS) -> Divergence:
+def fit_basis(layers: Iterable, eps: float = SPARSITY_EPS, source: str = "") -> DivergenceBasis:
+    """The signed basis and range of a reference set given in memory as layers ((n, kh, kw) arrays)."""
+    layers = [as_filter_matrix(x, "reference layer") for x in layers]
+    d = {x.shape[1] for x in layers}
+    if len(d) != 1:
+        raise ValueError(f"the divergence needs filters of one kernel size, got sizes {sorted(d)}")
+    pooled = Moments.empty(d.pop())
+    for x in layers:
+        pooled = pooled + Moments.of(linf_scaled_nonsparse(x, eps))
+    scan = RangeScan(PCABasis.from_moments(pooled))
+    for x in layers:
+        if len(x):
+            scan.add(x, float(np.abs(x).max()), eps)
+    return scan.finish(source)
+
+
+def divergence(layers_a: Iterable, layers_b: Iterable, basis: DivergenceBasis | None = None,
+               eps: float = SPARSITY_EPS) -> Divergence:
     """D between two groups given in memory as lists of layers (each an (n, kh, kw) array).
 
+    ``basis``: a reference basis (e.g. :func:`filterdb.analysis.basis.database_basis`);
+    without it, the ``groups`` variant: basis and range from the two groups' layers.
     Sparsity is judged per layer, as in the metrics. For databases, see
     :func:`filterdb.analysis.compare.compare_groups`, which streams.
     """
-    layers_a, layers_b = [as_filter_matrix(x, "group A layer") for x in layers_a], \
-        [as_filter_matrix(x, "group B layer") for x in layers_b]
+    layers_a = [as_filter_matrix(x, "group A layer") for x in layers_a]
+    layers_b = [as_filter_matrix(x, "group B layer") for x in layers_b]
     d = {x.shape[1] for x in layers_a + layers_b}
     if len(d) != 1:
         raise ValueError(f"both groups need filters of one kernel size, got sizes {sorted(d)}")
-    pooled = Moments.empty(d.pop())
-    for x in layers_a + layers_b:
-        pooled = pooled + Moments.of(linf_scaled_nonsparse(x, eps))
-    basis = PCABasis.from_moments(pooled)
-    hist_a, hist_b = Histograms(basis, bins), Histograms(basis, bins)
+    if basis is None:
+        basis = fit_basis(layers_a + layers_b, eps, "groups")
+    hist_a, hist_b = Histograms(basis), Histograms(basis)
     for hist, layers in ((hist_a, layers_a), (hist_b, layers_b)):
         for x in layers:
             if len(x):

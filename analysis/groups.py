@@ -2,11 +2,12 @@
 
 Group expressions select models by model-table columns, conditions joined by ``,`` (AND):
 ``robust`` (training = robust), ``normal`` (training = normal), ``COLUMN=VALUE`` for any
-column of :data:`filterdb.schema.MODEL_COLUMNS` (``arch`` is short for ``architecture``).
-String values match case-insensitively.
+column of :data:`filterdb.schema.MODEL_COLUMNS` (``arch`` is short for ``architecture``),
+``COLUMN=V1|V2`` for any of several values. String values match case-insensitively.
 
 Layer selectors: ``first``, ``last``, ``all``, an INDEX into the reached convolutions of
-each network (negative counts from the end), a ``LO-HI`` range of conv_depth_norm
+each network (negative counts from the end) among the layers given (so, after a kernel
+filter, ``first`` is the first 3x3 convolution), a ``LO-HI`` range of conv_depth_norm
 (closed), or ``deciles``: the first layer on its own as "0", then right-closed deciles of
 conv_depth_norm, (0, 0.1], ..., (0.9, 1].
 """
@@ -56,6 +57,11 @@ def valid_columns() -> list[str]:
 
 
 def _matches(series: pd.Series, column: str, value: str) -> pd.Series:
+    if "|" in value:
+        mask = pd.Series(False, index=series.index)
+        for alternative in value.split("|"):
+            mask |= _matches(series, column, alternative.strip())
+        return mask
     kind = _KINDS[column]
     if kind == "str":
         return series.astype(str).str.lower() == value.lower()
@@ -108,19 +114,21 @@ def select_layers(layers: pd.DataFrame, selector: str | int) -> pd.DataFrame:
     """
     selector = str(selector).strip().lower()
     reached = _reached(layers)
-    depth_count = reached.groupby(["model_id", "member"])["conv_depth"].transform("max") + 1
+    # position among the given reached convolutions (= conv_depth when no kernel was filtered out)
+    position = reached.groupby(["model_id", "member"])["conv_depth"].rank(method="dense").astype(int) - 1
+    depth_count = position.groupby([reached["model_id"], reached["member"]]).transform("max") + 1
     if selector == "all":
         return layers.assign(layers="all")
     if selector == "first":
-        return reached[reached["conv_depth"] == 0].assign(layers="first")
+        return reached[position == 0].assign(layers="first")
     if selector == "last":
-        return reached[reached["conv_depth"] == depth_count - 1].assign(layers="last")
+        return reached[position == depth_count - 1].assign(layers="last")
     if selector == "deciles":
         return reached.assign(layers=decile_labels(reached["conv_depth"], reached["conv_depth_norm"]))
     if re.fullmatch(r"-?\d+", selector):
         index = int(selector)
         target = index if index >= 0 else depth_count + index
-        return reached[reached["conv_depth"] == target].assign(layers=selector)
+        return reached[position == target].assign(layers=selector)
     match = _RANGE.match(selector)
     if match:
         lo, hi = float(match.group(1)), float(match.group(2))

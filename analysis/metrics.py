@@ -117,7 +117,8 @@ def variance_entropy_raw(filters) -> float:
     Center the columns of W (n x d), take its singular values s, ``lambda = s^2 / (n-1)``,
     ``p = lambda / sum(lambda)``, ``VE = -sum_i p_i log10 p_i`` (terms with p_i = 0 count 0).
     Computed from the eigenvalues of the d x d centered scatter matrix, which equal s^2.
-    Ranges over [0, log10(d)]. Identical filters (no variance) give 0; a single filter NaN.
+    Ranges over [0, log10(d)]. Identical filters (no variance) give 0; a single filter NaN;
+    1x1 filters NaN (one dimension: 0 by construction, not a measurement).
     """
     w = as_filter_matrix(filters)
     value, reason = _ve_from_moments(Moments.of(w))
@@ -369,6 +370,8 @@ def _sparse_mask(a: np.ndarray, eps: float) -> np.ndarray:
 
 
 def _ve_from_moments(m: Moments, what: str = "filter") -> tuple[float, str | None]:
+    if len(m.mean) == 1:
+        return math.nan, "variance entropy undefined for 1x1 filters (one dimension)"
     if m.count == 0:
         return math.nan, f"no {what}s"
     if m.count == 1:

@@ -4,8 +4,11 @@ The main figure of *Adversarial Robustness through the Lens of Convolutional Fil
 (CVPR-W 2022, Fig. 2): one row per metric, one column per dataset; the x axis is the
 first convolution on its own, then the deciles of relative depth (conv_depth_norm,
 right-closed, as ``compare --layer deciles``). Every 3x3 convolution counts; a model's
-value in a decile is the mean over its layers there, so each model counts once per
-point. Markers are the mean over models, bars 95% bootstrap intervals of it (seed 0);
+value in a decile pools its layers there as the paper does (``compare --aggregate
+pooled``: orthogonality weighted by out_channels, variance entropy by the non-sparse
+filter count, sparsity = sparse filters / filters), so each model counts once per point;
+the figure says so under its legend. Markers are the mean over models, bars 95%
+bootstrap intervals of it (seed 0);
 lines join neighbouring deciles only (not the first layer, not over deciles without layers).
 Variance entropy is the default variant ``ve_linf`` (filters scaled by their L-inf
 norm, sparse filters removed).
@@ -26,6 +29,9 @@ from filterdb.analysis import compare_groups  # noqa: E402
 from filterdb.analysis.groups import DECILE_LABELS  # noqa: E402
 
 NAME = "metrics_by_depth"
+AGGREGATE = "pooled"
+AGGREGATE_NOTE = ("each model's value per depth group pools its 3x3 layers as the paper does: orthogonality weighted "
+                  "by out_channels, variance entropy by non-sparse filters, sparsity over filters")
 METRICS = {"sparsity": "Sparsity\n(share of near-zero filters)",
            "ve_linf": "Variance entropy\n(filter diversity)",
            "orthogonality": "Orthogonality\n(of output channels)"}
@@ -34,7 +40,7 @@ METRICS = {"sparsity": "Sparsity\n(share of near-zero filters)",
 def model_means(db) -> pd.DataFrame:
     """Each model's mean per dataset and depth group (long format: one row per model, group and metric)."""
     result = compare_groups(db, "robust", "normal", layer="deciles", by="dataset", kernel="3x3",
-                            metrics=list(METRICS), with_divergence=False)
+                            metrics=list(METRICS), aggregate=AGGREGATE, with_divergence=False)
     per_model = result.per_model.rename(columns={"group": "training", "by": "dataset"})
     long = per_model.melt(id_vars=["model_id", "training", "dataset", "layers"], value_vars=list(METRICS),
                           var_name="metric", value_name="value")
@@ -85,7 +91,9 @@ def plot(long: pd.DataFrame, datasets: list[str]) -> plt.Figure:
     handles = [plt.Line2D([], [], color=_style.TRAINING_COLORS[t], marker=markers[t], label=_style.TRAINING_LABELS[t])
                for t in _style.TRAINING_ORDER]
     fig.legend(handles=handles, loc="upper center", ncol=2, bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, 0.955))
+    fig.text(0.5, 0.955, f"Aggregation: {AGGREGATE} ({AGGREGATE_NOTE})", ha="center", va="top",
+             fontsize="x-small", color="dimgray", wrap=True)
+    fig.tight_layout(rect=(0, 0, 1, 0.935))
     return fig
 
 

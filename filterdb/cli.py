@@ -309,7 +309,12 @@ def info(db_path, fmt, as_json):
               help="Database directory [default: $FILTERDB_HOME/demo-db].")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 def demo(db_path, fmt):
-    """Build the demo database (16 matched pairs trained on digits; cached) and compare robust vs normal."""
+    """Build the demo database (16 matched pairs trained on digits; cached) and compare robust vs normal.
+
+    Prints, for the first 3x3 convolution, the unpaired (Mann-Whitney U), paired (Wilcoxon
+    signed-rank over the matched pairs) and permutation statistics, the divergence with its
+    permutation null, and the same for a normal-vs-normal baseline (the normal models in two halves).
+    """
     from filterdb.build import build as run_build
     from filterdb.sources import leaderboard_specs
     from filterdb.store import FilterDB

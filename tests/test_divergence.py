@@ -6,7 +6,10 @@ import pytest
 from scipy.stats import entropy
 from sklearn.decomposition import PCA
 
-from filterdb.analysis.divergence import EMPTY_BIN, Histograms, PCABasis, divergence, symmetric_kl
+from sklearn.utils.extmath import svd_flip
+
+from filterdb.analysis.divergence import (EMPTY_BIN, DivergenceBasis, Histograms, PCABasis, RangeScan, divergence,
+                                          fit_basis, symmetric_kl)
 from filterdb.analysis.metrics import Moments, linf_scaled_nonsparse
 
 
@@ -15,10 +18,11 @@ def ones(values):
 
 
 def test_one_component_by_hand():
-    # 1x1 filters scale to +-1: A puts 3/4 at +1, B 1/4; 68 empty bins get eps in both
+    # 1x1 filters scale to +-1 (mean 0, range [-1, 1]): A puts 3/4 in the last bin, B 1/4; the 68
+    # empty bins get eps as a density (bin width w = 2/70), so each p sums to 1 + 68 eps w before renormalising
     a, b = ones([0.5, 2.0, 0.1, -1.0]), ones([3.0, -0.2, -1.0, -4.0])
     result = divergence([a], [b])
-    assert result.value == pytest.approx(math.log(3) / (1 + 68 * EMPTY_BIN), rel=1e-12)
+    assert result.value == pytest.approx(math.log(3) / (1 + 68 * EMPTY_BIN * 2 / 70), rel=1e-12)
     assert result.per_component["evr"].tolist() == [1.0]
     assert (result.n_a, result.n_b) == (4, 4)
 
@@ -32,27 +36,55 @@ def test_identical_groups_have_zero_divergence_and_it_is_symmetric():
     assert divergence(a, b).value > 0
 
 
-def reference_divergence(a, b, bins=70):
-    """The definition with off-the-shelf parts: sklearn PCA, numpy density histograms, scipy KL."""
-    a, b = linf_scaled_nonsparse(a), linf_scaled_nonsparse(b)
-    pca = PCA().fit(np.concatenate([a, b]))
-    total = 0.0
-    for i, v in enumerate(pca.components_):
-        half = np.abs(v).sum()
-        p, _ = np.histogram(a @ v, bins, range=(-half, half), density=True)
-        q, _ = np.histogram(b @ v, bins, range=(-half, half), density=True)
-        p, q = p / p.sum(), q / q.sum()
-        p[p == 0], q[q == 0] = EMPTY_BIN, EMPTY_BIN
-        total += pca.explained_variance_ratio_[i] * (entropy(p, q) + entropy(q, p))
-    return total
+def scaled_and_sparse(layers):
+    """The authors' ``scale`` (x / max|x|, zero rows kept) and a per-layer sparsity mask."""
+    scaled, sparse = [], []
+    for x in layers:
+        x = np.asarray(x, np.float64).reshape(len(x), -1)
+        a = np.abs(x).max(axis=1)
+        scaled.append(x / np.where(a == 0, 1, a)[:, None])
+        sparse.append(a < 0.01 * a.max() if a.max() > 0 else np.ones(len(x), bool))
+    return scaled, sparse
 
 
-def test_matches_the_reference_definition():
+def reference_divergence(reference_layers, group_a, group_b):
+    """The authors' pipeline (pca.ipynb) transcribed with off-the-shelf parts: scikit-learn PCA
+    with scikit-learn 0.24's sign rule (svd_flip on U), numpy density histograms, scipy KL.
+    ``group_a``/``group_b`` are indices into ``reference_layers``."""
+    scaled, sparse = scaled_and_sparse(reference_layers)
+    fit = np.concatenate([x[~s] for x, s in zip(scaled, sparse)])
+    pca = PCA(n_components=fit.shape[1]).fit(fit)
+    _, components = svd_flip(pca.transform(fit), pca.components_.copy(), u_based_decision=True)
+    pca.components_ = components
+    everything = pca.transform(np.concatenate(scaled))
+    x_range = everything.min(), everything.max()
+
+    def distributions(indices):
+        x = pca.transform(np.concatenate([scaled[i][~sparse[i]] for i in indices]))
+        out = []
+        for column in x.T:
+            v, _ = np.histogram(column, range=x_range, bins=70, density=True)
+            v[v == 0] = np.finfo(np.float32).eps
+            out.append(v / v.sum())
+        return out
+
+    p, q = distributions(group_a), distributions(group_b)
+    return sum(r * (entropy(x, y) + entropy(y, x)) for r, x, y in zip(pca.explained_variance_ratio_, p, q))
+
+
+def test_matches_the_authors_definition_for_two_groups():
     rng = np.random.default_rng(1)
     a = rng.standard_normal((3000, 3, 3)) @ np.diag([3, 1, 1]) * 0.1
     b = rng.standard_normal((2000, 3, 3)) * 0.1 + 0.02
-    a[:100] *= 1e-4  # sparse filters are dropped
-    assert divergence([a], [b]).value == pytest.approx(reference_divergence(a, b), rel=1e-9)
+    a[:100] *= 1e-4  # sparse filters are dropped from the fit and the histograms, kept in the range
+    b[:3] = 0.0
+    expected = reference_divergence([a, b], [0], [1])
+    assert divergence([a], [b]).value == pytest.approx(expected, rel=1e-9)
+    # a reference basis from other layers: the database-wide variant, in memory
+    c = rng.standard_normal((4000, 3, 3)) * 0.2 - 0.05
+    basis = fit_basis([a, b, c])
+    assert divergence([a], [b], basis=basis).value == pytest.approx(reference_divergence([a, b, c], [0], [1]),
+                                                                     rel=1e-9)
 
 
 def test_sparsity_is_judged_per_layer():
@@ -68,7 +100,7 @@ def test_sparsity_is_judged_per_layer():
 def test_chunks_and_shards_add_up_to_one_pass():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((200_000, 3, 3)).astype(np.float32)
-    basis = PCABasis.from_moments(Moments.of(linf_scaled_nonsparse(x)))
+    basis = fit_basis([x])
     absmax = float(np.abs(x).max())
     whole = Histograms(basis).add(x, absmax)
     parts = Histograms(basis)
@@ -76,13 +108,22 @@ def test_chunks_and_shards_add_up_to_one_pass():
         parts.merge(Histograms(basis).add(x[lo:lo + 30_001], absmax))
     np.testing.assert_array_equal(whole.counts, parts.counts)
     assert whole.count == len(x)
+    scan = RangeScan(basis.pca)
+    for lo in range(0, len(x), 70_000):
+        scan.merge(RangeScan(basis.pca).add(x[lo:lo + 70_000], absmax))
+    assert (scan.finish().lo, scan.finish().hi) == (basis.lo, basis.hi)
 
 
-def test_projections_at_the_range_bound_land_in_the_edge_bins():
-    basis = PCABasis(np.eye(2), np.array([0.5, 0.5]))
-    hist = Histograms(basis, bins=4).add(np.array([[1.0, -1.0], [-1.0, 1.0], [0.0, 0.2]]).reshape(3, 1, 2), 1.0)
-    # the third filter scales to (0, 1): 0 is the left edge of bin 2, 1 the right bound of bin 3
-    np.testing.assert_array_equal(hist.counts, [[1, 0, 1, 1], [1, 0, 0, 2]])
+def test_binning_is_numpys_including_the_range_bounds():
+    pca = PCABasis(np.eye(2), np.array([0.5, 0.5]))
+    basis = DivergenceBasis(pca, -1.0, 1.0, 0, 0)
+    rng = np.random.default_rng(4)
+    filters = np.concatenate([rng.uniform(-1, 1, (5000, 2)), [[1.0, -1.0], [-1.0, 1.0], [0.0, 1.0]],
+                              np.delete(np.linspace(-1, 1, 71), 35)[:, None].repeat(2, axis=1) * 0.999999]).reshape(-1, 1, 2)
+    hist = Histograms(basis).add(filters, 1.0)
+    scaled = filters.reshape(-1, 2) / np.abs(filters.reshape(-1, 2)).max(axis=1, keepdims=True)
+    for i in range(2):
+        np.testing.assert_array_equal(hist.counts[i], np.histogram(scaled[:, i], bins=70, range=(-1, 1))[0])
 
 
 def test_a_group_without_nonsparse_filters_gives_nan_with_a_reason():

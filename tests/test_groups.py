@@ -81,3 +81,19 @@ def test_deciles_put_the_first_layer_alone_and_are_right_closed():
     assert list(m["layers"].astype(str)) == list(DECILE_LABELS)  # depth d/10 -> decile d, 0 on its own
     e = selected[selected["model_id"] == "e"]
     assert list(e["layers"].astype(str)) == ["0", "(0.4, 0.5]", "(0.9, 1]"] * 2
+
+
+def test_alternative_values(models):
+    assert list(select_models(models, "model_id=a|c").index) == ["a", "c"]
+    assert list(select_models(models, "normal,dataset=cifar10|cifar100").index) == ["c", "d"]
+
+
+def test_first_and_last_count_the_layers_given():
+    # a 7x7 stem, then 3x3 convs and a 1x1 at the end: after keeping the 3x3 layers, first and last are 3x3
+    layers = pd.DataFrame({"model_id": "m", "member": 0, "conv_depth": range(5), "reached": True,
+                           "conv_depth_norm": np.arange(5) / 4, "kernel": ["7x7", "3x3", "3x3", "3x3", "1x1"]})
+    three = layers[layers["kernel"] == "3x3"]
+    assert list(select_layers(three, "first")["conv_depth"]) == [1]
+    assert list(select_layers(three, "last")["conv_depth"]) == [3]
+    assert list(select_layers(three, "1")["conv_depth"]) == [2]
+    assert list(select_layers(layers, "last")["kernel"]) == ["1x1"]

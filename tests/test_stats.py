@@ -4,7 +4,10 @@ import math
 import numpy as np
 import pytest
 
-from filterdb.analysis.stats import bootstrap_ci, cliffs_delta, mann_whitney_p, two_sample
+from scipy.stats import kstest
+
+from filterdb.analysis.stats import (FEWER_THAN_TWO, Permutation, bootstrap_ci, cliffs_delta, holm, mann_whitney_p,
+                                     paired, paired_permutation_test, permutation_test, two_sample, wilcoxon_p)
 
 
 def test_cliffs_delta_by_hand():
@@ -34,3 +37,84 @@ def test_two_sample_drops_nan_and_counts_models():
     s = two_sample([1.0, np.nan, 3.0], [0.0, 1.0])
     assert (s.n_a, s.n_b, s.mean_a, s.mean_b, s.difference) == (2, 2, 2.0, 0.5, 1.5)
     assert s.cliffs_delta == pytest.approx(0.75)  # (1 vs 0: >, 1 vs 1: =, 3 > both) -> 3/4
+
+
+def test_a_group_of_one_model_gets_no_p_value_and_no_interval():
+    s = two_sample([1.0], [0.0, 2.0, 3.0])
+    assert math.isnan(s.p_value) and math.isnan(s.ci_low) and math.isnan(s.ci_high)
+    assert s.note == FEWER_THAN_TWO and s.difference == pytest.approx(1 - 5 / 3)
+    assert permutation_test([1.0], [0.0, 2.0]) == Permutation.none()
+    assert math.isnan(paired([1.0], [0.0]).p_value)
+
+
+def test_wilcoxon_signed_rank_by_hand():
+    # d = 2, -1, 3, 4, 5: ranks of |d| are 2, 1, 3, 4, 5; W- = 1. Of the 2^5 = 32 equally likely
+    # sign patterns, W- <= 1 for 2 ({} and {rank 1}): two-sided p = 2 * 2/32 = 0.125
+    assert wilcoxon_p([2, -1, 3, 4, 5]) == pytest.approx(0.125, abs=1e-12)
+    assert wilcoxon_p([1, 2, 3]) == pytest.approx(0.25, abs=1e-12)  # 3 pairs, all one sign: 2/8
+    assert wilcoxon_p([0.0, 0.0, 0.0]) == 1.0 and math.isnan(wilcoxon_p([1.0]))
+    p = paired([3.0, 5.0, 4.0, 6.0, 7.0], [1.0, 6.0, 1.0, 2.0, 2.0])  # the same differences
+    assert (p.n_pairs, p.difference, p.p_value) == (5, 2.6, pytest.approx(0.125, abs=1e-12))
+    assert p.ci_low < 2.6 < p.ci_high
+
+
+def test_paired_permutation_is_exact_over_sign_flips():
+    # 3 pairs, all differences positive: 2 of the 8 sign patterns give |mean d| as large
+    result = paired_permutation_test([2.0, 3.0, 4.0], [1.0, 1.0, 1.0])
+    assert (result.p_value, result.n_permutations, result.exact) == (0.25, 8, True)
+
+
+def test_holm_by_hand():
+    adjusted = holm([0.01, 0.04, 0.03, np.nan])
+    # sorted 0.01, 0.03, 0.04 times 3, 2, 1 = 0.03, 0.06, 0.04 -> running max 0.03, 0.06, 0.06
+    np.testing.assert_allclose(adjusted[:3], [0.03, 0.06, 0.06], rtol=1e-12)
+    assert math.isnan(adjusted[3])
+
+
+def test_permutation_p_of_groups_from_the_same_models_is_roughly_uniform():
+    models = np.random.default_rng(0).normal(size=20)
+    p_values = []
+    for seed in range(30):
+        split = np.random.default_rng(100 + seed).permutation(20)
+        p_values.append(permutation_test(models[split[:10]], models[split[10:]], 999, seed).p_value)
+    assert kstest(p_values, "uniform").pvalue > 0.05
+    assert 0.3 < np.mean(p_values) < 0.7 and min(p_values) < 0.2 and max(p_values) > 0.8
+
+
+def test_permutation_p_of_clearly_different_groups_is_at_its_minimum():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0, 1, 10), rng.normal(10, 1, 10)
+    result = permutation_test(a, b, 999, seed=3)
+    assert (result.p_value, result.n_permutations, result.exact) == (1 / 1000, 999, False)
+    assert result.null_median < 3  # shuffled groups differ far less than the observed ~10
+    exact = permutation_test([1.0, 2.0, 3.0], [7.0, 8.0, 9.0])
+    assert (exact.p_value, exact.n_permutations, exact.exact) == (2 / 20, 20, True)  # this split and its mirror
+
+
+def divergence_groups(rng, n_models, shift):
+    return [rng.standard_normal((300, 3, 3)) + shift for _ in range(n_models)]
+
+
+def test_divergence_permutation_null_is_uniform_for_one_population_and_minimal_for_two():
+    from filterdb.analysis.compare import divergence_permutation
+    from filterdb.analysis.divergence import Histograms, divergence, fit_basis
+
+    rng = np.random.default_rng(2)
+    same = divergence_groups(rng, 12, 0.0)
+    basis = fit_basis(same)
+    counts = [Histograms(basis).add(x, float(np.abs(x).max())).counts for x in same]
+    p_values = []
+    for seed in range(12):
+        order = np.random.default_rng(seed).permutation(12)
+        a, b = [counts[i] for i in order[:6]], [counts[i] for i in order[6:]]
+        observed = divergence([same[i] for i in order[:6]], [same[i] for i in order[6:]], basis=basis).value
+        p_values.append(divergence_permutation(basis, a, b, observed, 199, seed).p_value)
+    assert 0.2 < np.mean(p_values) < 0.8 and max(p_values) > 0.5
+    other = divergence_groups(rng, 6, 0.8)
+    basis = fit_basis(same[:6] + other)
+    a = [Histograms(basis).add(x, float(np.abs(x).max())).counts for x in same[:6]]
+    b = [Histograms(basis).add(x, float(np.abs(x).max())).counts for x in other]
+    observed = divergence(same[:6], other, basis=basis).value
+    result = divergence_permutation(basis, a, b, observed, 199, 0)
+    # C(12, 6) = 924 labelings > 199: sampled; none is as extreme as the observed split
+    assert (result.p_value, result.n_permutations) == (1 / 200, 199) and result.null_median < observed / 5
