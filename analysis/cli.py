@@ -117,7 +117,8 @@ Divergence of the groups' filters (the robustness paper's, natural log):
 """
 
 
-@click.command(help=_COMPARE_HELP)
+@click.command(help=_COMPARE_HELP, short_help="Compare two groups of models: per-layer metrics, paired, unpaired and "
+                                                "permutation statistics, filter divergence.")
 @click.argument("group_a")
 @click.argument("group_b")
 @click.option("--layer", default="first", show_default=True,

@@ -21,7 +21,9 @@ from filterdb.output import FORMATS, emit
 # Commands of other modules: name -> (module, attribute, the command's one-line help).
 # tests/test_imports.py checks that each help line is the command's own.
 CONTRIBUTED_COMMANDS = {
-    "compare": ("filterdb.analysis.cli", "compare", "Compare two groups of models, e.g."),
+    "compare": ("filterdb.analysis.cli", "compare",
+                "Compare two groups of models: per-layer metrics, paired, unpaired and permutation statistics, "
+                "filter divergence."),
     "evaluate": ("filterdb.training.evaluate_cli", "evaluate",
                  "Evaluate training checkpoints: clean and robust accuracy (PGD, CW, AutoAttack at Linf and L2 budgets), "
                  "where the perturbations sit (border vs interior) and the fooling rate under rotations and translations."),
