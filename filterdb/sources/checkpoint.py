@@ -23,7 +23,10 @@ def checkpoint_spec(path: str | Path) -> ModelSpec:
     from filterdb.training.checkpoint import load_checkpoint
 
     sha = sha256_file(path)
-    name = checkpoint_name(load_checkpoint(path), sha)
+    try:
+        name = checkpoint_name(load_checkpoint(path), sha)
+    except FilterDBError:  # not a readable checkpoint: the build reports its error as this model's failure
+        name = f"{path.resolve().parent.name}/{path.stem}@{sha[:8]}"
     return ModelSpec(SOURCE, name, record={"weights_sha256": sha}, load=partial(load_checkpoint_model, path),
                      origin=str(path))
 
