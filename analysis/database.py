@@ -60,10 +60,9 @@ def compute_model_metrics(db, model_id: str, eps: float = SPARSITY_EPS) -> tuple
 
 
 def cache_token(db, model_id: str) -> str:
-    """``db.shard_token`` plus the shard file's identity: the token alone has one-second
-    resolution when a model has no weights file hash, and a re-extraction can be quicker."""
-    stat = db.shard_path(model_id).stat()
-    return f"{db.shard_token(model_id)}|{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_size}"
+    """The shard's digest (``db.shard_digest``: its tables, extraction time included, and every
+    layer's filter bytes), so a cache file belongs to exactly one extraction of the model."""
+    return db.shard_digest(model_id)
 
 
 def model_metrics(db, model_id: str, eps: float = SPARSITY_EPS) -> tuple[pd.DataFrame, list[Moments]]:

@@ -14,7 +14,8 @@ from filterdb.errors import FilterDBError
 from filterdb.output import FORMATS, emit
 
 # Modules that contribute commands through a module-level list ``commands``.
-COMMAND_MODULES = ("filterdb.analysis.cli", "filterdb.training.cli", "filterdb.training.evaluate_cli", "filterdb.sources.cli")
+COMMAND_MODULES = ("filterdb.analysis.cli", "filterdb.training.cli", "filterdb.training.evaluate_cli", "filterdb.sources.cli",
+                   "filterdb.verify")
 
 
 class FilterDBGroup(click.Group):

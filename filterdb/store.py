@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from filterdb import schema
+from filterdb import integrity, schema
+from filterdb.atomic import TMP_SUFFIX, atomic_path, remove_stale_temps  # noqa: F401 - TMP_SUFFIX: public name
 from filterdb.errors import FilterDBError
 from filterdb.extract import ExtractedLayer
 from filterdb.h5table import read_table, table_columns, table_frame, write_table
@@ -37,7 +38,6 @@ from filterdb.sources.base import LoadedModel, ModelSpec
 
 MASTER_NAME = "filterdb.h5"
 SHARD_DIR = "shards"
-TMP_SUFFIX = ".tmp"
 DATABASE_ENCODING = "filterdb-database"
 SHARD_ENCODING = "filterdb-shard"
 FILTERS_ENCODING = "filter-array"
@@ -58,26 +58,29 @@ def shard_path(db_dir: Path, model_id: str) -> Path:
 
 
 def write_shard(db_dir: str | os.PathLike, record: dict, layers: list[ExtractedLayer]
-                ) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+                ) -> tuple[Path, pd.DataFrame, pd.DataFrame, integrity.ShardIdentity]:
     """Write one model's shard atomically: a temporary file, renamed into place once complete.
 
     ``record`` is a complete model-table row (``model_record``). Filters of one layer are
     contiguous and out-channel-major; ``start``/``stop`` in the shard's layer table are
     local to the shard. NaN/Inf weights raise ``FilterDBError`` naming the layer, and no
-    shard is left. Returns the shard's path and its model and layer tables.
+    shard is left. The shard records the digests of its tables and of each layer's filters
+    (``filterdb.integrity``). Returns the shard's path, its model and layer tables and its identity.
     """
     final = shard_path(Path(db_dir), record["model_id"])
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.stem}.{os.getpid()}{TMP_SUFFIX}")
     sizes: dict[str, int] = {}
     rows = []
-    for layer in layers:
+    kernel_rows: dict[str, list[tuple[int, int]]] = {}
+    for i, layer in enumerate(layers):
         start = sizes.get(layer.kernel, 0)
         sizes[layer.kernel] = start + layer.info["n_filters"]
         rows.append({**layer.info, "model_id": record["model_id"], "start": start, "stop": sizes[layer.kernel]})
+        kernel_rows.setdefault(layer.kernel, []).append((i, start, sizes[layer.kernel]))
     model_columns = table_columns([record], schema.MODEL_COLUMNS)
     layer_columns = table_columns(rows, schema.LAYER_COLUMNS)
-    try:
+    tables_digest = integrity.table_digest([(model_columns, schema.MODEL_COLUMNS), (layer_columns, schema.LAYER_COLUMNS)])
+    with atomic_path(final) as tmp:
         with h5py.File(tmp, "w", libver="latest") as f:
             _root_attrs(f, SHARD_ENCODING)
             write_table(f, "models", model_columns, schema.MODEL_COLUMNS, index="model_id")
@@ -92,17 +95,18 @@ def write_shard(db_dir: str | os.PathLike, record: dict, layers: list[ExtractedL
             runs = {offsets[kernel]: [layer for layer in layers if layer.kernel == kernel] for kernel in sizes}
             written = writer.submit(_write_filter_bytes, tmp, runs)
             try:
+                digests = []
                 for layer in layers:
                     layer.check_finite()
+                    digests.append(integrity.filter_digest(layer.filters()))
                 models = table_frame(model_columns, schema.MODEL_COLUMNS, "model_id")
                 layer_frame = table_frame(layer_columns, schema.LAYER_COLUMNS)
             finally:
                 written.result()
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return final, models, layer_frame
+        with h5py.File(tmp, "r+", libver="latest") as f:
+            shard_digest = integrity.write_shard_digests(f, record["model_id"], tables_digest, kernel_rows, digests)
+        size = tmp.stat().st_size
+    return final, models, layer_frame, integrity.ShardIdentity(record["model_id"], size, shard_digest)
 
 
 def _write_filter_bytes(path: Path, runs: dict[int, list[ExtractedLayer]]) -> None:
@@ -141,25 +145,23 @@ def _allocate_contiguous(group: h5py.Group, name: str, shape: tuple[int, ...]) -
     return dataset.id.get_offset() or 0  # None only for an empty dataset: nothing to write there
 
 
-def read_shard_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    with h5py.File(path, "r") as f:
-        if f.attrs.get("encoding-type") != SHARD_ENCODING:
-            raise FilterDBError(f"{path} is not a filterdb shard; remove it from the shards folder")
-        return read_table(f["models"], schema.MODEL_COLUMNS), read_table(f["layers"], schema.LAYER_COLUMNS)
-
-
-def _master_is_stale(path: Path) -> bool:
-    """Whether the shard files on disk differ from the models the master lists (cheap: a listing)."""
-    master = path / MASTER_NAME
-    if not master.exists():
-        return True
-    on_disk = {p.stem for p in (path / SHARD_DIR).glob("*.h5")}
+def read_shard(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, integrity.ShardIdentity]:
+    """A shard's model and layer tables, verified against their digests, and its identity."""
     try:
-        with h5py.File(master, "r") as f:
-            listed = set(f["models"]["model_id"].asstr()[()])
-    except (OSError, KeyError):
-        return True
-    return on_disk != listed
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("encoding-type") != SHARD_ENCODING:
+                raise integrity.damaged(path, "not a filterdb shard (a stray file in the shards folder)")
+            models, layers = read_table(f["models"], schema.MODEL_COLUMNS), read_table(f["layers"], schema.LAYER_COLUMNS)
+            identity = integrity.check_shard_tables(f, path, models, layers, (schema.MODEL_COLUMNS, schema.LAYER_COLUMNS))
+    except FilterDBError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeDecodeError) as exc:
+        raise integrity.read_error(path, exc, "the shard cannot be read") from None
+    return models, layers, identity
+
+
+def read_shard_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return read_shard(path)[:2]
 
 
 # --------------------------------------------------------------------------- the database
@@ -167,12 +169,15 @@ def _master_is_stale(path: Path) -> bool:
 class FilterDB:
     """A filter database directory. Open with ``open_database(path)`` (read) or ``FilterDB.open(path, "a")``."""
 
-    def __init__(self, path: Path, mode: str):
+    def __init__(self, path: Path, mode: str, read_around: bool = False):
         self.path = Path(path)
         self.mode = mode
         self._lock_fh = None
         self._file: h5py.File | None = None
         self._shards: dict[str, h5py.File] = {}
+        self._checks: dict[str, integrity.ShardCheck] = {}  # model_id -> the digests of its open shard
+        self._identities: dict[str, integrity.ShardIdentity] = {}  # what the master records of each shard
+        self._read_around = read_around  # reading: the master is unusable, the tables come from the shards
         self._stale_tables = False  # self._parts changed since self._models/_layers were assembled
         self._unpublished = False  # ... since the master file was written
         self._publish_every: float | None = None  # seconds, inside batch(); None: after every change
@@ -195,11 +200,8 @@ class FilterDB:
             raise FilterDBError(f"{path} is not a filterdb database (no {MASTER_NAME}); build one with "
                                 f"'filterdb build --leaderboard NAME --db {path}', or run 'filterdb demo' and pass "
                                 f"--db {demo_db_path()}")
-        if mode == "r" and _master_is_stale(path):
-            try:  # a build was killed between writing a shard and the master: bring the master up to date
-                cls.open(path, "a").close()
-            except FilterDBError:
-                pass  # a writer is running and will do it; read the last complete master
+        if mode == "r":
+            return cls._open_reader(path)
         if mode == "a":
             try:
                 (path / SHARD_DIR).mkdir(parents=True, exist_ok=True)
@@ -211,9 +213,40 @@ class FilterDB:
                                     "choose a writable --db path") from exc
         return cls(path, mode)
 
+    @classmethod
+    def _open_reader(cls, path: Path) -> "FilterDB":
+        """Open for reading: a stale master is brought up to date, a damaged or missing one rebuilt
+        from the shards; where that is impossible (a writer holds the lock, the disk is read-only or
+        full) the last good master is read, or the shards themselves, with one line saying so."""
+        master = path / MASTER_NAME
+        try:
+            state = integrity.master_state(master, path / SHARD_DIR)
+            if state == "ok":
+                return cls(path, "r")
+        except integrity.MasterDamaged as exc:
+            state = str(exc)
+        try:  # a build was killed (or is running) between a shard and the master, or the master is damaged
+            cls.open(path, "a").close()  # says so in one line if the master was damaged
+            return cls(path, "r")
+        except integrity.DamagedDatabaseError:
+            raise
+        except FilterDBError:
+            pass  # a writer is running (it will publish), or the directory is not writable
+        if state == "stale":
+            return cls(path, "r")  # the last complete master
+        if state == "absent":
+            integrity.notice(f"{path}: no master file yet (a build is under way?); reading the shards directly")
+        else:
+            integrity.notice(f"{state.split('; ')[0]}; reading the shards directly ({integrity.REPAIR_HINT})")
+        return cls(path, "r", read_around=True)
+
     def _load(self) -> None:
         if self.mode == "a":
-            self._lock_fh = open(self.path / ".lock", "a+")
+            try:
+                self._lock_fh = open(self.path / ".lock", "a+")
+            except OSError as exc:
+                raise FilterDBError(f"{self.path / '.lock'}: cannot open the writer lock ({exc.strerror}); "
+                                    "it must be a writable file (remove what is there)") from None
             try:
                 fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
@@ -221,27 +254,64 @@ class FilterDB:
                 self._lock_fh = None
                 raise FilterDBError(f"{self.path} is being written by another filterdb process; "
                                     "wait for it to finish or use another --db") from exc
-            for stale in (self.path / SHARD_DIR).glob(f".*{TMP_SUFFIX}"):
-                stale.unlink(missing_ok=True)  # left by a killed build: the model in flight, never complete
-            for stale in self.path.glob(f".*{TMP_SUFFIX}"):
-                stale.unlink(missing_ok=True)
+            try:
+                remove_stale_temps(self.path / SHARD_DIR)  # left by a killed build: never complete
+                remove_stale_temps(self.path)
+                previous = self._previous_records()
+                self._parts = self._scan_shards()
+                missing = sorted(set(previous or {}) - set(self._parts))
+                if missing:
+                    raise integrity.DamagedDatabaseError(
+                        f"{shard_path(self.path, missing[0])}: the shard file of model(s) {', '.join(missing[:5])} "
+                        f"is missing (the master lists it); {integrity.REPAIR_HINT}, then rebuild those models")
+                self._stale_tables = True
+                self._sync()
+                if previous != self._identities:
+                    self._write_master()
+            except BaseException:
+                self._lock_fh.close()
+                self._lock_fh = None
+                raise
+        elif self._read_around:
             self._parts = self._scan_shards()
             self._stale_tables = True
             self._sync()
-            if not self._master_is_current():
-                self._write_master()
+            return
         self._open_master()
 
+    def _previous_records(self) -> dict[str, integrity.ShardIdentity] | None:
+        """The shard records of the master on disk, or None if there is none or it is damaged (said in one line)."""
+        try:
+            if integrity.master_state(self.path / MASTER_NAME, self.path / SHARD_DIR) == "absent":
+                return None
+            with h5py.File(self.path / MASTER_NAME, "r") as f:
+                records = integrity.read_master_records(f, self.path / MASTER_NAME)
+                models, layers = read_table(f["models"], schema.MODEL_COLUMNS), read_table(f["layers"], schema.LAYER_COLUMNS)
+                integrity.check_master_tables(f, self.path / MASTER_NAME, integrity.table_digest(
+                    [(models, schema.MODEL_COLUMNS), (layers, schema.LAYER_COLUMNS)]), records)
+            return records
+        except integrity.MasterDamaged as exc:
+            integrity.notice(f"{str(exc).split('; ')[0]}; rebuilding it from the shards")
+            return None
+        except integrity.DamagedDatabaseError as exc:
+            if "is missing" in str(exc):
+                raise
+            integrity.notice(f"{str(exc).split('; ')[0]}; rebuilding it from the shards")
+            return None
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeDecodeError) as exc:
+            integrity.notice(f"{integrity.read_error(self.path / MASTER_NAME, exc, 'the master cannot be read')}"
+                             .split("; ")[0] + "; rebuilding it from the shards")
+            return None
+
     def _scan_shards(self) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
-        """model_id -> (model row, layer rows with shard-local start/stop) of every complete shard."""
-        parts = {}
+        """model_id -> (model row, layer rows with shard-local start/stop) of every complete shard,
+        each verified against its digests (their identities go to ``self._identities``)."""
+        parts, identities = {}, {}
         for path in sorted((self.path / SHARD_DIR).glob("*.h5")):
-            try:
-                m, l = read_shard_tables(path)
-            except (OSError, KeyError, ValueError) as exc:
-                raise FilterDBError(f"shard {path} cannot be read ({exc}); delete it and rerun the build "
-                                    "to extract that model again") from exc
+            m, l, identity = read_shard(path)
             parts[path.stem] = (m, l)
+            identities[path.stem] = identity
+        self._identities = identities
         return parts
 
     @staticmethod
@@ -271,25 +341,11 @@ class FilterDB:
         layer_frame["stop"] += shift
         return model_frame, layer_frame
 
-    def _master_is_current(self) -> bool:
-        master = self.path / MASTER_NAME
-        if not master.exists():
-            return False
-        try:
-            with h5py.File(master, "r") as f:
-                ids = set(f["models"]["model_id"].asstr()[()])
-                stamps = dict(zip(f["models"]["model_id"].asstr()[()], f["models"]["extracted_at"].asstr()[()]))
-        except (OSError, KeyError):
-            return False
-        return ids == set(self._models.index) and all(
-            stamps[i] == self._models.loc[i, "extracted_at"] for i in ids)
-
     def _write_master(self) -> None:
         """Rewrite the master file (tables + virtual datasets) under a temporary name, then rename it."""
         final = self.path / MASTER_NAME
-        tmp = self.path / f".{MASTER_NAME}.{os.getpid()}{TMP_SUFFIX}"
         try:
-            with h5py.File(tmp, "w", libver="latest") as f:
+            with atomic_path(final) as tmp, h5py.File(tmp, "w", libver="latest") as f:
                 _root_attrs(f, DATABASE_ENCODING)
                 f.attrs["n_models"] = len(self._models)
                 write_table(f, "models", self._models, schema.MODEL_COLUMNS, index="model_id")
@@ -309,22 +365,36 @@ class FilterDB:
                     ds = group.create_virtual_dataset(kernel, layout, fillvalue=np.nan)
                     ds.attrs["encoding-type"] = FILTERS_ENCODING
                     ds.attrs["encoding-version"] = schema.FORMAT_VERSION
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+                integrity.write_master_records(f, {m: self._identities[m] for m in self._models.index}, integrity.table_digest(
+                    [(self._models, schema.MODEL_COLUMNS), (self._layers, schema.LAYER_COLUMNS)]))
+                f.close()
+                if self._file is not None:  # published on leaving the block: let go of the old master first
+                    self._file.close()
+                    self._file = None
+        except OSError as exc:
+            raise FilterDBError(f"{final}: cannot write the master file ({exc.strerror or exc}); the shards (every "
+                                "model added) are safe and the last good master still reads - free space or fix "
+                                "the directory and rerun") from None
 
     def _open_master(self) -> None:
-        self._file = h5py.File(self.path / MASTER_NAME, "r")
-        if self._file.attrs.get("format") != schema.FORMAT_NAME:
-            raise FilterDBError(f"{self.path / MASTER_NAME} is not a filterdb database file")
-        if self.mode == "r":
-            self._models = read_table(self._file["models"], schema.MODEL_COLUMNS)
-            self._layers = read_table(self._file["layers"], schema.LAYER_COLUMNS)
-            self._spans = _model_spans(self._layers)
+        master = self.path / MASTER_NAME
+        try:
+            self._file = h5py.File(master, "r")
+            if self._file.attrs.get("format") != schema.FORMAT_NAME:
+                raise integrity.MasterDamaged(f"{master}: not a filterdb database file; {integrity.REPAIR_HINT}")
+            if self.mode == "r":
+                self._models = read_table(self._file["models"], schema.MODEL_COLUMNS)
+                self._layers = read_table(self._file["layers"], schema.LAYER_COLUMNS)
+                self._identities = integrity.read_master_records(self._file, master)
+                integrity.check_master_tables(self._file, master, integrity.table_digest(
+                    [(self._models, schema.MODEL_COLUMNS), (self._layers, schema.LAYER_COLUMNS)]), self._identities)
+                self._spans = _model_spans(self._layers)
+        except integrity.DamagedDatabaseError as exc:
+            self.close()
+            raise integrity.MasterDamaged(str(exc)) from None
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeDecodeError) as exc:
+            self.close()
+            raise integrity.MasterDamaged(str(integrity.read_error(master, exc, "the master cannot be read"))) from None
 
     def close(self) -> None:
         if self._unpublished and self._lock_fh is not None:
@@ -332,6 +402,7 @@ class FilterDB:
         for f in self._shards.values():
             f.close()
         self._shards.clear()
+        self._checks.clear()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -370,6 +441,9 @@ class FilterDB:
         """The virtual dataset of all filters of one kernel size (read lazily, slice what you need)."""
         if self._unpublished:
             self._publish()
+        if self._file is None:
+            raise integrity.damaged(self.path / MASTER_NAME, "the master file is unusable, so its virtual datasets are "
+                                    "too (FilterDB.read_layer and read_filters read the shards)")
         if kernel not in self._file["filters"]:
             raise FilterDBError(f"no {kernel} filters in {self.path}; kernels present: {', '.join(self.kernels) or 'none'}")
         return self._file["filters"][kernel]
@@ -385,33 +459,77 @@ class FilterDB:
         row = self.models.loc[model_id]
         return f"{row['weights_sha256']}@{row['extracted_at']}"
 
+    def shard_digest(self, model_id: str) -> str:
+        """The recorded digest of the model's shard (tables and filters): changes with any change of either."""
+        self._sync()
+        return f"{integrity.ALGORITHM}:{self._identities[model_id].digest:016x}"
+
     def _shard(self, model_id: str) -> h5py.File:
         f = self._shards.get(model_id)
         if f is None:
             if len(self._shards) >= 64:
-                self._shards.pop(next(iter(self._shards))).close()
-            f = self._shards[model_id] = h5py.File(self.shard_path(model_id), "r")
+                oldest = next(iter(self._shards))
+                self._shards.pop(oldest).close()
+                self._checks.pop(oldest, None)
+            path = self.shard_path(model_id)
+            try:
+                f = h5py.File(path, "r")
+            except (OSError, ValueError, RuntimeError) as exc:
+                what = "the shard file is missing" if not path.exists() else "the shard cannot be opened"
+                raise integrity.read_error(path, exc, what) from None
+            try:
+                record = self._identities.get(model_id)
+                self._checks[model_id] = integrity.ShardCheck(f, path, model_id, str(self.models.loc[model_id, "name"]),
+                                                              record.digest if record else None)
+            except BaseException:
+                f.close()
+                raise
+            self._shards[model_id] = f
         return f
 
+    def _filter_dataset(self, model_id: str, kernel: str) -> tuple[h5py.Dataset, integrity.ShardCheck]:
+        f = self._shard(model_id)
+        try:
+            return f["filters"][kernel], self._checks[model_id]
+        except (KeyError, OSError, ValueError, RuntimeError) as exc:
+            raise integrity.read_error(self.shard_path(model_id), exc, f"no readable {kernel} filters") from None
+
+    def _read_rows(self, dataset: h5py.Dataset, out: np.ndarray, lo: int, hi: int, model_id: str) -> None:
+        """Read local rows [lo, hi) of a shard's filter dataset into ``out`` (HDF5 errors: a damaged shard)."""
+        if not len(out):
+            return
+        if hi > dataset.shape[0] or lo < 0:
+            raise integrity.damaged(self.shard_path(model_id), f"rows {lo}:{hi} of model {model_id} are outside its "
+                                    f"{dataset.shape[0]} filters (the master and the shard disagree)")
+        try:
+            dataset.read_direct(out, source_sel=np.s_[lo:hi])
+        except (OSError, ValueError, TypeError, RuntimeError) as exc:
+            raise integrity.read_error(self.shard_path(model_id), exc, "the filters cannot be read") from None
+
     def read_layer(self, row: pd.Series) -> np.ndarray:
-        """The filters of one layer-table row, float32 (n, kh, kw), read from the model's shard."""
+        """The filters of one layer-table row, float32 (n, kh, kw), read from the model's shard and verified."""
         self._sync()
-        base = self._spans[(row["model_id"], row["kernel"])][0]
-        dataset = self._shard(row["model_id"])["filters"][row["kernel"]]
-        out = np.empty((int(row["stop"]) - int(row["start"]), dataset.shape[1], dataset.shape[2]), np.float32)
-        if len(out):
-            dataset.read_direct(out, source_sel=np.s_[int(row["start"]) - base:int(row["stop"]) - base])
+        mid, kernel = row["model_id"], row["kernel"]
+        base = self._spans[(mid, kernel)][0]
+        dataset, check = self._filter_dataset(mid, kernel)
+        lo, hi = int(row["start"]) - base, int(row["stop"]) - base
+        out = np.empty((max(hi - lo, 0), dataset.shape[1], dataset.shape[2]), np.float32)
+        self._read_rows(dataset, out, lo, hi, mid)
+        check.verify(kernel, lo, out, row["name"])
         return out
 
     def read_model(self, model_id: str, kernel: str = "3x3") -> np.ndarray:
-        """Every filter of one kernel size of one model, in layer order."""
+        """Every filter of one kernel size of one model, in layer order (each layer verified)."""
         layers = self.layers
         rows = layers[(layers["model_id"] == model_id) & (layers["kernel"] == kernel)]
         if rows.empty:
             return np.empty((0, *map(int, kernel.split("x"))), np.float32)
-        dataset = self._shard(model_id)["filters"][kernel]
+        dataset, check = self._filter_dataset(model_id, kernel)
+        base = self._spans[(model_id, kernel)][0]
         out = np.empty(dataset.shape, np.float32)
-        dataset.read_direct(out)
+        self._read_rows(dataset, out, 0, dataset.shape[0], model_id)
+        for name, start, stop in zip(rows["name"], rows["start"].to_numpy() - base, rows["stop"].to_numpy() - base):
+            check.verify(kernel, int(start), out[start:stop], name)
         return out
 
     def iter_layers(self, layers: pd.DataFrame | None = None) -> Iterator[tuple[pd.Series, np.ndarray]]:
@@ -427,11 +545,21 @@ class FilterDB:
         frame = frame[frame["kernel"] == kernel]
         self._sync()
         for _, row in frame.iterrows():
-            base = self._spans[(row["model_id"], kernel)][0]
-            dataset = self._shard(row["model_id"])["filters"][kernel]
-            for lo in range(int(row["start"]), int(row["stop"]), chunk_rows):
-                hi = min(lo + chunk_rows, int(row["stop"]))
-                yield dataset[lo - base:hi - base]
+            mid = row["model_id"]
+            base = self._spans[(mid, kernel)][0]
+            dataset, check = self._filter_dataset(mid, kernel)
+            start, stop = int(row["start"]) - base, int(row["stop"]) - base
+            hasher = check.hasher()
+            for lo in range(start, stop, chunk_rows):  # the last chunk is yielded only once the layer verifies
+                hi = min(lo + chunk_rows, stop)
+                chunk = np.empty((hi - lo, *dataset.shape[1:]), np.float32)
+                self._read_rows(dataset, chunk, lo, hi, mid)
+                hasher.update(memoryview(chunk).cast("B"))
+                if hi == stop:
+                    check.verify_streamed(kernel, start, stop, hasher.intdigest(), row["name"])
+                yield chunk
+            if start >= stop:
+                check.verify(kernel, start, np.empty((0,), np.float32), row["name"])
 
     def read_filters(self, layers: pd.DataFrame, kernel: str = "3x3") -> np.ndarray:
         """The filters of a selection of layers of one kernel size, concatenated in the selection's order."""
@@ -450,29 +578,28 @@ class FilterDB:
         out = Path(out).expanduser()
         if out.is_dir():
             raise FilterDBError(f"{out} is a directory; give the path of the .h5 file to write")
-        tmp = out.with_name(f".{out.name}.{os.getpid()}{TMP_SUFFIX}")
         try:
-            with h5py.File(tmp, "w", libver="latest") as f:
+            with atomic_path(out) as tmp, h5py.File(tmp, "w", libver="latest") as f:
                 _root_attrs(f, DATABASE_ENCODING)
                 f.attrs["n_models"] = len(self.models)
                 f.attrs["packed"] = True
                 write_table(f, "models", self.models, schema.MODEL_COLUMNS, index="model_id")
                 write_table(f, "layers", self.layers, schema.LAYER_COLUMNS)
                 group = f.create_group("filters")
+                layers = self.layers.sort_values("start", kind="stable")
                 for kernel in self.kernels:
-                    source = self.filters(kernel)
-                    target = group.create_dataset(kernel, shape=source.shape, dtype=np.float32)
-                    for attr, value in source.attrs.items():
-                        target.attrs[attr] = value
-                    for lo in range(0, len(source), chunk_rows):
-                        target[lo:lo + chunk_rows] = source[lo:lo + chunk_rows]
-            os.replace(tmp, out)
+                    rows = layers[layers["kernel"] == kernel]
+                    kh, kw = map(int, kernel.split("x"))
+                    target = group.create_dataset(kernel, shape=(int(rows["stop"].max()), kh, kw), dtype=np.float32)
+                    target.attrs["encoding-type"] = FILTERS_ENCODING
+                    target.attrs["encoding-version"] = schema.FORMAT_VERSION
+                    for _, row in rows.iterrows():  # through the shards, each layer verified (not the VDS)
+                        at = int(row["start"])
+                        for chunk in self.iter_filter_chunks(kernel, rows.loc[[row.name]], chunk_rows):
+                            target[at:at + len(chunk)] = chunk
+                            at += len(chunk)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise FilterDBError(f"{out}: cannot write the export ({exc.strerror or exc}); choose a writable path") from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         return out
 
     # ---------------------------------------------------------------- writing
@@ -531,14 +658,19 @@ class FilterDB:
     def adopt_shard(self, model_id: str) -> None:
         """Register a shard that another process (a build worker) wrote into this database."""
         self._require_writable()
-        self._parts[model_id] = read_shard_tables(self.shard_path(model_id))
+        models, layers, identity = read_shard(self.shard_path(model_id))
+        self._parts[model_id] = (models, layers)
+        self._identities[model_id] = identity
+        self._forget_shard(model_id)
         self._changed()
 
     def add_extracted(self, record: dict, layers: list[ExtractedLayer]) -> str:
         """Store an extracted model (a complete model-table row and its layers); returns its model_id."""
         self._require_writable()
-        _, models, layer_rows = write_shard(self.path, record, layers)
+        self._forget_shard(record["model_id"])
+        _, models, layer_rows, identity = write_shard(self.path, record, layers)
         self._parts[record["model_id"]] = (models, layer_rows)
+        self._identities[record["model_id"]] = identity
         self._changed()
         return record["model_id"]
 
@@ -555,12 +687,19 @@ class FilterDB:
         self._require_writable()
         if model_id not in self.models.index:
             raise FilterDBError(f"no model {model_id} in {self.path}; 'filterdb info' lists the models")
+        self._forget_shard(model_id)
+        del self._parts[model_id]
+        self._stale_tables = self._unpublished = True
+        self._publish()  # the master first: a kill before the unlink leaves a shard the next open adopts again
+        self.shard_path(model_id).unlink()
+        self._identities.pop(model_id, None)
+
+    def _forget_shard(self, model_id: str) -> None:
+        """Close the model's open shard (it is being replaced or removed)."""
         f = self._shards.pop(model_id, None)
+        self._checks.pop(model_id, None)
         if f is not None:
             f.close()
-        self.shard_path(model_id).unlink()
-        del self._parts[model_id]
-        self._changed()
 
 
 def _model_spans(layers: pd.DataFrame) -> dict[tuple[str, str], tuple[int, int]]:

@@ -24,6 +24,7 @@ import pandas as pd
 from torch import nn
 
 from filterdb import paths
+from filterdb.atomic import atomic_path
 from filterdb.compat import import_robustbench
 from filterdb.errors import FilterDBError
 from filterdb.records import sha256_file
@@ -134,17 +135,13 @@ def ensure_downloaded(path: Path, gdrive_id: str) -> None:
         if path.is_file():
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-        try:
+        with atomic_path(path) as partial:
             import_robustbench().utils.download_gdrive_new(gdrive_id, partial)
             if not partial.is_file():
                 raise FilterDBError(f"downloading {path.name} (gdrive id {gdrive_id}) produced no file")
             if looks_like_html(partial):
                 raise FilterDBError(f"Google Drive sent a web page instead of {path.name} (gdrive id {gdrive_id}; "
                                     "quota exceeded or confirmation needed); try again later")
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
 
 
 def looks_like_html(path: Path) -> bool:

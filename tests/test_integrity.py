@@ -1,0 +1,198 @@
+"""Fault injection: a damaged database is detected, named and repaired; never a wrong number, never a traceback.
+
+Each test damages a real database (written by the real store) the way issue 17's table and
+list describe, then runs the real commands and asserts the outcome: one named error line
+(exit 1, no traceback), or a repaired database holding exactly the right models.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from filterdb import open_database
+from filterdb.cli import main
+from filterdb.errors import FilterDBError
+from filterdb.ids import model_id
+from filterdb.store import FilterDB
+
+N_PAIRS = 2
+
+
+def make_model(i: int) -> nn.Module:
+    torch.manual_seed(100 + i)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+
+
+def build_db(path: Path) -> Path:
+    """Four small models, robust and normal pairs, 3x3 and 1x1 layers."""
+    with FilterDB.open(path, "a") as db:
+        for i in range(2 * N_PAIRS):
+            training = "robust" if i % 2 else "normal"
+            db.add_module(make_model(i), source="fault", name=f"m{i}", input_shape=(3, 8, 8),
+                          record={"training": training, "dataset": "cifar10", "architecture": "tiny"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    return build_db(tmp_path_factory.mktemp("pristine") / "db")
+
+
+@pytest.fixture
+def db(pristine, tmp_path) -> Path:
+    copy = tmp_path / "db"
+    shutil.copytree(pristine, copy)
+    return copy
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *names):
+    """Exit 1, no traceback, one 'error:' line naming each of ``names`` and saying what to run."""
+    assert result.exit_code == 1, result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    for name in names:
+        assert str(name) in lines[0], (name, lines[0])
+    return lines[0]
+
+
+def shard(db: Path, i: int) -> Path:
+    return db / "shards" / f"{model_id('fault', f'm{i}')}.h5"
+
+
+def filter_offset(path: Path, kernel: str = "3x3") -> tuple[int, int]:
+    with h5py.File(path, "r") as f:
+        ds = f["filters"][kernel]
+        return ds.id.get_offset(), ds.id.get_storage_size()
+
+
+def flip(path: Path, offset: int, n: int = 16) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        data = bytearray(fh.read(n))
+        fh.seek(offset)
+        fh.write(bytes(b ^ 0xFF for b in data))
+
+
+def compare_json(db: Path):
+    return run("compare", "robust", "normal", "--layer", "all", "--db", db, "--format", "json")
+
+
+def metrics_json(db: Path):
+    return run("metrics", "--db", db, "--format", "json")
+
+
+# --------------------------------------------------------------------------- the table of issue 17
+
+def test_flipped_filter_bytes_name_shard_model_and_layer(db):
+    path = shard(db, 1)
+    offset, _ = filter_offset(path)
+    flip(path, offset + 100)
+    assert run("info", "--db", db).exit_code == 0  # info reads no filters
+    line = assert_one_line_error(compare_json(db), path, model_id("fault", "m1"), "layer 0", "verify --repair")
+    assert "checksum" in line
+    assert_one_line_error(metrics_json(db), path)
+    with open_database(db) as opened, pytest.raises(FilterDBError, match="layer 0"):
+        opened.read_model(model_id("fault", "m1"))
+
+
+def test_shard_replaced_by_another_models_shard(db):
+    shutil.copyfile(shard(db, 0), shard(db, 1))
+    assert_one_line_error(compare_json(db), shard(db, 1), "verify --repair")
+    assert_one_line_error(run("add", "--db", db, "timm:none"), shard(db, 1))
+
+
+def test_deleted_shard_is_named_not_silently_dropped(db):
+    shard(db, 2).unlink()
+    for command in (("info",), ("compare", "robust", "normal"), ("metrics",)):
+        assert_one_line_error(run(*command, "--db", db), shard(db, 2), "missing", "verify --repair")
+
+
+def test_edited_metrics_cache_is_never_used(db):
+    first = metrics_json(db)
+    assert first.exit_code == 0, first.output
+    good = json.loads(first.stdout)
+    cache_file = db / "metrics" / f"{model_id('fault', 'm0')}.json"
+    data = json.loads(cache_file.read_text())
+    data["layers"]["sparsity"][0] = 0.987654321
+    cache_file.write_text(json.dumps(data))
+    again = metrics_json(db)
+    assert again.exit_code == 0
+    assert json.loads(again.stdout) == good  # recomputed, not the edited number
+    assert f"{cache_file}" in again.stderr and "checksum" in again.stderr
+    assert 0.987654321 not in json.loads(cache_file.read_text())["layers"]["sparsity"]  # rewritten
+
+
+@pytest.mark.parametrize("damage", ["half", "empty", "header"])
+def test_truncated_or_broken_shard_gives_one_line(db, damage):
+    path = shard(db, 3)
+    if damage == "header":
+        flip(path, 0, 8)
+    else:
+        os.truncate(path, path.stat().st_size // 2 if damage == "half" else 0)
+    assert_one_line_error(compare_json(db), path, "verify --repair")
+    assert_one_line_error(run("add", "--db", db, "timm:none"), path)
+
+
+def test_master_layer_start_moved_is_rebuilt_from_the_shards(db, pristine):
+    with h5py.File(db / "filterdb.h5", "r+") as f:
+        start = f["layers"]["start"]
+        start[1] = start[1] + 5
+    result = compare_json(db)
+    assert result.exit_code == 0, result.output
+    assert "master" in result.stderr and "rebuilding it from the shards" in result.stderr
+    assert json.loads(result.stdout) == json.loads(compare_json(pristine).stdout)
+    assert run("verify", "--db", db).exit_code == 0  # the rebuilt master is whole
+
+
+def test_stray_copy_of_a_shard(db):
+    stray = db / "shards" / "copy-of-a-shard.h5"
+    shutil.copyfile(shard(db, 0), stray)
+    for command in (("info",), ("compare", "robust", "normal"), ("metrics",)):
+        assert_one_line_error(run(*command, "--db", db), stray, "stray", "verify --repair")
+    repaired = run("verify", "--db", db, "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert not stray.exists() and list((db / "quarantine").rglob("copy-of-a-shard.h5"))
+    assert run("info", "--db", db).exit_code == 0
+
+
+def test_metrics_folder_replaced_by_a_file(db, pristine):
+    shutil.rmtree(db / "metrics", ignore_errors=True)
+    (db / "metrics").write_text("not a folder")
+    result = compare_json(db)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == json.loads(compare_json(pristine).stdout)
+    checked = run("verify", "--db", db)
+    assert checked.exit_code == 1 and "metrics" in checked.stderr
+    assert run("verify", "--db", db, "--repair").exit_code == 0
+    assert (db / "metrics").is_dir() and run("verify", "--db", db).exit_code == 0
+
+
+def test_lock_that_is_a_directory(db):
+    (db / ".lock").unlink(missing_ok=True)
+    (db / ".lock").mkdir()
+    assert compare_json(db).exit_code == 0  # readers do not lock
+    assert_one_line_error(run("add", "--db", db, "timm:none"), db / ".lock")
+    repaired = run("verify", "--db", db, "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert (db / ".lock").is_file()
