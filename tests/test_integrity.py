@@ -196,3 +196,109 @@ def test_lock_that_is_a_directory(db):
     repaired = run("verify", "--db", db, "--repair")
     assert repaired.exit_code == 0, repaired.output
     assert (db / ".lock").is_file()
+
+
+# --------------------------------------------------------------------------- repair
+
+def test_repair_quarantines_a_damaged_shard_and_lists_the_model(db, pristine):
+    path = shard(db, 1)
+    offset, _ = filter_offset(path, "1x1")
+    flip(path, offset + 4)
+    checked = run("verify", "--db", db)
+    assert checked.exit_code == 1 and f"problem: {path}" in checked.stderr and "1 problem(s)" in checked.stderr
+    repaired = run("verify", "--db", db, "--repair")
+    assert repaired.exit_code == 1  # whole again, but a model was lost: it must be extracted again
+    assert f"{model_id('fault', 'm1')} (fault:m1)" in repaired.stderr
+    assert not path.exists() and list((db / "quarantine").rglob(path.name))
+    assert run("verify", "--db", db).exit_code == 0
+    with open_database(db) as opened:
+        assert sorted(opened.models["name"]) == ["m0", "m2", "m3"]
+    with FilterDB.open(db, "a") as writer:  # the rebuild 'filterdb build' would do
+        writer.add_module(make_model(1), source="fault", name="m1", input_shape=(3, 8, 8),
+                          record={"training": "robust", "dataset": "cifar10", "architecture": "tiny"})
+    assert json.loads(compare_json(db).stdout) == json.loads(compare_json(pristine).stdout)
+
+
+def test_repair_of_a_missing_shard_rebuilds_the_master_without_it(db):
+    shard(db, 2).unlink()
+    repaired = run("verify", "--db", db, "--repair")
+    assert repaired.exit_code == 1 and "fault:m2" in repaired.stderr
+    assert run("verify", "--db", db).exit_code == 0
+    with open_database(db) as opened:
+        assert sorted(opened.models["name"]) == ["m0", "m1", "m3"]
+
+
+def test_verify_of_a_whole_database_exits_0(db):
+    result = run("verify", "--db", db)
+    assert result.exit_code == 0, result.output
+    assert "4 intact shard(s), 0 problem(s)" in result.stderr
+
+
+# --------------------------------------------------------------------------- the master
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_flips_in_the_master_rebuild_it_from_the_shards(db, pristine, seed):
+    rng = np.random.default_rng(seed)
+    master = db / "filterdb.h5"
+    size = master.stat().st_size
+    for offset in rng.integers(0, size, 4):
+        flip(master, int(offset), 2)
+    result = compare_json(db)
+    assert "Traceback" not in result.output
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == json.loads(compare_json(pristine).stdout)
+
+
+def test_damaged_master_on_a_read_only_directory_is_read_around(db, pristine):
+    with h5py.File(db / "filterdb.h5", "r+") as f:
+        f["layers"]["stop"][0] = 1
+    (db / ".lock").touch()
+    with open(db / ".lock") as fh:  # a writer holds the lock: the reader cannot rebuild the master
+        import fcntl
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        result = compare_json(db)
+        info = run("info", "--db", db)
+    assert result.exit_code == 0, result.output
+    assert "reading the shards directly" in result.stderr
+    assert json.loads(result.stdout) == json.loads(compare_json(pristine).stdout)
+    assert info.exit_code == 0 and "4 models" in info.stdout
+
+
+def test_first_moments_of_a_build_no_master_yet(db):
+    (db / "filterdb.h5").unlink()
+    with open(db / ".lock", "a") as fh:
+        import fcntl
+        fcntl.flock(fh, fcntl.LOCK_EX)  # the build that is writing it
+        info = run("info", "--db", db, "--json")
+        with open_database(db) as opened:
+            assert len(opened.models) == 4 and opened.read_layer(opened.layers.iloc[0]).shape[0] == 24
+    assert info.exit_code == 0, info.output
+    assert json.loads(info.stdout)["models"] == 4 and "no master file yet" in info.stderr
+    again = run("info", "--db", db)  # no writer: the reader writes the master itself
+    assert again.exit_code == 0 and (db / "filterdb.h5").is_file()
+
+
+def test_master_that_is_a_directory(db):
+    (db / "filterdb.h5").unlink()
+    (db / "filterdb.h5").mkdir()
+    for command in (("info",), ("compare", "robust", "normal"), ("metrics",), ("export", db.parent / "x.h5")):
+        result = run(*command, "--db", db)
+        assert "Traceback" not in result.output and not isinstance(result.exception, (OSError, KeyError))
+        assert result.exit_code == 0 and "filterdb.h5" in result.stderr, result.output
+    assert_one_line_error(run("add", "--db", db, "timm:none"), db / "filterdb.h5")
+    assert run("verify", "--db", db, "--repair").exit_code == 0
+    assert (db / "filterdb.h5").is_file() and run("verify", "--db", db).exit_code == 0
+
+
+def test_export_under_a_path_that_is_a_file(db, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    assert_one_line_error(run("export", tmp_path / "afile" / "out.h5", "--db", db), "afile")
+
+
+def test_export_copies_verified_filters(db, tmp_path):
+    path = shard(db, 0)
+    offset, _ = filter_offset(path)
+    flip(path, offset)
+    out = tmp_path / "out.h5"
+    assert_one_line_error(run("export", out, "--db", db), path)
+    assert not out.exists() and not list(tmp_path.glob(".out.h5.*"))
