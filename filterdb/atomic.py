@@ -65,6 +65,17 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def io_failure(exc: BaseException) -> str:
+    """A short reason for a failed write: OSError's text, or the errno text HDF5 buries in its RuntimeError."""
+    text = " ".join(str(exc).split())
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS):
+        if getattr(exc, "errno", None) == code or f"errno = {code}," in text or os.strerror(code) in text:
+            return os.strerror(code)
+    if isinstance(exc, OSError) and exc.strerror:
+        return " ".join(str(exc.strerror).split())[:160]
+    return text[:160] or type(exc).__name__
+
+
 def remove_stale_temps(directory: str | os.PathLike) -> None:
     """Remove temporary files left in ``directory`` by killed processes (never complete, never published)."""
     for stale in Path(directory).glob(TMP_GLOB):

@@ -29,7 +29,7 @@ import pandas as pd
 from torch import nn
 
 from filterdb import integrity, schema
-from filterdb.atomic import TMP_SUFFIX, atomic_path, remove_stale_temps  # noqa: F401 - TMP_SUFFIX: public name
+from filterdb.atomic import TMP_SUFFIX, atomic_path, io_failure, remove_stale_temps  # noqa: F401 - TMP_SUFFIX: public name
 from filterdb.errors import FilterDBError
 from filterdb.extract import ExtractedLayer
 from filterdb.h5table import read_table, table_columns, table_frame, write_table
@@ -80,6 +80,15 @@ def write_shard(db_dir: str | os.PathLike, record: dict, layers: list[ExtractedL
     model_columns = table_columns([record], schema.MODEL_COLUMNS)
     layer_columns = table_columns(rows, schema.LAYER_COLUMNS)
     tables_digest = integrity.table_digest([(model_columns, schema.MODEL_COLUMNS), (layer_columns, schema.LAYER_COLUMNS)])
+    try:
+        return _write_shard_file(final, record, layers, sizes, kernel_rows, model_columns, layer_columns, tables_digest)
+    except (OSError, RuntimeError) as exc:  # HDF5 reports a failed write (a full disk) as RuntimeError
+        raise FilterDBError(f"{final}: cannot write the shard of {record['key']} ({io_failure(exc)}); nothing of it "
+                            "was stored - free space or fix the directory and rerun") from None
+
+
+def _write_shard_file(final: Path, record: dict, layers: list[ExtractedLayer], sizes: dict[str, int],
+                      kernel_rows: dict, model_columns: dict, layer_columns: dict, tables_digest: int):
     with atomic_path(final) as tmp:
         with h5py.File(tmp, "w", libver="latest") as f:
             _root_attrs(f, SHARD_ENCODING)
@@ -371,8 +380,8 @@ class FilterDB:
                 if self._file is not None:  # published on leaving the block: let go of the old master first
                     self._file.close()
                     self._file = None
-        except OSError as exc:
-            raise FilterDBError(f"{final}: cannot write the master file ({exc.strerror or exc}); the shards (every "
+        except (OSError, RuntimeError) as exc:  # HDF5 reports a failed write (a full disk) as RuntimeError
+            raise FilterDBError(f"{final}: cannot write the master file ({io_failure(exc)}); the shards (every "
                                 "model added) are safe and the last good master still reads - free space or fix "
                                 "the directory and rerun") from None
 
@@ -598,8 +607,8 @@ class FilterDB:
                         for chunk in self.iter_filter_chunks(kernel, rows.loc[[row.name]], chunk_rows):
                             target[at:at + len(chunk)] = chunk
                             at += len(chunk)
-        except OSError as exc:
-            raise FilterDBError(f"{out}: cannot write the export ({exc.strerror or exc}); choose a writable path") from None
+        except (OSError, RuntimeError) as exc:
+            raise FilterDBError(f"{out}: cannot write the export ({io_failure(exc)}); choose a writable path") from None
         return out
 
     # ---------------------------------------------------------------- writing

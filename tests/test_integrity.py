@@ -302,3 +302,67 @@ def test_export_copies_verified_filters(db, tmp_path):
     out = tmp_path / "out.h5"
     assert_one_line_error(run("export", out, "--db", db), path)
     assert not out.exists() and not list(tmp_path.glob(".out.h5.*"))
+
+
+# --------------------------------------------------------------------------- a full disk
+
+ADD_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_integrity import make_model
+    from filterdb.errors import FilterDBError
+    from filterdb.store import FilterDB
+    try:
+        with FilterDB.open(sys.argv[1], "a") as db:
+            db.add_module(make_model(2), source="fault", name="m2", input_shape=(3, 8, 8),
+                          record={{"training": "normal", "dataset": "cifar10", "architecture": "tiny"}})
+    except FilterDBError as exc:
+        print("error:", exc, file=sys.stderr)
+        sys.exit(1)
+""")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (root only; skipped elsewhere)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("room_after_shard", [0, 16 << 10])
+def test_disk_full_during_publish_one_line_no_temp_and_readers_read_the_last_master(small_disk, room_after_shard):
+    db = small_disk / "db"
+    with FilterDB.open(db, "a") as writer:
+        for i in (0, 1):
+            writer.add_module(make_model(i), source="fault", name=f"m{i}", input_shape=(3, 8, 8),
+                              record={"training": "normal", "dataset": "cifar10", "architecture": "tiny"})
+    shard_size = shard(db, 0).stat().st_size
+    stat = os.statvfs(small_disk)
+    free = stat.f_bavail * stat.f_frsize
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * max(free - shard_size - room_after_shard, 0))
+    proc = subprocess.run([sys.executable, "-c", ADD_SCRIPT.format(tests=os.path.dirname(__file__)), str(db)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)  # not -11
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "Traceback" not in proc.stderr
+    assert not [p for p in db.rglob("*.tmp")]
+    info = run("info", "--db", db, "--json")  # the disk is still full
+    assert info.exit_code == 0, info.output
+    names = {m["name"] for m in json.loads(info.stdout)["model_table"]}
+    assert names == {"m0", "m1"}  # the last good master
+    filler.unlink()
+    with open_database(db) as opened:  # room again: a committed shard is picked up, nothing is lost
+        assert {"m0", "m1"} <= set(opened.models["name"]) <= {"m0", "m1", "m2"}  # m2 if its shard was committed
+        for mid, name in zip(opened.models.index, opened.models["name"]):
+            layers = opened.layers[opened.layers["model_id"] == mid]
+            convs = [m for m in make_model(int(name[1:])) if isinstance(m, nn.Conv2d)]
+            for (_, row), conv in zip(layers.iterrows(), convs):
+                assert opened.read_layer(row).tobytes() == conv.weight.detach().numpy().reshape(
+                    -1, *conv.kernel_size).tobytes()
+    assert run("verify", "--db", db).exit_code == 0
