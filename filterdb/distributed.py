@@ -87,11 +87,23 @@ def _as_completed_or_lost(client, address: str, futures: dict, report: BuildRepo
     timeout = lost_cluster_timeout()
     pending = set(futures)
     healthy_at = time.monotonic()
+    def lost(what: str, waited: float) -> FilterDBError:
+        done_models = sum(o.status == "added" for o in report.outcomes)
+        return FilterDBError(f"Dask build at {address}: {what}{f' for {waited:.0f} s' if waited else ''}, "
+                             f"{len(pending)} model(s) not built; the {done_models} model(s) committed are kept - "
+                             "restart the cluster and rerun the same command to resume ($FILTERDB_DASK_TIMEOUT "
+                             "sets the wait)")
+
     while pending:
         try:
             done, pending = wait(pending, timeout=POLL_SECONDS, return_when="FIRST_COMPLETED")
         except TimeoutError:
             done = set()
+        except Exception:  # noqa: BLE001 - FuturesCancelledError: the scheduler went away with the tasks
+            raise lost("the scheduler was lost and cancelled the tasks", 0) from None
+        if any(f.status == "cancelled" for f in done):
+            pending |= {f for f in done if f.status == "cancelled"}
+            raise lost("the scheduler was lost and cancelled the tasks", 0)
         yield from done
         if done:
             healthy_at = time.monotonic()
@@ -105,9 +117,5 @@ def _as_completed_or_lost(client, address: str, futures: dict, report: BuildRepo
         if not problem:
             healthy_at = time.monotonic()
         elif time.monotonic() - healthy_at >= timeout:
-            done_models = sum(o.status == "added" for o in report.outcomes)
-            what = ("the scheduler has been unreachable" if problem == "no scheduler" else
-                    "the cluster has had no worker")
-            raise FilterDBError(f"Dask build at {address}: {what} for {timeout:.0f} s, {len(pending)} model(s) not "
-                                f"built; the {done_models} model(s) committed are kept - restart the cluster and "
-                                "rerun the same command to resume ($FILTERDB_DASK_TIMEOUT sets the wait)")
+            raise lost("the scheduler has been unreachable" if problem == "no scheduler" else
+                       "the cluster has had no worker", timeout)

@@ -366,3 +366,196 @@ def test_disk_full_during_publish_one_line_no_temp_and_readers_read_the_last_mas
                 assert opened.read_layer(row).tobytes() == conv.weight.detach().numpy().reshape(
                     -1, *conv.kernel_size).tobytes()
     assert run("verify", "--db", db).exit_code == 0
+
+
+# --------------------------------------------------------------------------- the three silent acceptances
+
+def _add(db_path, module, name="x", input_shape=(3, 8, 8)):
+    with FilterDB.open(db_path, "a") as writer:
+        return writer.add_module(module, source="decide", name=name, input_shape=input_shape)
+
+
+def test_nan_in_a_batchnorm_buffer_only_is_refused(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    model[1].running_var[2] = float("nan")
+    with pytest.raises(FilterDBError, match=r"decide:x, buffer 1.running_var: 1 value\(s\) are NaN"):
+        _add(tmp_path / "db", model)
+    assert not list((tmp_path / "db" / "shards").glob("*.h5"))
+
+
+def test_float16_weights_are_stored_as_their_exact_float32_values(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)).half()
+    mid = _add(tmp_path / "db", model)
+    with open_database(tmp_path / "db") as opened:
+        for (_, row), conv in zip(opened.layers.iterrows(), [model[0], model[2]]):
+            stored = opened.read_layer(row)
+            assert stored.dtype == np.float32
+            assert stored.tobytes() == conv.weight.detach().float().numpy().reshape(-1, 3, 3).tobytes()
+            assert np.array_equal(stored.astype(np.float16).astype(np.float32), stored)  # nothing rounded
+        assert opened.models.loc[mid, "n_filters"] == 12 + 16
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 2, 8)])
+def test_an_input_smaller_than_the_kernels_is_refused(tmp_path, shape):
+    model = nn.Sequential(nn.Conv2d(3 if shape[0] == 3 else 1, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1))
+    with pytest.raises(FilterDBError, match="is smaller than its 3x3 kernels"):
+        _add(tmp_path / "db", model, input_shape=shape)
+
+
+# --------------------------------------------------------------------------- workers and clusters
+
+def slow_load(spec):
+    time.sleep(300)
+
+
+PARALLEL_BUILD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_integrity import slow_load
+    from filterdb.build import build
+    from filterdb.sources.base import ModelSpec
+    from filterdb.store import FilterDB
+    with FilterDB.open(sys.argv[1], "a") as db:
+        build(db, [ModelSpec("slow", f"s{{i}}", load=slow_load) for i in range(4)], jobs=2, show_progress=False)
+""")
+
+
+def children(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_kill_9_of_a_parallel_build_leaves_no_worker_and_frees_the_lock(db):
+    proc = subprocess.Popen([sys.executable, "-c", PARALLEL_BUILD.format(tests=os.path.dirname(__file__)), str(db)])
+    deadline = time.monotonic() + 60
+    while len(workers := children(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(workers) >= 2, "the build did not start its workers"
+    time.sleep(1.0)  # the workers are inside slow_load now
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(w) for w in workers), "a worker outlived its killed parent"
+    with FilterDB.open(db, "a") as writer:  # the lock is free and the database whole
+        assert len(writer.models) == 4
+    assert run("verify", "--db", db).exit_code == 0
+
+
+def test_dask_build_without_workers_or_scheduler_gives_up_in_bounded_time(db, monkeypatch):
+    from dask.distributed import LocalCluster
+
+    monkeypatch.setenv("FILTERDB_DASK_TIMEOUT", "3")
+    spec_args = ["build", "-l", "linf-cifar10", "-m", "Wong2020Fast", "--offline", "--model-dir", db.parent / "m",
+                 "--db", db]
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:  # every worker lost
+        t0 = time.monotonic()
+        result = run(*spec_args, "--scheduler", cluster.scheduler_address)
+        assert time.monotonic() - t0 < 30
+        line = assert_one_line_error(result, cluster.scheduler_address, "no worker for 3 s", "rerun")
+        assert "1 model(s) not built" in line
+        address = cluster.scheduler_address
+        import threading
+        threading.Timer(2.0, cluster.close).start()  # the scheduler goes away mid-build
+        t0 = time.monotonic()
+        result = run(*spec_args, "--scheduler", address)
+        assert time.monotonic() - t0 < 60
+    assert_one_line_error(result, address, "rerun")
+    assert run("verify", "--db", db).exit_code == 0  # what was committed is intact
+
+
+# --------------------------------------------------------------------------- untrusted pickles
+
+class Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_robustbench_weights_load_weights_only_whatever_torchs_default(tmp_path, monkeypatch):
+    marker = tmp_path / "payload-ran"
+    weights = tmp_path / "models" / "cifar10" / "Linf" / "Wong2020Fast.pt"
+    weights.parent.mkdir(parents=True)
+    torch.save({"state_dict": Payload(marker)}, weights)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch < 2.6's default
+    torch.load(weights)  # the payload is live: torch's default alone would run it
+    assert marker.exists()
+    marker.unlink()
+    result = run("build", "-l", "linf-cifar10", "-m", "Wong2020Fast", "--offline", "--model-dir", tmp_path / "models",
+                 "--db", tmp_path / "db")
+    assert_one_line_error(result, "Wong2020Fast", "could not load")
+    assert not marker.exists()
+
+
+def write_cifar(root: Path, hostile: Path | None = None) -> Path:
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3]}
+        if hostile is not None and name == "test_batch":
+            batch[b"extra"] = Payload(hostile)
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return root
+
+
+def test_cifar_batches_are_read_without_running_pickled_code(tmp_path):
+    from filterdb.training.data import load_dataset
+
+    good = load_dataset("cifar10", "test", data_dir=write_cifar(tmp_path / "good"))
+    assert len(good) == 4
+    marker = tmp_path / "payload-ran"
+    with pytest.raises(FilterDBError, match="test_batch is not a valid CIFAR-10 batch.*refusing to load posix.system"):
+        load_dataset("cifar10", "test", data_dir=write_cifar(tmp_path / "bad", hostile=marker))
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- property: never a number from damaged bytes
+
+@pytest.fixture(scope="module")
+def pristine_outputs(pristine):
+    outputs = {}
+    for name, command in COMMANDS.items():
+        result = run(*command, "--db", pristine)
+        assert result.exit_code == 0, result.output
+        outputs[name] = result.stdout
+    return outputs
+
+
+COMMANDS = {"compare": ("compare", "robust", "normal", "--layer", "all", "--format", "json"),
+            "metrics": ("metrics", "--format", "json")}
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(damage=st.lists(st.tuples(st.integers(0, 2 * N_PAIRS - 1), st.floats(0, 1, exclude_max=True),
+                                 st.integers(1, 16)), min_size=1, max_size=3))
+def test_random_byte_flips_in_shards_never_give_a_number_computed_from_them(pristine, pristine_outputs,
+                                                                            tmp_path_factory, damage):
+    db = tmp_path_factory.mktemp("flips") / "db"
+    shutil.copytree(pristine, db)
+    shutil.rmtree(db / "metrics", ignore_errors=True)  # the numbers must come from the damaged shards
+    for i, where, n in damage:
+        path = shard(db, i)
+        flip(path, int(where * (path.stat().st_size - n)), n)
+    for name, command in COMMANDS.items():
+        result = run(*command, "--db", db)
+        assert "Traceback" not in result.output
+        if result.exit_code == 0:
+            assert result.stdout == pristine_outputs[name]  # the flips hit bytes no number depends on
+        else:
+            assert_one_line_error(result, "shards", "verify --repair")
+    assert run("verify", "--db", db).exit_code in (0, 1)
