@@ -23,8 +23,11 @@ shard are verified whenever they are read, the master's tables whenever the mast
 """
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import sys
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,7 +147,50 @@ class ShardCheck:
         if expected_digest is not None and recorded != expected_digest:
             raise damaged(path, f"the shard of model {model_id} ({model_name}) is not the one the master records")
         self._file = f
+        self._fd: int | None = None
         self._layers: dict[str, dict[tuple[int, int], int]] = {}
+        self._offsets: dict[str, int | None] = {}
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def raw_offset(self, dataset: h5py.Dataset, kernel: str) -> int | None:
+        """The file offset of a contiguous, unfiltered little-endian float32 dataset (the shards' layout), else None."""
+        if kernel not in self._offsets:
+            offset = None
+            try:
+                plist = dataset.id.get_create_plist()
+                if (plist.get_layout() == h5py.h5d.CONTIGUOUS and plist.get_nfilters() == 0
+                        and dataset.dtype == np.dtype("<f4")):
+                    offset = dataset.id.get_offset()
+            except (OSError, ValueError, RuntimeError):
+                offset = None
+            self._offsets[kernel] = offset
+        return self._offsets[kernel]
+
+    def read_verified(self, dataset: h5py.Dataset, kernel: str, lo: int, hi: int,
+                      layers: list[tuple[int, int, str]]) -> np.ndarray:
+        """Local rows [lo, hi) as float32 (n, kh, kw), each of ``layers`` ((start, stop, name) in local rows,
+        together covering the read) verified against its digest before the array is returned."""
+        shape = (hi - lo, *dataset.shape[1:])
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * 4
+        hashers = [(int(a - lo) * row_bytes, int(b - lo) * row_bytes, xxhash.xxh3_64()) for a, b, _ in layers]
+        offset = self.raw_offset(dataset, kernel)
+        n_bytes = (hi - lo) * row_bytes
+        if offset is None or n_bytes == 0:
+            out = np.empty(shape, np.float32)
+            if len(out):
+                dataset.read_direct(out, source_sel=np.s_[lo:hi])
+            hash_ranges(memoryview(out).cast("B"), 0, n_bytes, hashers)
+        else:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            out = read_hashing(self._fd, offset + lo * row_bytes, shape, hashers)
+        for (start, stop, name), (_, _, hasher) in zip(layers, hashers):
+            self.verify_streamed(kernel, start, stop, hasher.intdigest(), name)
+        return out
 
     def _digests(self, kernel: str) -> dict[tuple[int, int], int]:
         table = self._layers.get(kernel)
@@ -272,3 +318,79 @@ def master_state(master: Path, shard_dir: Path) -> str:
     if set(on_disk) != set(records) or any(on_disk[i] != records[i].size for i in records):
         return "stale"
     return "ok"
+
+
+# --------------------------------------------------------------------------- reading while hashing
+
+MAP_MIN_BYTES = 256 << 10
+
+
+def _pread_exact(fd: int, view: memoryview, offset: int) -> None:
+    while len(view):
+        n = os.preadv(fd, [view], offset)
+        if n == 0:
+            raise OSError(f"the file ends {len(view)} bytes short of its filters (truncated)")
+        view, offset = view[n:], offset + n
+
+
+def hash_ranges(view: memoryview, lo: int, hi: int, ranges: list) -> None:
+    """Feed bytes [lo, hi) of ``view`` to each (start, stop, hasher) of ``ranges`` that they overlap."""
+    for start, stop, hasher in ranges:
+        a, b = max(start, lo), min(stop, hi)
+        if a < b:
+            hasher.update(view[a:b])
+
+
+def read_hashing(fd: int, offset: int, shape: tuple[int, ...], ranges: list) -> np.ndarray:
+    """float32 rows of ``shape`` at file ``offset``, their bytes hashed into ``ranges`` (:func:`hash_ranges`).
+
+    Large reads map the file (a private, copy-on-write mapping: the caller may write to the
+    array, the file never changes; unmapped when the array is freed, no file descriptor kept)
+    and hash the mapped pages: one pass over the page cache instead of a copy and then a
+    hash, so a checked read costs about what an unchecked ``pread`` costs. Small reads (and
+    systems without ``mmap`` through libc) are one ``preadv`` into a fresh array. An empty
+    ``ranges`` reads without hashing.
+    """
+    n_bytes = int(np.prod(shape, dtype=np.int64)) * 4
+    if n_bytes < MAP_MIN_BYTES or _libc is None:
+        out = np.empty(shape, np.float32)
+        view = memoryview(out).cast("B")
+        _pread_exact(fd, view, offset)
+        hash_ranges(view, 0, n_bytes, ranges)
+        return out
+    if os.fstat(fd).st_size < offset + n_bytes:  # a mapping past the end would fault (SIGBUS) instead of failing
+        raise OSError(f"the file ends before its filters do (truncated to {os.fstat(fd).st_size} bytes)")
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    mapping = _map_private(fd, start, offset + n_bytes - start)
+    view = memoryview(mapping).cast("B")[offset - start:]
+    hash_ranges(view, 0, n_bytes, ranges)
+    return np.frombuffer(mapping, np.float32, count=n_bytes // 4, offset=offset - start).reshape(shape)
+
+
+def _load_libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_libc = _load_libc()
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _map_private(fd: int, offset: int, length: int):
+    """A private copy-on-write mapping of ``length`` bytes of ``fd`` at ``offset``, as a writable ctypes buffer
+    that unmaps itself once nothing refers to it (Python's ``mmap.mmap`` would keep a duplicate descriptor open)."""
+    address = _libc.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE, fd, offset)
+    if address in (None, _MAP_FAILED):
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    buffer = (ctypes.c_char * length).from_address(address)
+    weakref.finalize(buffer, _libc.munmap, address, length)
+    return buffer

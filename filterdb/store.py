@@ -411,7 +411,8 @@ class FilterDB:
         for f in self._shards.values():
             f.close()
         self._shards.clear()
-        self._checks.clear()
+        for mid in list(self._checks):
+            self._forget_check(mid)
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -479,7 +480,7 @@ class FilterDB:
             if len(self._shards) >= 64:
                 oldest = next(iter(self._shards))
                 self._shards.pop(oldest).close()
-                self._checks.pop(oldest, None)
+                self._forget_check(oldest)
             path = self.shard_path(model_id)
             try:
                 f = h5py.File(path, "r")
@@ -515,17 +516,25 @@ class FilterDB:
         except (OSError, ValueError, TypeError, RuntimeError) as exc:
             raise integrity.read_error(self.shard_path(model_id), exc, "the filters cannot be read") from None
 
+    def _read_checked(self, model_id: str, kernel: str, lo: int, hi: int, layers: list[tuple[int, int, str]]
+                      ) -> np.ndarray:
+        """Local rows [lo, hi) of a model's filters, each of ``layers`` (local start, stop, name) verified."""
+        dataset, check = self._filter_dataset(model_id, kernel)
+        if hi > dataset.shape[0] or lo < 0 or hi < lo:
+            raise integrity.damaged(self.shard_path(model_id), f"rows {lo}:{hi} of model {model_id} are outside its "
+                                    f"{dataset.shape[0]} filters (the master and the shard disagree)")
+        try:
+            return check.read_verified(dataset, kernel, lo, hi, layers)
+        except (OSError, ValueError, TypeError, RuntimeError) as exc:
+            raise integrity.read_error(self.shard_path(model_id), exc, "the filters cannot be read") from None
+
     def read_layer(self, row: pd.Series) -> np.ndarray:
         """The filters of one layer-table row, float32 (n, kh, kw), read from the model's shard and verified."""
         self._sync()
         mid, kernel = row["model_id"], row["kernel"]
         base = self._spans[(mid, kernel)][0]
-        dataset, check = self._filter_dataset(mid, kernel)
         lo, hi = int(row["start"]) - base, int(row["stop"]) - base
-        out = np.empty((max(hi - lo, 0), dataset.shape[1], dataset.shape[2]), np.float32)
-        self._read_rows(dataset, out, lo, hi, mid)
-        check.verify(kernel, lo, out, row["name"])
-        return out
+        return self._read_checked(mid, kernel, lo, hi, [(lo, hi, row["name"])])
 
     def read_model(self, model_id: str, kernel: str = "3x3") -> np.ndarray:
         """Every filter of one kernel size of one model, in layer order (each layer verified)."""
@@ -533,13 +542,9 @@ class FilterDB:
         rows = layers[(layers["model_id"] == model_id) & (layers["kernel"] == kernel)]
         if rows.empty:
             return np.empty((0, *map(int, kernel.split("x"))), np.float32)
-        dataset, check = self._filter_dataset(model_id, kernel)
         base = self._spans[(model_id, kernel)][0]
-        out = np.empty(dataset.shape, np.float32)
-        self._read_rows(dataset, out, 0, dataset.shape[0], model_id)
-        for name, start, stop in zip(rows["name"], rows["start"].to_numpy() - base, rows["stop"].to_numpy() - base):
-            check.verify(kernel, int(start), out[start:stop], name)
-        return out
+        spans = list(zip(rows["start"].to_numpy() - base, rows["stop"].to_numpy() - base, rows["name"]))
+        return self._read_checked(model_id, kernel, 0, int(max(stop for _, stop, _ in spans)), spans)
 
     def iter_layers(self, layers: pd.DataFrame | None = None) -> Iterator[tuple[pd.Series, np.ndarray]]:
         """Yield (layer row, filters) one layer at a time, in the order of ``layers`` (default: all)."""
@@ -556,8 +561,11 @@ class FilterDB:
         for _, row in frame.iterrows():
             mid = row["model_id"]
             base = self._spans[(mid, kernel)][0]
-            dataset, check = self._filter_dataset(mid, kernel)
             start, stop = int(row["start"]) - base, int(row["stop"]) - base
+            if stop - start <= chunk_rows:
+                yield self._read_checked(mid, kernel, start, stop, [(start, stop, row["name"])])
+                continue
+            dataset, check = self._filter_dataset(mid, kernel)
             hasher = check.hasher()
             for lo in range(start, stop, chunk_rows):  # the last chunk is yielded only once the layer verifies
                 hi = min(lo + chunk_rows, stop)
@@ -567,8 +575,6 @@ class FilterDB:
                 if hi == stop:
                     check.verify_streamed(kernel, start, stop, hasher.intdigest(), row["name"])
                 yield chunk
-            if start >= stop:
-                check.verify(kernel, start, np.empty((0,), np.float32), row["name"])
 
     def read_filters(self, layers: pd.DataFrame, kernel: str = "3x3") -> np.ndarray:
         """The filters of a selection of layers of one kernel size, concatenated in the selection's order."""
@@ -706,9 +712,14 @@ class FilterDB:
     def _forget_shard(self, model_id: str) -> None:
         """Close the model's open shard (it is being replaced or removed)."""
         f = self._shards.pop(model_id, None)
-        self._checks.pop(model_id, None)
+        self._forget_check(model_id)
         if f is not None:
             f.close()
+
+    def _forget_check(self, model_id: str) -> None:
+        check = self._checks.pop(model_id, None)
+        if check is not None:
+            check.close()
 
 
 def _model_spans(layers: pd.DataFrame) -> dict[tuple[str, str], tuple[int, int]]:
