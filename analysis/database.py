@@ -26,10 +26,13 @@ def worker_pool(jobs: int) -> ProcessPoolExecutor:
     """A process pool for the per-model work whose workers share the cores: each limits its
     BLAS and torch threads to cores // jobs (unlimited, N workers x N BLAS threads thrash)."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    return ProcessPoolExecutor(max_workers=jobs, initializer=_limit_threads, initargs=(threads,))
+    return ProcessPoolExecutor(max_workers=jobs, initializer=_limit_threads, initargs=(threads, os.getpid()))
 
 
-def _limit_threads(threads: int) -> None:
+def _limit_threads(threads: int, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        from filterdb.workers import die_with_parent
+        die_with_parent(parent_pid)  # no orphan outlives a killed 'compare --jobs N'
     try:
         from threadpoolctl import threadpool_limits
         threadpool_limits(limits=threads)
