@@ -559,3 +559,37 @@ def test_random_byte_flips_in_shards_never_give_a_number_computed_from_them(pris
         else:
             assert_one_line_error(result, "shards", "verify --repair")
     assert run("verify", "--db", db).exit_code in (0, 1)
+
+
+# --------------------------------------------------------------------------- durability
+
+def test_every_commit_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    """The order of the real system calls while a model, its master, a cache file and a checkpoint are written."""
+    from filterdb.analysis.database import database_metrics
+    from filterdb.training.checkpoint import save_atomic
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", os.fspath(src), os.fspath(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    db = tmp_path / "db"
+    _add(db, make_model(0))
+    database_metrics(db)
+    save_atomic({"x": torch.zeros(2)}, tmp_path / "ckpt" / "last.pt")
+    renames = [e for e in events if e[0] == "rename"]
+    targets = {Path(dst).name for _, _, dst in renames}
+    assert {"filterdb.h5", f"{model_id('decide', 'x')}.h5", f"{model_id('decide', 'x')}.json", "last.pt"} <= targets
+    for _, src, dst in renames:
+        i = events.index(("rename", src, dst))
+        assert ("fsync", src) in events[:i], f"{src} renamed before it was synced"
+        assert ("fsync", os.path.dirname(dst)) in events[i + 1:], f"{os.path.dirname(dst)} not synced after the rename"
+    assert not list(tmp_path.rglob("*.tmp"))
