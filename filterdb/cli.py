@@ -37,6 +37,8 @@ CONTRIBUTED_COMMANDS = {
               "For each robust model, the normal models of the same architecture, and the counterparts still missing."),
     "train": ("filterdb.training.cli", "train",
               "Train models: one run, a matched normal/robust pair, or a RobustBench counterpart."),
+    "verify": ("filterdb.verify", "verify",
+               "Check every shard, the master and the metrics cache against their checksums; exit 0 only when whole."),
 }
 
 
@@ -202,9 +204,15 @@ def add(models, db_path, force):
     from filterdb.sources.named import spec_for_argument
     from filterdb.store import FilterDB
 
-    specs = [spec_for_argument(m) for m in models]
-    with FilterDB.open(resolve_db(db_path), "a") as db:
+    db_dir = resolve_db(db_path)
+    db = FilterDB.open(db_dir, "a") if db_dir.exists() else None  # a damaged database is named first
+    try:
+        specs = [spec_for_argument(m) for m in models]
+        db = db or FilterDB.open(db_dir, "a")
         report = run_build(db, specs, force=force, description="add")
+    finally:
+        if db is not None:
+            db.close()
     report_build(report)
 
 

@@ -6,6 +6,7 @@ import hashlib
 import os
 
 from filterdb import schema
+from filterdb.admission import check_admissible
 from filterdb.extract import ExtractedLayer, extract_members
 from filterdb.ids import model_id as make_model_id
 from filterdb.ids import model_key
@@ -43,6 +44,7 @@ def model_record(source: str, name: str, layers: list[ExtractedLayer], record: d
 def extract_loaded(loaded: LoadedModel) -> tuple[dict, list[ExtractedLayer]]:
     """A loaded model's complete model-table row and its extracted layers (``write_shard`` checks their values)."""
     spec = loaded.spec
+    check_admissible(loaded.members, loaded.input_shape, spec.label)
     layers = extract_members(loaded.members, loaded.input_shape, model_name=spec.label, check_values=False)
     n_params = sum(p.numel() for m in loaded.members for p in m.parameters())
     sha = spec.record.get("weights_sha256") or (sha256_file(loaded.weights_path) if loaded.weights_path else "")
