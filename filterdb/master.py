@@ -22,6 +22,7 @@ Format 1.0 masters (flat tables, one virtual dataset over all shards) read the s
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from dataclasses import dataclass
@@ -184,6 +185,7 @@ def write_master(db_dir: Path, models: pd.DataFrame, layers: pd.DataFrame, index
     """Write the whole master (``layers`` with global rows) under a temporary name, then rename it."""
     tmp = _tmp(db_dir)
     try:
+        _require_room(db_dir)
         with h5py.File(tmp, "w", libver="latest", fs_strategy="fsm", fs_persist=True) as f:
             root_attrs(f, DATABASE_ENCODING, MASTER_VERSION)
             write_table(f, "models", models, schema.MODEL_COLUMNS, index="model_id", chunk_rows=MODEL_CHUNK)
@@ -211,6 +213,7 @@ def append_master(db_dir: Path, state: MasterState, models: pd.DataFrame, layers
     master gets their rows appended and its last batches remapped, then replaces it."""
     tmp = _tmp(db_dir)
     try:
+        _require_room(db_dir)
         shutil.copyfile(master_path(db_dir), tmp)
         with h5py.File(tmp, "r+") as f:
             before = int(f["models"]["model_id"].shape[0])
@@ -244,6 +247,21 @@ def _totals(layers: pd.DataFrame, before: dict[str, int]) -> dict[str, int]:
 def commit(tmp: Path, final: Path) -> None:
     """Make a completely written temporary file the real one: fsync, atomic rename, fsync of the folder."""
     publish(tmp, final)
+
+
+ROOM = 4 << 20  # bytes free beyond a copy of the master before a publish starts
+
+
+def _require_room(db_dir: Path) -> None:
+    """Refuse a publish that the disk cannot hold (an ENOSPC OSError) before HDF5 starts it: HDF5 that runs
+    out of space inside a write can fail again, or crash, when it closes the file."""
+    try:
+        stat = os.statvfs(db_dir)
+        size = master_path(db_dir).stat().st_size if master_path(db_dir).is_file() else 0
+    except OSError:
+        return
+    if stat.f_bavail * stat.f_frsize < size + ROOM:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(db_dir))
 
 
 def _remove(tmp: Path) -> None:

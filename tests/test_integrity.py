@@ -324,10 +324,11 @@ ADD_SCRIPT = textwrap.dedent("""
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 1 MiB tmpfs (root only; skipped elsewhere)."""
+    """A 16 MiB tmpfs (root only; skipped elsewhere): room for a format 2.0 master (chunked tables,
+    ~1.6 MiB for two models, where the old flat master took a few KiB) and the publish's headroom."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mount)],
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16M", "tmpfs", str(mount)],
                                            capture_output=True).returncode != 0:
         pytest.skip("needs root to mount a small tmpfs")
     yield mount
