@@ -2,9 +2,11 @@
 
 A file holds the per-layer metrics of one model and the moments of its layers'
 L-inf-scaled non-sparse filters (the streamed covariance of the divergence). It is valid
-while the model's ``db.shard_token`` (changes on re-extraction), :data:`METRICS_VERSION`
-(changes with any metric's definition) and the sparsity eps are the ones it was written
-with; anything else is recomputed. Files are written under a temporary name and renamed,
+while the model's shard digest (``db.shard_digest``: changes with any change of the shard's
+tables or filters), :data:`METRICS_VERSION` (changes with any metric's definition) and the
+sparsity eps are the ones it was written with, and while its numbers match the digest
+recorded with them (``filterdb.integrity``); anything else is recomputed (an edited or
+damaged file with one line saying so). Files are published durably (``filterdb.atomic``),
 so a killed run leaves no half-written cache. Deleting the folder is always safe.
 """
 from __future__ import annotations
@@ -17,6 +19,8 @@ import numpy as np
 import pandas as pd
 
 from filterdb.analysis.metrics import Moments
+from filterdb.atomic import atomic_path
+from filterdb.integrity import digest, notice
 
 METRICS_VERSION = "2"  # 2: variance entropy of 1x1 filters is NaN
 CACHE_DIR = "metrics"
@@ -34,13 +38,31 @@ def load(db_path, model_id: str, token: str, eps: float) -> tuple[pd.DataFrame, 
             data = json.load(fh)
     except (OSError, ValueError):
         return None
-    if (data.get("format"), data.get("metrics_version"), data.get("token"), data.get("eps")) != (
-            CACHE_FORMAT, METRICS_VERSION, token, eps):
+    if not isinstance(data, dict) or (data.get("format"), data.get("metrics_version"), data.get("token"),
+                                      data.get("eps")) != (CACHE_FORMAT, METRICS_VERSION, token, eps):
+        return None
+    if data.get("digest") != _payload_digest(data):
+        notice(f"{cache_path(db_path, model_id)}: the cached metrics do not match their checksum (edited or damaged); "
+               "recomputing them")
         return None
     frame = pd.DataFrame(data["layers"])
     moments = [Moments(m["count"], np.array(m["mean"], dtype=np.float64), np.array(m["scatter"], dtype=np.float64))
                for m in data["moments"]]
     return frame, moments
+
+
+def check_file(path: Path) -> str:
+    """What is wrong with a cache file ('' if nothing): unreadable, not a cache file, or numbers not matching their digest."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        return f"cannot be read ({exc})"
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
+        return "is not a filterdb metrics cache file"
+    if data.get("digest") != _payload_digest(data):
+        return "the cached metrics do not match their checksum (edited or damaged)"
+    return ""
 
 
 def store(db_path, model_id: str, token: str, eps: float, frame: pd.DataFrame, moments: list[Moments]) -> bool:
@@ -51,16 +73,20 @@ def store(db_path, model_id: str, token: str, eps: float, frame: pd.DataFrame, m
         "layers": {c: [_plain(v) for v in frame[c]] for c in frame.columns},
         "moments": [{"count": m.count, "mean": m.mean.tolist(), "scatter": m.scatter.tolist()} for m in moments],
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data["digest"] = _payload_digest(data)
     try:
         path.parent.mkdir(exist_ok=True)
-        with open(tmp, "w") as fh:
+        with atomic_path(path) as tmp, open(tmp, "w") as fh:
             json.dump(data, fh)
-        os.replace(tmp, path)
     except OSError:
-        tmp.unlink(missing_ok=True)
         return False
     return True
+
+
+def _payload_digest(data: dict) -> str:
+    """Digest of the numbers (and the key they belong to) as JSON writes them: round trips exactly."""
+    payload = {k: data.get(k) for k in ("format", "metrics_version", "token", "eps", "layers", "moments")}
+    return f"{digest(json.dumps(payload, sort_keys=True).encode()):016x}"
 
 
 def _plain(value):

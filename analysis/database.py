@@ -26,10 +26,13 @@ def worker_pool(jobs: int) -> ProcessPoolExecutor:
     """A process pool for the per-model work whose workers share the cores: each limits its
     BLAS and torch threads to cores // jobs (unlimited, N workers x N BLAS threads thrash)."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    return ProcessPoolExecutor(max_workers=jobs, initializer=_limit_threads, initargs=(threads,))
+    return ProcessPoolExecutor(max_workers=jobs, initializer=_limit_threads, initargs=(threads, os.getpid()))
 
 
-def _limit_threads(threads: int) -> None:
+def _limit_threads(threads: int, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        from filterdb.workers import die_with_parent
+        die_with_parent(parent_pid)  # no orphan outlives a killed 'compare --jobs N'
     try:
         from threadpoolctl import threadpool_limits
         threadpool_limits(limits=threads)
@@ -60,10 +63,9 @@ def compute_model_metrics(db, model_id: str, eps: float = SPARSITY_EPS) -> tuple
 
 
 def cache_token(db, model_id: str) -> str:
-    """``db.shard_token`` plus the shard file's identity: the token alone has one-second
-    resolution when a model has no weights file hash, and a re-extraction can be quicker."""
-    stat = db.shard_path(model_id).stat()
-    return f"{db.shard_token(model_id)}|{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_size}"
+    """The shard's digest (``db.shard_digest``: its tables, extraction time included, and every
+    layer's filter bytes), so a cache file belongs to exactly one extraction of the model."""
+    return db.shard_digest(model_id)
 
 
 def model_metrics(db, model_id: str, eps: float = SPARSITY_EPS) -> tuple[pd.DataFrame, list[Moments]]:

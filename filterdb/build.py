@@ -3,12 +3,13 @@
 Models already in the database are skipped unless ``force``; a failure is recorded and
 the build continues with the next model. With ``jobs > 1`` worker processes load and
 extract in parallel, each writing its own shard; the parent registers finished shards.
+The workers die with the parent (``filterdb.workers``).
 """
 from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from filterdb.progress import progress_bar
 from filterdb.records import extract_loaded
 from filterdb.sources.base import LoadedModel, ModelSpec
 from filterdb.store import FilterDB, write_shard
+from filterdb.workers import worker_pool
 
 
 @dataclass
@@ -132,7 +134,8 @@ def _ingest_here(db: FilterDB, spec: ModelSpec) -> ModelOutcome:
 
 def _ingest_parallel(db: FilterDB, todo: list[ModelSpec], jobs: int, report: BuildReport, on_done) -> None:
     started: dict[Future, tuple[ModelSpec, float]] = {}
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    lock = db._lock.fileno() if db._lock is not None else None
+    with worker_pool(jobs, (lock,) if lock is not None else ()) as pool:
         for spec in todo:
             started[pool.submit(ingest_to_shard, os.fspath(db.path), spec)] = (spec, time.perf_counter())
         pending = set(started)

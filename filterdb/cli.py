@@ -41,6 +41,8 @@ CONTRIBUTED_COMMANDS = {
               "order; the paired statistics compare twins)."),
     "train": ("filterdb.training.cli", "train",
               "Train models: one run, a matched normal/robust pair, or a RobustBench counterpart."),
+    "verify": ("filterdb.verify", "verify",
+               "Check every shard, the master and the metrics cache against their checksums; exit 0 only when whole."),
 }
 
 
@@ -243,10 +245,16 @@ def add(models, db_path, force, input_shape):
     from filterdb.sources.named import spec_for_argument
     from filterdb.store import FilterDB
 
-    specs = with_input_shape([spec_for_argument(m) for m in models], input_shape)
-    with FilterDB.open(resolve_db(db_path), "a") as db:
+    db_dir = resolve_db(db_path)
+    db = FilterDB.open(db_dir, "a") if db_dir.exists() else None  # a damaged database is named first
+    try:
+        specs = with_input_shape([spec_for_argument(m) for m in models], input_shape)
+        db = db or FilterDB.open(db_dir, "a")
         report = run_build(db, specs, force=force, description="add")
         report_skipped_convs(db, report)
+    finally:
+        if db is not None:
+            db.close()
     report_build(report)
 
 

@@ -14,13 +14,21 @@ class WriterLock:
 
     def __init__(self, db_dir: Path):
         self.path = Path(db_dir) / LOCK_NAME
-        self._fh = open(self.path, "a+")
+        try:
+            self._fh = open(self.path, "a+")
+        except OSError as exc:
+            raise FilterDBError(f"{self.path}: cannot open the writer lock ({exc.strerror}); it must be a writable "
+                                "file (remove what is there, or run 'filterdb verify --repair')") from None
         try:
             fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             self._fh.close()
             raise FilterDBError(f"{db_dir} is being written by another filterdb process; "
                                 "wait for it to finish or use another --db") from exc
+
+    def fileno(self) -> int:
+        """The lock file's descriptor (worker processes close it: a lock held by a dead build is free)."""
+        return self._fh.fileno()
 
     def release(self) -> None:
         if self._fh is not None:

@@ -22,6 +22,7 @@ Format 1.0 masters (flat tables, one virtual dataset over all shards) read the s
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from dataclasses import dataclass
@@ -31,10 +32,17 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from filterdb import schema
+from filterdb import integrity, schema
+from filterdb.atomic import io_failure, publish
+from filterdb.errors import FilterDBError
 from filterdb.h5table import append_rows, read_table, write_table
 from filterdb.schema import Column
 from filterdb.shards import FILTERS_ENCODING, SHARD_DIR, TMP_SUFFIX, root_attrs
+
+# Root attributes: the digest of each publish's rows (a write, then each append), so that a reader
+# verifies the tables it reads and a publish hashes only what it appends.
+SEGMENT_STOPS = "digest_segments"  # (n, 4) int64: rows of /models, /layers, /shards, /spans after each publish
+SEGMENT_DIGESTS = "digest_values"  # (n,) uint64: xxh3_64 of that publish's rows of the four tables
 
 MASTER_NAME = "filterdb.h5"
 DATABASE_ENCODING = "filterdb-database"
@@ -50,6 +58,8 @@ INDEX_COLUMNS: tuple[Column, ...] = (
     Column("mtime_ns", "int", "Modification time of the shard file (ns) when it was indexed."),
     Column("layer_start", "int", "First row of the model in /layers."),
     Column("layer_stop", "int", "One past the last row of the model in /layers."),
+    Column("digest", "str", "The shard's own digest (xxh3_64 of its tables and of each layer's filters, 16 hex "
+                            "digits): a swapped or rewritten shard does not match it."),
 )
 
 
@@ -110,11 +120,13 @@ def is_current(db_dir: Path, state: MasterState | None, on_disk: dict[str, tuple
 
     Cheap first: a master published with no other process writing shards (``clean``)
     recorded the shards folder's mtime, and any shard renamed in or out since changes it.
-    Otherwise one directory listing with a stat per shard; no shard is opened.
+    Otherwise (and always when the caller passes the listing ``on_disk``: a writer, which must
+    notice a shard overwritten in place, e.g. swapped) one directory listing with a stat per
+    shard; no shard is opened.
     """
     if state is None or state.version != MASTER_VERSION:
         return False
-    if vouches_for_folder(db_dir, state):
+    if on_disk is None and vouches_for_folder(db_dir, state):
         return True
     on_disk = on_disk if on_disk is not None else _list(db_dir)
     index = state.index
@@ -173,6 +185,7 @@ def write_master(db_dir: Path, models: pd.DataFrame, layers: pd.DataFrame, index
     """Write the whole master (``layers`` with global rows) under a temporary name, then rename it."""
     tmp = _tmp(db_dir)
     try:
+        _require_room(db_dir)
         with h5py.File(tmp, "w", libver="latest", fs_strategy="fsm", fs_persist=True) as f:
             root_attrs(f, DATABASE_ENCODING, MASTER_VERSION)
             write_table(f, "models", models, schema.MODEL_COLUMNS, index="model_id", chunk_rows=MODEL_CHUNK)
@@ -182,10 +195,14 @@ def write_master(db_dir: Path, models: pd.DataFrame, layers: pd.DataFrame, index
             f.create_group("filters")
             f.create_group("batches")
             _map_batches(f, range((len(models) + BATCH - 1) // BATCH))
+            _add_segment(f, models, layers, index, span_rows)
             mtime = _finish(f, db_dir, len(models), clean)
         commit(tmp, master_path(db_dir))
+    except (OSError, RuntimeError) as exc:  # HDF5 reports a failed write (a full disk) as RuntimeError
+        _remove(tmp)
+        raise _write_error(db_dir, exc) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
     return MasterState(MASTER_VERSION, index.reset_index(drop=True), _totals(layers, {}), len(layers), clean, mtime)
 
@@ -196,6 +213,7 @@ def append_master(db_dir: Path, state: MasterState, models: pd.DataFrame, layers
     master gets their rows appended and its last batches remapped, then replaces it."""
     tmp = _tmp(db_dir)
     try:
+        _require_room(db_dir)
         shutil.copyfile(master_path(db_dir), tmp)
         with h5py.File(tmp, "r+") as f:
             before = int(f["models"]["model_id"].shape[0])
@@ -205,10 +223,14 @@ def append_master(db_dir: Path, state: MasterState, models: pd.DataFrame, layers
             append_rows(f["spans"], span_rows, SPAN_COLUMNS)
             after = before + len(models)
             _map_batches(f, range(before // BATCH, (after + BATCH - 1) // BATCH))
+            _add_segment(f, models, layers, index, span_rows)
             mtime = _finish(f, db_dir, after, clean)
         commit(tmp, master_path(db_dir))
+    except (OSError, RuntimeError) as exc:
+        _remove(tmp)
+        raise _write_error(db_dir, exc) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
     return MasterState(MASTER_VERSION, pd.concat([state.index, index], ignore_index=True),
                        _totals(layers, state.totals), state.n_layers + len(layers), clean, mtime)
@@ -223,8 +245,70 @@ def _totals(layers: pd.DataFrame, before: dict[str, int]) -> dict[str, int]:
 
 
 def commit(tmp: Path, final: Path) -> None:
-    """Make a completely written temporary file the real one (the rename is atomic)."""
-    os.replace(tmp, final)
+    """Make a completely written temporary file the real one: fsync, atomic rename, fsync of the folder."""
+    publish(tmp, final)
+
+
+ROOM = 4 << 20  # bytes free beyond a copy of the master before a publish starts
+
+
+def _require_room(db_dir: Path) -> None:
+    """Refuse a publish that the disk cannot hold (an ENOSPC OSError) before HDF5 starts it: HDF5 that runs
+    out of space inside a write can fail again, or crash, when it closes the file."""
+    try:
+        stat = os.statvfs(db_dir)
+        size = master_path(db_dir).stat().st_size if master_path(db_dir).is_file() else 0
+    except OSError:
+        return
+    if stat.f_bavail * stat.f_frsize < size + ROOM:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(db_dir))
+
+
+def _remove(tmp: Path) -> None:
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _write_error(db_dir: Path, exc: BaseException) -> FilterDBError:
+    return FilterDBError(f"{master_path(db_dir)}: cannot write the master file ({io_failure(exc)}); the shards "
+                         "(every model added) are safe and the last good master still reads - free space or fix "
+                         "the directory and rerun")
+
+
+def _segment_digest(models: pd.DataFrame, layers: pd.DataFrame, index: pd.DataFrame, span_rows: pd.DataFrame) -> int:
+    return integrity.table_digest([(models, schema.MODEL_COLUMNS), (layers, schema.LAYER_COLUMNS),
+                                   (index, INDEX_COLUMNS), (span_rows, SPAN_COLUMNS)])
+
+
+def _add_segment(f: h5py.File, models, layers, index, span_rows) -> None:
+    """Record the digest of the rows this publish wrote (appended after those of earlier publishes)."""
+    stops = np.asarray(f.attrs.get(SEGMENT_STOPS, np.zeros((0, 4), np.int64)), np.int64).reshape(-1, 4)
+    values = np.asarray(f.attrs.get(SEGMENT_DIGESTS, np.zeros(0, np.uint64)), np.uint64)
+    last = stops[-1] if len(stops) else np.zeros(4, np.int64)
+    row = last + np.array([len(models), len(layers), len(index), len(span_rows)], np.int64)
+    f.attrs[SEGMENT_STOPS] = np.vstack([stops, row[None]])
+    f.attrs[SEGMENT_DIGESTS] = np.append(values, np.uint64(_segment_digest(models, layers, index, span_rows)))
+    f.attrs["integrity"] = integrity.ALGORITHM
+
+
+def check_tables(f: h5py.File, path: Path, models: pd.DataFrame, layers: pd.DataFrame, index: pd.DataFrame,
+                 span_rows: pd.DataFrame) -> None:
+    """Raise ``DamagedDatabaseError`` unless the master's tables (as read) are the rows its publishes wrote."""
+    if f.attrs.get("integrity") != integrity.ALGORITHM or SEGMENT_STOPS not in f.attrs:
+        raise integrity.damaged(path, "the master has no checksums (written by an older filterdb)")
+    stops = np.asarray(f.attrs[SEGMENT_STOPS], np.int64).reshape(-1, 4)
+    values = np.asarray(f.attrs[SEGMENT_DIGESTS], np.uint64)
+    tables = (models, layers, index, span_rows)
+    if len(stops) != len(values) or (len(stops) and list(stops[-1]) != [len(t) for t in tables]):
+        raise integrity.damaged(path, "the master's tables do not match their checksum (rows missing or added)")
+    begin = np.zeros(4, np.int64)
+    for end, value in zip(stops, values):
+        parts = [t.iloc[int(a):int(b)] for t, a, b in zip(tables, begin, end)]
+        if _segment_digest(*parts) != int(value):
+            raise integrity.damaged(path, "the master's tables do not match their checksum (the file is damaged)")
+        begin = end
 
 
 def _tmp(db_dir: Path) -> Path:

@@ -7,6 +7,7 @@ import json
 import os
 
 from filterdb import schema
+from filterdb.admission import check_admissible
 from filterdb.extract import ExtractedLayer, extract_members, skipped_convs
 from filterdb.ids import model_id as make_model_id
 from filterdb.ids import model_key
@@ -44,6 +45,7 @@ def model_record(source: str, name: str, layers: list[ExtractedLayer], record: d
 def extract_loaded(loaded: LoadedModel) -> tuple[dict, list[ExtractedLayer]]:
     """A loaded model's complete model-table row and its extracted layers (``write_shard`` checks their values)."""
     spec = loaded.spec
+    check_admissible(loaded.members, loaded.input_shape, spec.label)
     layers = extract_members(loaded.members, loaded.input_shape, model_name=spec.label, check_values=False)
     n_params = sum(p.numel() for m in loaded.members for p in m.parameters())
     skipped = [{"member": i, **entry} for i, m in enumerate(loaded.members) for entry in skipped_convs(m)]

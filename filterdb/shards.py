@@ -2,8 +2,10 @@
 
 A shard (``<db>/shards/<model_id>.h5``, ``encoding-type`` ``filterdb-shard``) holds
 ``/models`` (one row), ``/layers`` (``start``/``stop`` counting within the shard) and one
-contiguous float32 dataset ``/filters/<kernel>`` per kernel size. Its rename into place is
-the commit of a model: everything else in a database is derived from the shards.
+contiguous float32 dataset ``/filters/<kernel>`` per kernel size, and the xxh3 digests of
+its tables and of each layer's filters (:mod:`filterdb.integrity`). Its durable rename into
+place (:mod:`filterdb.atomic`: fsync, rename, fsync of the folder) is the commit of a model:
+everything else in a database is derived from the shards.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from filterdb import schema
+from filterdb import integrity, schema
+from filterdb.atomic import TMP_SUFFIX, io_failure, publish
 from filterdb.errors import FilterDBError
 from filterdb.h5table import read_table, table_columns, table_frame, write_table
 
@@ -26,7 +29,6 @@ if TYPE_CHECKING:  # extraction imports torch; the store only duck-types its lay
     from filterdb.extract import ExtractedLayer
 
 SHARD_DIR = "shards"
-TMP_SUFFIX = ".tmp"
 SHARD_ENCODING = "filterdb-shard"
 FILTERS_ENCODING = "filter-array"
 
@@ -55,7 +57,9 @@ def write_shard(db_dir: str | os.PathLike, record: dict, layers: list["Extracted
     ``record`` is a complete model-table row (``model_record``). Filters of one layer are
     contiguous and out-channel-major; ``start``/``stop`` in the shard's layer table are
     local to the shard. NaN/Inf weights raise ``FilterDBError`` naming the layer, and no
-    shard is left. Returns the shard's path and its model and layer tables.
+    shard is left; so does an I/O error (a full disk), in one line. The shard records the
+    digests of its tables and of each layer's filters. Returns the shard's path and its
+    model and layer tables.
     """
     final = shard_path(Path(db_dir), record["model_id"])
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +72,7 @@ def write_shard(db_dir: str | os.PathLike, record: dict, layers: list["Extracted
         rows.append({**layer.info, "model_id": record["model_id"], "start": start, "stop": sizes[layer.kernel]})
     model_columns = table_columns([record], schema.MODEL_COLUMNS)
     layer_columns = table_columns(rows, schema.LAYER_COLUMNS)
+    tables_digest = integrity.table_digest([(model_columns, schema.MODEL_COLUMNS), (layer_columns, schema.LAYER_COLUMNS)])
     try:
         with h5py.File(tmp, "w", libver="latest") as f:
             root_attrs(f, SHARD_ENCODING)
@@ -83,17 +88,41 @@ def write_shard(db_dir: str | os.PathLike, record: dict, layers: list["Extracted
             runs = {offsets[kernel]: [layer for layer in layers if layer.kernel == kernel] for kernel in sizes}
             written = writer.submit(_write_filter_bytes, tmp, runs)
             try:
+                digests = []
                 for layer in layers:
                     layer.check_finite()
+                    digests.append(integrity.filter_digest(layer.filters()))
                 models = table_frame(model_columns, schema.MODEL_COLUMNS, "model_id")
                 layer_frame = table_frame(layer_columns, schema.LAYER_COLUMNS)
             finally:
                 written.result()
-        os.replace(tmp, final)
+        with h5py.File(tmp, "r+", libver="latest") as f:
+            integrity.write_shard_digests(f, record["model_id"], tables_digest, _kernel_layers(rows), digests)
+        publish(tmp, final)
+    except (OSError, RuntimeError) as exc:  # HDF5 reports a failed write (a full disk) as RuntimeError
+        _remove(tmp)
+        raise FilterDBError(f"{final}: cannot write the shard of {record.get('key', record['model_id'])} "
+                            f"({io_failure(exc)}); nothing of it was stored - free space or fix the directory "
+                            "and rerun") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
     return final, models, layer_frame
+
+
+def _remove(tmp: Path) -> None:
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _kernel_layers(rows: list[dict]) -> dict[str, list[tuple[int, int, int]]]:
+    """kernel -> (row in the layer table, local start, local stop) of its layers."""
+    out: dict[str, list[tuple[int, int, int]]] = {}
+    for i, row in enumerate(rows):
+        out.setdefault(row["kernel"], []).append((i, int(row["start"]), int(row["stop"])))
+    return out
 
 
 def _write_filter_bytes(path: Path, runs: dict[int, list["ExtractedLayer"]]) -> None:
@@ -140,27 +169,56 @@ def shard_writer(db_dir: str | os.PathLike, record: dict, layer_rows: list[dict]
     ``layer_rows`` are complete layer-table rows (``start``/``stop`` local to the shard).
     Yields the temporary file and, per kernel, the file offset of its contiguous float32
     dataset: the caller writes the filters' little-endian bytes there (``os.pwrite``) and
-    checks their values. On a clean exit the shard is renamed into place (register it
-    with ``FilterDB.adopt_shard``); on an exception nothing is left.
+    checks their values. On a clean exit the digests of the tables and of each layer's
+    filters (read back from the file) are recorded and the shard is durably renamed into
+    place (register it with ``FilterDB.adopt_shard``); on an exception nothing is left.
     """
     final = shard_path(Path(db_dir), record["model_id"])
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.stem}.{os.getpid()}{TMP_SUFFIX}")
     sizes = {row["kernel"]: (max(r["stop"] for r in layer_rows if r["kernel"] == row["kernel"]),
                              row["kernel_h"], row["kernel_w"]) for row in layer_rows}
+    model_columns = table_columns([record], schema.MODEL_COLUMNS)
+    layer_columns = table_columns(layer_rows, schema.LAYER_COLUMNS)
+    tables_digest = integrity.table_digest([(model_columns, schema.MODEL_COLUMNS), (layer_columns, schema.LAYER_COLUMNS)])
     try:
         with h5py.File(tmp, "w", libver="latest") as f:
             root_attrs(f, SHARD_ENCODING)
-            write_table(f, "models", table_columns([record], schema.MODEL_COLUMNS), schema.MODEL_COLUMNS,
-                        index="model_id")
-            write_table(f, "layers", table_columns(layer_rows, schema.LAYER_COLUMNS), schema.LAYER_COLUMNS)
+            write_table(f, "models", model_columns, schema.MODEL_COLUMNS, index="model_id")
+            write_table(f, "layers", layer_columns, schema.LAYER_COLUMNS)
             group = f.create_group("filters")
             offsets = {kernel: _allocate_contiguous(group, kernel, shape) for kernel, shape in sizes.items()}
         yield tmp, offsets
-        os.replace(tmp, final)
+        digests = _digests_of_written(tmp, offsets, layer_rows)
+        with h5py.File(tmp, "r+", libver="latest") as f:
+            integrity.write_shard_digests(f, record["model_id"], tables_digest, _kernel_layers(layer_rows), digests)
+        publish(tmp, final)
+    except (OSError, RuntimeError) as exc:
+        _remove(tmp)
+        raise FilterDBError(f"{final}: cannot write the shard of {record.get('key', record['model_id'])} "
+                            f"({io_failure(exc)}); nothing of it was stored - free space or fix the directory "
+                            "and rerun") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
+
+
+def _digests_of_written(path: Path, offsets: dict[str, int], layer_rows: list[dict]) -> list[int]:
+    """The digest of each layer's filter bytes as the caller wrote them into ``path`` (one read per layer)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        digests = []
+        for row in layer_rows:
+            row_bytes = int(row["kernel_h"]) * int(row["kernel_w"]) * 4
+            shape = (int(row["stop"]) - int(row["start"]), int(row["kernel_h"]), int(row["kernel_w"]))
+            hasher = integrity.ShardCheck.hasher()
+            n_bytes = shape[0] * row_bytes
+            integrity.read_hashing(fd, offsets[row["kernel"]] + int(row["start"]) * row_bytes, shape,
+                                   [(0, n_bytes, hasher)])
+            digests.append(hasher.intdigest())
+        return digests
+    finally:
+        os.close(fd)
 
 
 def read_shard_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -169,12 +227,36 @@ def read_shard_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def read_shard(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
-    """A shard's model row, layer rows (shard-local start/stop) and ``filter_offsets``."""
+    """A shard's model row, layer rows (shard-local start/stop) and ``filter_offsets``, the tables
+    verified against their digest (``DamagedDatabaseError`` naming the file otherwise)."""
+    return read_verified_shard(path)[:3]
+
+
+def read_verified_shard(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int], "integrity.ShardIdentity"]:
+    """:func:`read_shard` and the shard's identity (model, size, digest)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("encoding-type") != SHARD_ENCODING:
+                raise integrity.damaged(path, "not a filterdb shard (a stray file in the shards folder)")
+            models, layers = read_table(f["models"], schema.MODEL_COLUMNS), read_table(f["layers"], schema.LAYER_COLUMNS)
+            identity = integrity.check_shard_tables(f, path, models, layers, (schema.MODEL_COLUMNS, schema.LAYER_COLUMNS))
+            return models, layers, _offsets(f), identity
+    except FilterDBError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeDecodeError) as exc:
+        raise integrity.read_error(path, exc, "the shard cannot be read") from None
+
+
+def shard_digest(path: Path) -> int:
+    """The digest a shard records of itself (its identity; 0 for a shard without checksums)."""
     with h5py.File(path, "r") as f:
-        if f.attrs.get("encoding-type") != SHARD_ENCODING:
-            raise FilterDBError(f"{path} is not a filterdb shard; remove it from the shards folder")
-        return (read_table(f["models"], schema.MODEL_COLUMNS), read_table(f["layers"], schema.LAYER_COLUMNS),
-                _offsets(f))
+        return int(f.attrs.get("shard_digest", 0))
+
+
+def shard_facts(path: Path) -> tuple[dict[str, int], int]:
+    """``filter_offsets`` and the recorded shard digest, in one open."""
+    with h5py.File(path, "r") as f:
+        return _offsets(f), int(f.attrs.get("shard_digest", 0))
 
 
 def filter_offsets(path: Path) -> dict[str, int]:

@@ -14,6 +14,15 @@ filters of all shards as one dataset per kernel size through HDF5 virtual datase
 ``h5py.File("<db>/filterdb.h5")["filters/3x3"]`` is every 3x3 filter of every model,
 (N, 3, 3) float32, a layer's rows at ``[start:stop]``. This module imports neither torch
 nor the extraction code: reading a database needs h5py, numpy and pandas only.
+
+Integrity (:mod:`filterdb.integrity`): every shard records the digests of its tables and of
+each layer's filters, the master's index records each shard's digest and the master the
+digests of its own tables. A reader verifies the master's tables on open and each layer's
+filters in :meth:`FilterDB._read_rows` before returning them; a missing, swapped or stray
+shard is an error on open; a damaged master is rebuilt from the shards (or, when the
+directory cannot be written now, read around: the tables come from the shards), with one
+line saying so. Damage is a :class:`DamagedDatabaseError` naming the file and saying
+``filterdb verify --repair``.
 """
 from __future__ import annotations
 
@@ -28,16 +37,18 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from filterdb import schema
+from filterdb import integrity, schema
+from filterdb.atomic import atomic_path, io_failure, remove_stale_temps
 from filterdb.errors import FilterDBError
+from filterdb.integrity import DamagedDatabaseError, MasterDamaged
 from filterdb.h5table import read_table, write_table
 from filterdb.lock import WriterLock
-from filterdb.master import (DATABASE_ENCODING, INDEX_COLUMNS, MASTER_NAME, MASTER_VERSION, MasterState, append_master,
-                             empty_frame, global_rows, is_current, read_spans, read_state, spans, vouches_for_folder,
-                             write_master)
+from filterdb.master import (DATABASE_ENCODING, INDEX_COLUMNS, MASTER_NAME, MASTER_VERSION, SPAN_COLUMNS, MasterState,
+                             append_master, check_tables, empty_frame, global_rows, is_current, read_spans, read_state,
+                             spans, vouches_for_folder, write_master)
 from filterdb.shards import (FILTERS_ENCODING, SHARD_DIR, SHARD_ENCODING, TMP_SUFFIX, filter_offsets,  # noqa: F401
-                             list_shards, read_shard, read_shard_tables, root_attrs, shard_path, shard_writer,
-                             write_shard)
+                             list_shards, read_shard, read_shard_tables, read_verified_shard, root_attrs, shard_facts,
+                             shard_path, shard_writer, write_shard)
 
 
 @dataclass
@@ -47,6 +58,7 @@ class Pending:
     layers: pd.DataFrame
     stat: tuple[int, int]  # (size, mtime_ns) of the shard file
     offsets: dict[str, int]  # kernel -> byte offset of its filters in the shard
+    digest: int  # the shard's own digest (integrity.combine of its tables' and layers' digests)
 
 
 def _legacy_is_stale(path: Path) -> bool:
@@ -62,9 +74,13 @@ def _legacy_is_stale(path: Path) -> bool:
 class FilterDB:
     """A filter database directory. Open with ``open_database(path)`` (read) or ``FilterDB.open(path, "a")``."""
 
-    def __init__(self, path: Path, mode: str):
+    def __init__(self, path: Path, mode: str, *, read_around: bool = False, rebuild: bool = False):
         self.path = Path(path)
         self.mode = mode
+        self._read_around = read_around  # reading: the master is unusable, the tables come from the shards
+        self._force_rebuild = rebuild  # writing: the master is damaged, rewrite it from the shards
+        self._digests: dict[str, int] = {}  # reading: model_id -> the shard digest the master records
+        self._checks: dict[str, integrity.ShardCheck] = {}  # model_id -> the digests of its open shard
         self._lock: WriterLock | None = None
         self._file: h5py.File | None = None
         self._shards: dict[str, h5py.File] = {}
@@ -100,11 +116,8 @@ class FilterDB:
             raise FilterDBError(f"{path} is not a filterdb database (no {MASTER_NAME}); build one with "
                                 f"'filterdb build --leaderboard NAME --db {path}', or run 'filterdb demo' and pass "
                                 f"--db {demo_db_path()}")
-        if mode == "r" and _is_stale(path):
-            try:  # a build was killed between writing a shard and the master: bring the master up to date
-                cls.open(path, "a").close()
-            except FilterDBError:
-                pass  # a writer is running and will do it; read the last complete master
+        if mode == "r":
+            return cls._open_reader(path)
         if mode == "a":
             try:
                 (path / SHARD_DIR).mkdir(parents=True, exist_ok=True)
@@ -114,24 +127,105 @@ class FilterDB:
             except OSError as exc:
                 raise FilterDBError(f"cannot write to database directory {path} ({exc.strerror}); "
                                     "choose a writable --db path") from exc
+        master = path / MASTER_NAME
+        if master.is_dir():
+            raise DamagedDatabaseError(f"{master}: is a directory, not the master file; {integrity.REPAIR_HINT}")
         return cls(path, mode)
+
+    @classmethod
+    def _open_reader(cls, path: Path) -> "FilterDB":
+        """Open for reading: a stale master is brought up to date, a damaged or missing one rebuilt from
+        the shards; where that is impossible now (a writer holds the lock, the directory is read-only or
+        full) the last complete master is read, or the shards themselves, with one line saying so."""
+        master = path / MASTER_NAME
+        state, damage = "ok", ""
+        if master.is_dir():
+            state, damage = "damaged", f"{master}: is a directory, not the master file"
+        elif not master.exists():
+            state = "absent"
+        elif _is_stale(path):
+            state = "stale"
+        if state == "ok":
+            try:
+                return cls(path, "r")
+            except MasterDamaged as exc:
+                state, damage = "damaged", str(exc).split("; ")[0]
+        try:  # a build was killed (or is running) between a shard and the master, or the master is damaged
+            FilterDB(path, "a", rebuild=state == "damaged").close()
+            if state == "damaged":
+                integrity.notice(f"{damage}; rebuilding it from the shards (done)")
+            return cls(path, "r")
+        except MasterDamaged:
+            pass
+        except DamagedDatabaseError:
+            raise  # a shard is missing, swapped or stray: no master can be built around it
+        except FilterDBError:
+            pass  # a writer is running (it will publish), or the directory cannot be written now
+        if state == "stale":
+            try:
+                return cls(path, "r")  # the last complete master
+            except MasterDamaged as exc:
+                damage = str(exc).split("; ")[0]
+        if state == "absent":
+            integrity.notice(f"{path}: no master file yet (a build is under way?); reading the shards directly")
+        else:
+            integrity.notice(f"{damage}; reading the shards directly ({integrity.REPAIR_HINT})")
+        return cls(path, "r", read_around=True)
 
     def _load(self) -> None:
         if self.mode == "r":
+            if self._read_around:
+                self._load_from_shards()
+                return
             self._open_master()
-            self._models = read_table(self._file["models"], schema.MODEL_COLUMNS)
-            self._layers = read_table(self._file["layers"], schema.LAYER_COLUMNS)
-            self._spans = read_spans(self._file) or None  # format 1.0: computed from the layers when needed
+            master = self.path / MASTER_NAME
+            try:
+                self._models = read_table(self._file["models"], schema.MODEL_COLUMNS)
+                self._layers = read_table(self._file["layers"], schema.LAYER_COLUMNS)
+                self._spans = read_spans(self._file) or None  # format 1.0: computed from the layers when needed
+                if str(self._file.attrs.get("encoding-version", "")) == MASTER_VERSION:
+                    index = read_table(self._file["shards"], INDEX_COLUMNS)
+                    check_tables(self._file, master, self._models, self._layers, index,
+                                 read_table(self._file["spans"], SPAN_COLUMNS))
+                    self._digests = {mid: int(d, 16) for mid, d in zip(index["model_id"], index["digest"]) if d}
+            except DamagedDatabaseError as exc:
+                self.close()
+                raise MasterDamaged(str(exc)) from None
+            except (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeDecodeError) as exc:
+                self.close()
+                raise MasterDamaged(str(integrity.read_error(master, exc, "the master cannot be read"))) from None
             return
         self._lock = WriterLock(self.path)
-        for stale in [*(self.path / SHARD_DIR).glob(f".*{TMP_SUFFIX}"), *self.path.glob(f".*{TMP_SUFFIX}")]:
-            stale.unlink(missing_ok=True)  # left by a killed build: the model in flight, never complete
-        self._state = read_state(self.path)
-        if self._state is None or not is_current(self.path, self._state):
-            self._reconcile()
-            self._publish()
-        elif not vouches_for_folder(self.path, self._state):
-            self._unpublished = True  # current, but say so in the master: the next open skips the listing
+        try:
+            remove_stale_temps(self.path / SHARD_DIR)  # left by a killed build: the model in flight, never complete
+            remove_stale_temps(self.path)
+            self._state = None if self._force_rebuild else read_state(self.path)
+            if self._state is None or not is_current(self.path, self._state, list_shards(self.path)):
+                self._reconcile()
+                self._publish()
+            elif not vouches_for_folder(self.path, self._state):
+                self._unpublished = True  # current, but say so in the master: the next open skips the listing
+        except BaseException:
+            self._lock.release()
+            self._lock = None
+            raise
+
+    def _load_from_shards(self) -> None:
+        """Reading around an unusable master: the tables of every shard (each verified), in key order."""
+        parts = []
+        for mid in sorted(list_shards(self.path)):
+            models, layers, _, identity = read_verified_shard(shard_path(self.path, mid))
+            parts.append((models["key"].iloc[0], mid, models, layers, identity))
+        parts.sort(key=lambda item: item[0])
+        if parts:
+            models = pd.concat([p[2] for p in parts])
+            models.index = pd.Index(models["model_id"].to_numpy(dtype=object), dtype=object)
+            layers = global_rows(pd.concat([p[3] for p in parts], ignore_index=True), {})
+        else:
+            models, layers = empty_frame(schema.MODEL_COLUMNS, "model_id"), empty_frame(schema.LAYER_COLUMNS)
+        self._models, self._layers = models, layers
+        self._digests = {p[1]: p[4].digest for p in parts}
+        self._spans = None
 
     def _reconcile(self) -> None:
         """Bring the tables up to date with the shard files on disk, reading only the shards that changed."""
@@ -141,20 +235,21 @@ class FilterDB:
         else:
             known = self._known()
         on_disk = list_shards(self.path)
+        missing = sorted(set(known) - set(on_disk))
+        if missing:  # a shard the master lists is gone: never silently a model less
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise DamagedDatabaseError(f"{shard_path(self.path, missing[0])}: the shard file of model(s) {shown} is "
+                                       f"missing (the master lists it); {integrity.REPAIR_HINT}, then 'filterdb build' "
+                                       "extracts it again")
         for mid in known:
-            if on_disk.get(mid) != known[mid]:  # deleted or replaced behind our back
+            if on_disk.get(mid) != known[mid]:  # replaced behind our back (a build killed before its publish)
                 self._drop(mid)
         fresh = []
         for mid in sorted(set(on_disk) - {m for m in known if on_disk.get(m) == known[m]}):
-            path = shard_path(self.path, mid)
-            try:
-                models, layers, offsets = read_shard(path)
-            except (OSError, KeyError, ValueError) as exc:
-                raise FilterDBError(f"shard {path} cannot be read ({exc}); delete it and rerun the build "
-                                    "to extract that model again") from exc
-            fresh.append((models["key"].iloc[0], mid, models, layers, offsets))
-        for _, mid, models, layers, offsets in sorted(fresh, key=lambda item: item[0]):
-            self._pending[mid] = Pending(models, layers, on_disk[mid], offsets)
+            models, layers, offsets, identity = read_verified_shard(shard_path(self.path, mid))
+            fresh.append((models["key"].iloc[0], mid, models, layers, offsets, identity.digest))
+        for _, mid, models, layers, offsets, digest in sorted(fresh, key=lambda item: item[0]):
+            self._pending[mid] = Pending(models, layers, on_disk[mid], offsets, digest)
         self._changed_tables()
 
     def _known(self) -> dict[str, tuple[int, int]]:
@@ -166,14 +261,24 @@ class FilterDB:
         known.update({mid: part.stat for mid, part in self._pending.items()})
         return known
 
+    def _known_digests(self) -> dict[str, int]:
+        """model_id -> the recorded shard digest of every model of the current tables (0: none recorded)."""
+        index = self._state.index if self._state is not None and not self._rewrite else empty_frame(INDEX_COLUMNS)
+        digests = {mid: int(d, 16) if d else 0 for mid, d in zip(index["model_id"], index["digest"])
+                   if mid not in self._dropped}
+        digests.update({mid: part.digest for mid, part in self._pending.items()})
+        return digests
+
     def _open_master(self) -> None:
+        master = self.path / MASTER_NAME
         try:
-            self._file = h5py.File(self.path / MASTER_NAME, "r")
-        except OSError as exc:
-            raise FilterDBError(f"{self.path / MASTER_NAME} cannot be read ({exc}); open the database for "
-                                "writing ('filterdb build' or 'filterdb add') to rebuild it from the shards") from exc
+            self._file = h5py.File(master, "r")
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise MasterDamaged(str(integrity.read_error(master, exc, "the master cannot be read"))) from None
         if self._file.attrs.get("format") != schema.FORMAT_NAME:
-            raise FilterDBError(f"{self.path / MASTER_NAME} is not a filterdb database file")
+            self._file.close()
+            self._file = None
+            raise MasterDamaged(f"{master}: not a filterdb database file; {integrity.REPAIR_HINT}")
 
     def close(self) -> None:
         if self._unpublished and self._lock is not None:
@@ -181,6 +286,8 @@ class FilterDB:
         for f in self._shards.values():
             f.close()
         self._shards.clear()
+        for mid in list(self._checks):
+            self._forget_check(mid)
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -243,6 +350,9 @@ class FilterDB:
         """The virtual dataset of all filters of one kernel size (read lazily, slice what you need)."""
         if self._unpublished:
             self._publish()
+        if self._read_around:
+            raise integrity.damaged(self.path / MASTER_NAME, "the master file is unusable, so its virtual datasets are "
+                                    "too (FilterDB.read_layer and read_filters read the shards)")
         if self._file is None:
             self._open_master()
         if kernel not in self._file["filters"]:
@@ -269,13 +379,67 @@ class FilterDB:
         row = self.models.loc[model_id]
         return f"{row['weights_sha256']}@{row['extracted_at']}"
 
+    def shard_digest(self, model_id: str) -> str:
+        """The recorded digest of the model's shard (tables and filters): changes with any change of either."""
+        value = self._expected_digest(model_id)
+        if value is None:
+            value = shard_facts(self.shard_path(model_id))[1]
+        return f"{integrity.ALGORITHM}:{value:016x}"
+
+    def _expected_digest(self, model_id: str) -> int | None:
+        """The digest the index (or this writer) records of the model's shard; None where none is recorded."""
+        if self.mode == "r":
+            return self._digests.get(model_id)
+        part = self._pending.get(model_id)
+        if part is not None:
+            return part.digest
+        if self._state is not None and not self._rewrite and "digest" in self._state.index:
+            index = self._state.index
+            found = index["digest"].to_numpy()[index["model_id"].to_numpy() == model_id]
+            if len(found) and found[0]:
+                return int(found[0], 16)
+        return None
+
     def _shard(self, model_id: str) -> h5py.File:
         f = self._shards.get(model_id)
         if f is None:
             if len(self._shards) >= 64:
-                self._shards.pop(next(iter(self._shards))).close()
-            f = self._shards[model_id] = h5py.File(self.shard_path(model_id), "r")
+                oldest = next(iter(self._shards))
+                self._shards.pop(oldest).close()
+                self._forget_check(oldest)
+            path = self.shard_path(model_id)
+            try:
+                f = h5py.File(path, "r")
+            except (OSError, ValueError, RuntimeError) as exc:
+                what = "the shard file is missing" if not path.exists() else "the shard cannot be opened"
+                raise integrity.read_error(path, exc, what) from None
+            try:
+                self._checks[model_id] = integrity.ShardCheck(f, path, model_id, str(self.models.loc[model_id, "name"]),
+                                                              self._expected_digest(model_id))
+            except BaseException:
+                f.close()
+                raise
+            self._shards[model_id] = f
         return f
+
+    def _filter_dataset(self, model_id: str, kernel: str) -> tuple[h5py.Dataset, integrity.ShardCheck]:
+        f = self._shard(model_id)
+        try:
+            return f["filters"][kernel], self._checks[model_id]
+        except (KeyError, OSError, ValueError, RuntimeError) as exc:
+            raise integrity.read_error(self.shard_path(model_id), exc, f"no readable {kernel} filters") from None
+
+    def _forget_shard(self, model_id: str) -> None:
+        """Close the model's open shard (it is being replaced or removed)."""
+        f = self._shards.pop(model_id, None)
+        self._forget_check(model_id)
+        if f is not None:
+            f.close()
+
+    def _forget_check(self, model_id: str) -> None:
+        check = self._checks.pop(model_id, None)
+        if check is not None:
+            check.close()
 
     def _span(self, model_id: str, kernel: str) -> tuple[int, int]:
         """(first row of a model's filters of one kernel size in /filters/<kernel>, their byte offset in its shard or -1)."""
@@ -297,38 +461,37 @@ class FilterDB:
         offsets.update({(mid, k): o for mid, part in self._pending.items() for k, o in part.offsets.items()})
         return offsets
 
-    def _read_rows(self, model_id: str, kernel: str, lo: int, hi: int) -> np.ndarray:
-        """Rows [lo, hi) of /filters/<kernel> (global rows within one model), from its shard: one pread at
-        the data's byte offset when the index has it, else through HDF5."""
-        base, offset = self._span(model_id, kernel)
-        kh, kw = map(int, kernel.split("x"))
-        if offset >= 0:
-            count = (hi - lo) * kh * kw
-            out = np.fromfile(self.shard_path(model_id), dtype="<f4", count=count, offset=offset + (lo - base) * kh * kw * 4)
-            if len(out) != count:
-                raise FilterDBError(f"shard {self.shard_path(model_id)} is shorter than its index says; "
-                                    "open the database for writing to re-index it, or rebuild that model")
-            return out.astype(np.float32, copy=False).reshape(hi - lo, kh, kw)
-        dataset = self._shard(model_id)["filters"][kernel]
-        out = np.empty((hi - lo, kh, kw), np.float32)
-        if hi > lo:
-            dataset.read_direct(out, source_sel=np.s_[lo - base:hi - base])
-        return out
+    def _read_rows(self, model_id: str, kernel: str, lo: int, hi: int,
+                   layers: list[tuple[int, int, str]]) -> np.ndarray:
+        """Rows [lo, hi) of /filters/<kernel> (global rows within one model), from its shard, each of
+        ``layers`` ((start, stop, name) in global rows, together covering the read) verified against its
+        digest before the array is returned: one read at the data's byte offset (large reads hash a private
+        mapping instead of copying, ``integrity.read_hashing``), or through HDF5 for another layout. The
+        single place filters are read; damage is a ``DamagedDatabaseError`` naming shard, model and layer."""
+        base, _ = self._span(model_id, kernel)
+        dataset, check = self._filter_dataset(model_id, kernel)
+        a, b = lo - base, hi - base
+        if a < 0 or b < a or b > dataset.shape[0]:
+            raise integrity.damaged(self.shard_path(model_id), f"rows {a}:{b} of model {model_id} are outside its "
+                                    f"{dataset.shape[0]} {kernel} filters (the master and the shard disagree)")
+        try:
+            return check.read_verified(dataset, kernel, a, b, [(s - base, e - base, name) for s, e, name in layers])
+        except (OSError, ValueError, TypeError, RuntimeError) as exc:
+            raise integrity.read_error(self.shard_path(model_id), exc, "the filters cannot be read") from None
 
     def read_layer(self, row: pd.Series) -> np.ndarray:
-        """The filters of one layer-table row, float32 (n, kh, kw), read from the model's shard."""
-        return self._read_rows(row["model_id"], row["kernel"], int(row["start"]), int(row["stop"]))
+        """The filters of one layer-table row, float32 (n, kh, kw), read from the model's shard and verified."""
+        start, stop = int(row["start"]), int(row["stop"])
+        return self._read_rows(row["model_id"], row["kernel"], start, stop, [(start, stop, row["name"])])
 
     def read_model(self, model_id: str, kernel: str = "3x3") -> np.ndarray:
-        """Every filter of one kernel size of one model, in layer order."""
+        """Every filter of one kernel size of one model, in layer order (each layer verified)."""
         layers = self.layers
         rows = layers[(layers["model_id"] == model_id) & (layers["kernel"] == kernel)]
         if rows.empty:
             return np.empty((0, *map(int, kernel.split("x"))), np.float32)
-        dataset = self._shard(model_id)["filters"][kernel]
-        out = np.empty(dataset.shape, np.float32)
-        dataset.read_direct(out)
-        return out
+        spans = list(zip(rows["start"].tolist(), rows["stop"].tolist(), rows["name"]))
+        return self._read_rows(model_id, kernel, min(s for s, _, _ in spans), max(e for _, e, _ in spans), spans)
 
     def iter_layers(self, layers: pd.DataFrame | None = None) -> Iterator[tuple[pd.Series, np.ndarray]]:
         """Yield (layer row, filters) one layer at a time, in the order of ``layers`` (default: all)."""
@@ -338,14 +501,26 @@ class FilterDB:
 
     def iter_filter_chunks(self, kernel: str = "3x3", layers: pd.DataFrame | None = None,
                            chunk_rows: int = 1 << 20) -> Iterator[np.ndarray]:
-        """Yield the filters of the selected layers of one kernel size in chunks of at most ``chunk_rows``."""
+        """Yield the filters of the selected layers of one kernel size in chunks of at most ``chunk_rows``
+        (a layer of more rows is hashed as it streams: its last chunk comes only once the layer verifies)."""
         frame = self.layers if layers is None else layers
         mine = frame["kernel"].to_numpy() == kernel  # numpy, not pandas: callers pass one layer at a time
-        ids = frame["model_id"].to_numpy()[mine]
+        ids, names = frame["model_id"].to_numpy()[mine], frame["name"].to_numpy()[mine]
         starts, stops = frame["start"].to_numpy()[mine].tolist(), frame["stop"].to_numpy()[mine].tolist()
-        for mid, start, stop in zip(ids, starts, stops):
+        for mid, name, start, stop in zip(ids, names, starts, stops):
+            if stop - start <= chunk_rows:
+                yield self._read_rows(mid, kernel, start, stop, [(start, stop, name)])
+                continue
+            base, _ = self._span(mid, kernel)
+            check = self._filter_dataset(mid, kernel)[1]
+            hasher = check.hasher()
             for lo in range(start, stop, chunk_rows):
-                yield self._read_rows(mid, kernel, lo, min(lo + chunk_rows, stop))
+                hi = min(lo + chunk_rows, stop)
+                chunk = self._read_rows(mid, kernel, lo, hi, [])
+                hasher.update(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+                if hi == stop:
+                    check.verify_streamed(kernel, start - base, stop - base, hasher.intdigest(), name)
+                yield chunk
 
     def read_filters(self, layers: pd.DataFrame, kernel: str = "3x3") -> np.ndarray:
         """The filters of a selection of layers of one kernel size, concatenated in the selection's order."""
@@ -364,29 +539,27 @@ class FilterDB:
         out = Path(out).expanduser()
         if out.is_dir():
             raise FilterDBError(f"{out} is a directory; give the path of the .h5 file to write")
-        tmp = out.with_name(f".{out.name}.{os.getpid()}{TMP_SUFFIX}")
         try:
-            with h5py.File(tmp, "w", libver="latest") as f:
+            with atomic_path(out) as tmp, h5py.File(tmp, "w", libver="latest") as f:
                 root_attrs(f, DATABASE_ENCODING)
                 f.attrs["n_models"] = len(self.models)
                 f.attrs["packed"] = True
                 write_table(f, "models", self.models, schema.MODEL_COLUMNS, index="model_id")
                 write_table(f, "layers", self.layers, schema.LAYER_COLUMNS)
                 group = f.create_group("filters")
+                layers = self.layers.sort_values("start", kind="stable")
                 for kernel in self.kernels:
-                    source = self.filters(kernel)
-                    target = group.create_dataset(kernel, shape=source.shape, dtype=np.float32)
-                    for attr, value in source.attrs.items():
-                        target.attrs[attr] = value
-                    for lo in range(0, len(source), chunk_rows):
-                        target[lo:lo + chunk_rows] = source[lo:lo + chunk_rows]
-            os.replace(tmp, out)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise FilterDBError(f"{out}: cannot write the export ({exc.strerror or exc}); choose a writable path") from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+                    rows = layers[layers["kernel"] == kernel]
+                    kh, kw = map(int, kernel.split("x"))
+                    target = group.create_dataset(kernel, shape=(int(rows["stop"].max()), kh, kw), dtype=np.float32)
+                    target.attrs["encoding-type"] = FILTERS_ENCODING
+                    target.attrs["encoding-version"] = schema.FORMAT_VERSION
+                    at = 0
+                    for chunk in self.iter_filter_chunks(kernel, rows, chunk_rows):  # through the shards, verified
+                        target[at:at + len(chunk)] = chunk
+                        at += len(chunk)
+        except (OSError, RuntimeError) as exc:
+            raise FilterDBError(f"{out}: cannot write the export ({io_failure(exc)}); choose a writable path") from None
         return out
 
     # ---------------------------------------------------------------- writing
@@ -448,7 +621,7 @@ class FilterDB:
         if self._rewrite or self._dropped or state is None:
             models, layers = self._tables()
             stats = {**self._known()}
-            index = _index_rows(models, layers, stats, first_layer=0)
+            index = _index_rows(models, layers, stats, self._known_digests(), first_layer=0)
             span_rows = spans(layers, _by_model(self._offsets()))
             self._state = write_master(self.path, models, layers, index, span_rows, clean=clean)
             self._base = models, layers
@@ -459,7 +632,7 @@ class FilterDB:
             layers = global_rows(pd.concat([p.layers for p in parts], ignore_index=True) if parts
                                  else empty_frame(schema.LAYER_COLUMNS), state.totals)
             index = _index_rows(models, layers, {mid: part.stat for mid, part in self._pending.items()},
-                                first_layer=state.n_layers)
+                                {mid: part.digest for mid, part in self._pending.items()}, first_layer=state.n_layers)
             span_rows = spans(layers, {mid: part.offsets for mid, part in self._pending.items()})
             self._state = append_master(self.path, state, models, layers, index, span_rows, clean=clean)
             self._base = self._view if self._view is not None else None
@@ -478,26 +651,25 @@ class FilterDB:
         """Register a shard that another process (a build worker) wrote into this database."""
         self._require_writable()
         self._adopting = True
-        models, layers = read_shard_tables(self.shard_path(model_id))
-        self._add(model_id, models, layers)
+        models, layers, offsets, identity = read_verified_shard(self.shard_path(model_id))
+        self._add(model_id, models, layers, offsets, identity.digest)
 
     def add_extracted(self, record: dict, layers: list) -> str:
         """Store an extracted model (a complete model-table row and its ``ExtractedLayer`` list); returns its model_id."""
         self._require_writable()
-        _, models, layer_rows = write_shard(self.path, record, layers)
-        self._add(record["model_id"], models, layer_rows)
+        self._forget_shard(record["model_id"])
+        path, models, layer_rows = write_shard(self.path, record, layers)
+        offsets, digest = shard_facts(path)
+        self._add(record["model_id"], models, layer_rows, offsets, digest)
         return record["model_id"]
 
-    def _add(self, model_id: str, models: pd.DataFrame, layers: pd.DataFrame) -> None:
-        path = self.shard_path(model_id)
-        stat = path.stat()
-        offsets = filter_offsets(path)
-        f = self._shards.pop(model_id, None)
-        if f is not None:
-            f.close()
+    def _add(self, model_id: str, models: pd.DataFrame, layers: pd.DataFrame, offsets: dict[str, int],
+             digest: int) -> None:
+        stat = self.shard_path(model_id).stat()
+        self._forget_shard(model_id)
         if self.has_model(model_id):
             self._drop(model_id)  # re-extracted: the new rows go last
-        self._pending[model_id] = Pending(models, layers, (stat.st_size, stat.st_mtime_ns), offsets)
+        self._pending[model_id] = Pending(models, layers, (stat.st_size, stat.st_mtime_ns), offsets, digest)
         self._changed()
 
     def add_module(self, module, *, source: str, name: str, input_shape: tuple[int, int, int],
@@ -515,12 +687,11 @@ class FilterDB:
         self._require_writable()
         if not self.has_model(model_id):
             raise FilterDBError(f"no model {model_id} in {self.path}; 'filterdb info' lists the models")
-        f = self._shards.pop(model_id, None)
-        if f is not None:
-            f.close()
-        self.shard_path(model_id).unlink()
+        self._forget_shard(model_id)
         self._drop(model_id)
-        self._changed()
+        self._changed_tables()
+        self._publish()  # the master first: a kill before the unlink leaves a shard the next open adopts again
+        self.shard_path(model_id).unlink()
 
 
 
@@ -540,8 +711,8 @@ def _by_model(offsets: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
 
 
 def _index_rows(models: pd.DataFrame, layers: pd.DataFrame, stats: dict[str, tuple[int, int]],
-                first_layer: int) -> pd.DataFrame:
-    """The index rows of ``models`` (in order): shard file, its size and mtime, and its rows in /layers."""
+                digests: dict[str, int], first_layer: int) -> pd.DataFrame:
+    """The index rows of ``models`` (in order): shard file, its size and mtime, its rows in /layers, its digest."""
     ids = models["model_id"].to_numpy(dtype=object)
     counts = layers["model_id"].value_counts().reindex(ids, fill_value=0).to_numpy(np.int64)
     stops = first_layer + np.cumsum(counts)
@@ -550,6 +721,7 @@ def _index_rows(models: pd.DataFrame, layers: pd.DataFrame, stats: dict[str, tup
         "size": np.array([stats[mid][0] for mid in ids], np.int64),
         "mtime_ns": np.array([stats[mid][1] for mid in ids], np.int64),
         "layer_start": stops - counts, "layer_stop": stops,
+        "digest": [f"{digests[mid]:016x}" if digests.get(mid) else "" for mid in ids],
     })
 
 

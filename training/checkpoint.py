@@ -27,7 +27,6 @@ A checkpoint is one ``torch.save`` file holding a plain dict (loadable with
 """
 from __future__ import annotations
 
-import os
 import platform
 import zipfile
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from filterdb.atomic import atomic_path
 from filterdb.errors import FilterDBError
 
 FORMAT = "filterdb-training-checkpoint"
@@ -48,18 +48,11 @@ def versions() -> dict:
 
 
 def save_atomic(payload: dict, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it."""
+    """``torch.save`` to a temporary file beside ``path``, then publish it durably (``filterdb.atomic``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
     return path
 
 

@@ -28,6 +28,20 @@ from torch.utils.data import Dataset, Subset
 from filterdb.errors import FilterDBError
 
 DIGITS_SPLIT_SEED = 0
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Reads a CIFAR python batch (a dict of bytes, lists and numpy arrays) without running pickled code:
+    only numpy's array reconstruction is resolved; any other global (a hostile payload) is refused."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of a CIFAR batch")
 DIGITS_TEST_FRACTION = 0.2
 
 
@@ -141,7 +155,7 @@ def _cifar(name: str, root: Path, split: str, download: bool) -> TensorImages:
         path = base / f
         try:
             with open(path, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
+                batch = _BatchUnpickler(fh, encoding="bytes").load()
             data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             lab = np.asarray(batch[label_key], dtype=np.int64)
         except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user

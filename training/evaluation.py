@@ -39,7 +39,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import re
 import sys
 import time
@@ -56,6 +55,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from filterdb.atomic import atomic_path
 from filterdb.errors import FilterDBError
 from filterdb.training.attacks import NORMS, AttackConfig, eval_mode, format_eps, parse_eps, pgd, project
 from filterdb.training.data import to_float
@@ -659,15 +659,12 @@ def evaluate_checkpoint(checkpoint: str | Path, config: EvaluationConfig | None 
 
 
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            write(tmp)
     except OSError as exc:
         raise FilterDBError(f"{path}: cannot write evaluation results ({exc.strerror or exc}); "
                             f"make the checkpoint's directory writable") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _strict(value):

@@ -18,6 +18,7 @@ import inspect
 import os
 import re
 import threading
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import pandas as pd
 from torch import nn
 
 from filterdb import paths
+from filterdb.atomic import atomic_path
 from filterdb.compat import import_robustbench
 from filterdb.errors import FilterDBError
 from filterdb.records import sha256_file
@@ -142,17 +144,13 @@ def ensure_downloaded(path: Path, gdrive_id: str) -> None:
         if path.is_file():
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-        try:
+        with atomic_path(path) as partial:
             import_robustbench().utils.download_gdrive_new(gdrive_id, partial)
             if not partial.is_file():
                 raise FilterDBError(f"downloading {path.name} (gdrive id {gdrive_id}) produced no file")
             if looks_like_html(partial):
                 raise FilterDBError(f"Google Drive sent a web page instead of {path.name} (gdrive id {gdrive_id}; "
                                     "quota exceeded or confirmation needed); try again later")
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
 
 
 def looks_like_html(path: Path) -> bool:
@@ -216,6 +214,7 @@ def load(spec: ModelSpec, *, model_dir: str, offline: bool, keep_weights: bool) 
                                 f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''})"
                                 ) from exc
     rb_utils = import_robustbench().utils
+    load_weights_only(rb_utils)
     try:
         model = rb_utils.load_model(name, model_dir=model_dir, dataset=dataset, threat_model=threat)
     except Exception as exc:  # noqa: BLE001 - a corrupt or mismatched file: say which, briefly
@@ -231,6 +230,28 @@ def load(spec: ModelSpec, *, model_dir: str, offline: bool, keep_weights: bool) 
     return LoadedModel(spec, ensemble_members(model), input_shape(dataset, entry),
                        weights_path=files[0] if n_files == 1 and files else None, record=record,
                        cleanup=None if keep_weights or not files else functools.partial(delete_files, files))
+
+
+class _WeightsOnlyTorch(types.ModuleType):
+    """What ``robustbench.utils`` sees as ``torch``: torch itself, except that ``load`` always passes
+    ``weights_only=True``. Weights that are not ours are never unpickled as code, whatever torch's
+    default (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` gives way to an explicit argument)."""
+
+    def __getattr__(self, name):
+        import torch
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(f, *args, **kwargs):
+        import torch
+        kwargs["weights_only"] = True
+        return torch.load(f, *args, **kwargs)
+
+
+def load_weights_only(rb_utils: types.ModuleType) -> None:
+    """Route robustbench's ``torch.load`` calls (``load_model``, single and ensemble files) through weights_only."""
+    if not isinstance(rb_utils.torch, _WeightsOnlyTorch):
+        rb_utils.torch = _WeightsOnlyTorch("torch")
 
 
 def _description(board: str) -> str:
