@@ -45,7 +45,7 @@ from filterdb.h5table import read_table, write_table
 from filterdb.lock import WriterLock
 from filterdb.master import (DATABASE_ENCODING, INDEX_COLUMNS, MASTER_NAME, MASTER_VERSION, SPAN_COLUMNS, MasterState,
                              append_master, check_tables, empty_frame, global_rows, is_current, read_spans, read_state,
-                             spans, vouches_for_folder, write_master)
+                             spans, write_master)
 from filterdb.shards import (FILTERS_ENCODING, SHARD_DIR, SHARD_ENCODING, TMP_SUFFIX, filter_offsets,  # noqa: F401
                              list_shards, read_shard, read_shard_tables, read_verified_shard, root_attrs, shard_facts,
                              shard_path, shard_writer, write_shard)
@@ -203,8 +203,8 @@ class FilterDB:
             if self._state is None or not is_current(self.path, self._state, list_shards(self.path)):
                 self._reconcile()
                 self._publish()
-            elif not vouches_for_folder(self.path, self._state):
-                self._unpublished = True  # current, but say so in the master: the next open skips the listing
+            # A current master is left as it is, even if it does not vouch for the folder (readers
+            # then list it): opening for writing changes nothing on disk until a model changes.
         except BaseException:
             self._lock.release()
             self._lock = None
