@@ -143,8 +143,9 @@ def compare_groups(db, group_a: str = "robust", group_b: str = "normal", layer: 
     by = ALIASES.get(by, by) if by else None
     db, owned = _open(db)
     try:
-        models_a = select_models(db.models, group_a)
-        models_b = select_models(db.models, group_b)
+        by_key = db.models.sort_values("key")  # results (permutation nulls) independent of the order models were added
+        models_a = select_models(by_key, group_a)
+        models_b = select_models(by_key, group_b)
         pair_column = _pair_column(paired_by, db.models)
         notes = [EACH_MODEL_ONCE if aggregate == "model" else POOLED,
                  f"default variance entropy: {DEFAULT_VE} (L-inf-scaled, sparse filters removed)",

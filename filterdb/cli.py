@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections import Counter
 import sys
 from pathlib import Path
 
@@ -181,8 +182,8 @@ def report_skipped_convs(db, report) -> None:
     models = db.models
     for model_id, row in models[models.index.isin(added) & (models["skipped_convs"] != "")].iterrows():
         skipped = json.loads(row["skipped_convs"])
-        kinds = pd.Series([s["class"] for s in skipped]).value_counts()
-        what = ", ".join(f"{n} {cls}" for cls, n in kinds.items())
+        kinds = Counter(s["class"] for s in skipped)
+        what = ", ".join(f"{n} {cls}" for cls, n in kinds.most_common())
         click.echo(f"note: {row['key']}: {len(skipped)} convolution module(s) not stored ({what}: "
                    f"{skipped[0]['reason']}); the model table's skipped_convs lists them", err=True)
 
