@@ -74,13 +74,9 @@ def write_shard(db_dir: str | os.PathLike, record: dict, layers: list["Extracted
     layer_columns = table_columns(rows, schema.LAYER_COLUMNS)
     tables_digest = integrity.table_digest([(model_columns, schema.MODEL_COLUMNS), (layer_columns, schema.LAYER_COLUMNS)])
     try:
-        with h5py.File(tmp, "w", libver="latest") as f:
-            root_attrs(f, SHARD_ENCODING)
-            write_table(f, "models", model_columns, schema.MODEL_COLUMNS, index="model_id")
-            write_table(f, "layers", layer_columns, schema.LAYER_COLUMNS)
-            group = f.create_group("filters")
-            shapes = {layer.kernel: (layer.info["kernel_h"], layer.info["kernel_w"]) for layer in layers}
-            offsets = {kernel: _allocate_contiguous(group, kernel, (n, *shapes[kernel])) for kernel, n in sizes.items()}
+        shapes = {layer.kernel: (layer.info["kernel_h"], layer.info["kernel_w"]) for layer in layers}
+        offsets = _create_shard_file(tmp, model_columns, layer_columns,
+                                     {kernel: (n, *shapes[kernel]) for kernel, n in sizes.items()})
         # The filter datasets are contiguous, unfiltered little-endian float32 at known file
         # offsets: a thread writes the bytes there directly (HDF5's own write path is 2x
         # slower) while this one checks the weights for NaN/Inf.
@@ -148,6 +144,18 @@ def _write_filter_bytes(path: Path, runs: dict[int, list["ExtractedLayer"]]) -> 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
+def _create_shard_file(tmp: Path, model_columns: dict, layer_columns: dict,
+                       shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """A new shard file with its tables and, per kernel, a contiguous float32 dataset of ``shape``
+    allocated but not written; returns each dataset's file offset."""
+    with h5py.File(tmp, "w", libver="latest") as f:
+        root_attrs(f, SHARD_ENCODING)
+        write_table(f, "models", model_columns, schema.MODEL_COLUMNS, index="model_id")
+        write_table(f, "layers", layer_columns, schema.LAYER_COLUMNS)
+        group = f.create_group("filters")
+        return {kernel: _allocate_contiguous(group, kernel, shape) for kernel, shape in shapes.items()}
+
+
 def _allocate_contiguous(group: h5py.Group, name: str, shape: tuple[int, ...]) -> int:
     """Create a contiguous float32 dataset, allocated now and never filled; return its file offset."""
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
@@ -182,12 +190,7 @@ def shard_writer(db_dir: str | os.PathLike, record: dict, layer_rows: list[dict]
     layer_columns = table_columns(layer_rows, schema.LAYER_COLUMNS)
     tables_digest = integrity.table_digest([(model_columns, schema.MODEL_COLUMNS), (layer_columns, schema.LAYER_COLUMNS)])
     try:
-        with h5py.File(tmp, "w", libver="latest") as f:
-            root_attrs(f, SHARD_ENCODING)
-            write_table(f, "models", model_columns, schema.MODEL_COLUMNS, index="model_id")
-            write_table(f, "layers", layer_columns, schema.LAYER_COLUMNS)
-            group = f.create_group("filters")
-            offsets = {kernel: _allocate_contiguous(group, kernel, shape) for kernel, shape in sizes.items()}
+        offsets = _create_shard_file(tmp, model_columns, layer_columns, sizes)
         yield tmp, offsets
         digests = _digests_of_written(tmp, offsets, layer_rows)
         with h5py.File(tmp, "r+", libver="latest") as f:
