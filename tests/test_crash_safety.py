@@ -100,6 +100,11 @@ PUBLISH_SCRIPT = textwrap.dedent("""
 """)
 
 
+def _publishing(db_path) -> bool:
+    """A temporary master beside the real one: a publish is under way (or was killed in one)."""
+    return any(p.name.startswith(".filterdb.h5.") for p in db_path.iterdir())
+
+
 def tiny_model(i: int) -> nn.Module:
     torch.manual_seed(i)
     return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3))
@@ -114,14 +119,24 @@ def test_sigkill_during_publish_of_a_200_model_database_leaves_one_that_opens(tm
         for i in range(200):
             db.add_module(tiny_model(i), source="crash", name=f"t{i}", input_shape=(1, 8, 8))
     counts, hit_publish = [], 0
-    for attempt, delay in enumerate((0.02, 0.11, 0.29, 0.53)):
+    # Four kills at fixed delays, then kills triggered by the temporary master appearing, until one
+    # lands inside a publish: how long a publish takes depends on the machine, so no fixed delay is sure to.
+    plan = [("after", d) for d in (0.02, 0.11, 0.29, 0.53)] + [("in-publish", None)] * 12
+    for attempt, (how, delay) in enumerate(plan):
+        if how == "in-publish" and hit_publish:
+            break
         proc = subprocess.Popen([sys.executable, "-c", PUBLISH_SCRIPT, str(db_path), f"k{attempt}"],
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline() == "ready\n"
-        time.sleep(delay)
+        if how == "after":
+            time.sleep(delay)
+        else:
+            deadline = time.monotonic() + 30
+            while not _publishing(db_path) and time.monotonic() < deadline:
+                pass
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        hit_publish += any(p.name.startswith(".filterdb.h5.") for p in db_path.iterdir())
+        hit_publish += _publishing(db_path)
         with open_database(db_path) as db:  # opens (and brings the master up to date)
             assert db.models["model_id"].is_unique
             counts.append(len(db.models))
