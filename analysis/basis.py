@@ -76,7 +76,7 @@ def run_pass(db, kind: str, targets: dict[int, list], absmax: dict[int, float], 
 def accumulate(db, kind: str, rows, targets, absmax, bases, eps, chunk_rows: int = CHUNK_ROWS) -> dict:
     """One model's share of :func:`run_pass`."""
     make = {"range": RangeScan, "hist": Histograms}[kind]
-    accumulators = {}
+    accumulators: dict = {}
     for row in rows:
         layer = db.layers.loc[[row]]
         model_id = layer["model_id"].iloc[0]
@@ -117,7 +117,7 @@ def fit_bases(db, groups: dict, values: pd.DataFrame, moments: dict, eps: float 
             targets[row].append(key)
     absmax = _absmax(db, values, targets)
     scans = run_pass(db, "range", dict(targets), absmax, pcas, eps, executor, progress)
-    merged = {}
+    merged: dict = {}
     for (key, _), scan in scans.items():
         merged[key] = merged[key].merge(scan) if key in merged else scan
     return {key: merged[key].finish(source or str(key)) for key in pcas if key in merged}

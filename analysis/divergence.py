@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -52,10 +52,10 @@ class PCABasis:
     :meth:`from_moments` are arbitrary until :meth:`RangeScan.finish` fixes them."""
     components: np.ndarray  # (d, d)
     explained_variance_ratio: np.ndarray  # (d,)
-    mean: np.ndarray | None = None  # (d,)
+    mean: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (d,)
 
     def __post_init__(self):
-        if self.mean is None:
+        if self.mean.size == 0:
             self.mean = np.zeros(self.components.shape[1])
 
     @classmethod

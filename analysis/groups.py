@@ -88,7 +88,7 @@ def select_models(models: pd.DataFrame, expression: str) -> pd.DataFrame:
     the models the earlier conditions kept) and for an empty selection.
     """
     selected = models
-    kept = []
+    kept: list[str] = []
     for column, value in parse_group(expression):
         mask = _matches(selected[column], column, value)
         if not mask.any():

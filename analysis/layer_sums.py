@@ -65,11 +65,11 @@ def _add_sums(x, k, sums, products):
                 products[j0 + 2, l0 + 2] += p22
             else:  # the last rows when d is not a multiple of the tile
                 for j in range(j0, d):
-                    for l in range(l0, min(j + 1, l0 + _TILE)):
+                    for m in range(l0, min(j + 1, l0 + _TILE)):
                         p = 0.0
                         for i in range(k):
-                            p += x[j, i] * x[l, i]
-                        products[j, l] += p
+                            p += x[j, i] * x[m, i]
+                        products[j, m] += p
 
 
 @njit(inline="always")
@@ -199,8 +199,8 @@ def layer_sums(w, eps):
         n_zero = n - n_nonzero
         for j in range(d):
             lin_sums[j] -= n_zero * lin_shift[j]
-            for l in range(d):
-                lin_products[j, l] += n_zero * lin_shift[j] * lin_shift[l]
+            for m in range(d):
+                lin_products[j, m] += n_zero * lin_shift[j] * lin_shift[m]
         return absmax, l1, shift, raw_sums, raw_products, n, lin_shift, lin_sums, lin_products
     sparse_sums, sparse_products = np.zeros(d), np.zeros((d, d))
     lin = np.empty((d, BLOCK))

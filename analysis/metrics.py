@@ -284,6 +284,7 @@ def layer_metrics(filters, out_channels: int | None = None, eps: float = SPARSIT
     raw_value, raw_reason = _ve_from_moments(blocks.raw)
     linf_value, linf_reason = _ve_from_moments(blocks.linf, what="non-sparse filter")
     norm_value, norm_reason = _normalized_ve(linf_value, linf_reason, blocks.linf.count, d)
+    ortho_reason: str | None
     if out_channels is None:
         ortho, ortho_reason = math.nan, "orthogonality needs out_channels"
     elif blocks.absmax == 0 and n:

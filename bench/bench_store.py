@@ -77,7 +77,7 @@ def main() -> None:
 
     model = wrn_28_10()
     layers = extract_members([model], (3, 32, 32))
-    array = np.concatenate([l.filters() for l in layers if l.kernel == "3x3"])
+    array = np.concatenate([layer.filters() for layer in layers if layer.kernel == "3x3"])
     print(f"WRN-28-10: {array.shape[0]:,} 3x3 filters, {array.nbytes / 2**20:.0f} MiB")
 
     npy = work / "filters.npy"

@@ -104,8 +104,9 @@ def build(db: FilterDB, specs: list[ModelSpec], *, force: bool = False, jobs: in
         if jobs <= 1:
             with ThreadPoolExecutor(max_workers=1) as prefetcher:
                 for spec, following in zip(todo, [*todo[1:], None]):
-                    if following is not None and hasattr(following.load, "prefetch"):
-                        prefetcher.submit(following.load.prefetch, following)  # download while this one extracts
+                    prefetch = getattr(following.load, "prefetch", None) if following is not None else None
+                    if prefetch is not None:
+                        prefetcher.submit(prefetch, following)  # download while this one extracts
                     progress.update(task, status=f"{stored()} | {spec.name}")
                     report.outcomes.append(_ingest_here(db, spec))
                     progress.advance(task)

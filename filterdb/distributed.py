@@ -16,18 +16,18 @@ from __future__ import annotations
 import os
 import time
 
+from filterdb.build import BuildReport, ModelOutcome, describe_error, ingest_to_shard, plan_build
+from filterdb.errors import FilterDBError
+from filterdb.progress import progress_bar
+from filterdb.sources.base import ModelSpec
+from filterdb.store import FilterDB
+
 POLL_SECONDS = 1.0
 
 
 def lost_cluster_timeout() -> float:
     """Seconds without a worker or without the scheduler before a distributed build gives up."""
     return float(os.environ.get("FILTERDB_DASK_TIMEOUT", "120"))
-
-from filterdb.build import BuildReport, ModelOutcome, describe_error, ingest_to_shard, plan_build
-from filterdb.errors import FilterDBError
-from filterdb.progress import progress_bar
-from filterdb.sources.base import ModelSpec
-from filterdb.store import FilterDB
 
 
 def timed_ingest(db_dir: str, spec: ModelSpec) -> tuple[str, int, int, float]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -37,6 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from filterdb.errors import FilterDBError
+
+# A Conv2d, a subclass with its own forward (timm's, RobustBench's), or a module shaped like one (timm's
+# CondConv2d): their geometry and extra parameters (gain, scale, eps, num_experts) are read by name.
+ConvLike = Any
 
 # weight_kind -> what the stored filters are. Kinds combine with '+' in the order they are
 # applied, e.g. 'parametrized+std_conv' for a parametrized timm StdConv2d.
@@ -89,7 +93,7 @@ class ExtractedLayer:
 
 # ----------------------------------------------------------------------------- known forwards
 
-def _timm_standardized(module: nn.Conv2d, weight: torch.Tensor, scaled: bool) -> torch.Tensor:
+def _timm_standardized(module: ConvLike, weight: torch.Tensor, scaled: bool) -> torch.Tensor:
     """timm.layers.std_conv, exactly as its forward computes it (the same call, so the same bits)."""
     gain = (module.gain * module.scale).view(-1) if scaled else None
     return F.batch_norm(weight.reshape(1, module.out_channels, -1), None, None, weight=gain,
@@ -174,7 +178,7 @@ def _stored_weight(module: nn.Conv2d) -> tuple[torch.Tensor, list[str], bool]:
     return weight, kinds, unknown_hook
 
 
-def effective_weight(module: nn.Conv2d) -> tuple[torch.Tensor, str]:
+def effective_weight(module: ConvLike) -> tuple[torch.Tensor, str]:
     """The weight the convolution really applies, and its ``weight_kind`` (see :data:`WEIGHT_KINDS`).
 
     A forward filterdb does not know (or an unknown forward pre-hook) adds the kind
@@ -193,7 +197,7 @@ def effective_weight(module: nn.Conv2d) -> tuple[torch.Tensor, str]:
         return weight.detach(), "+".join(kinds) or "plain"
 
 
-def tf_same(module: nn.Module) -> bool:
+def tf_same(module: ConvLike) -> bool:
     """Whether the module pads TensorFlow-SAME at run time (the extra pixel at the bottom/right)."""
     if _qualified(type(module)) == CONDCONV:
         return bool(module.dynamic_padding)
@@ -207,7 +211,7 @@ def tf_same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple
     return total // 2, total - total // 2
 
 
-def convolve(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def convolve(module: ConvLike, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.conv2d`` of ``x`` with ``weight`` under the module's geometry (padding mode, TF SAME included)."""
     padding = module.padding
     if tf_same(module):
@@ -281,8 +285,9 @@ def _shape_only_forward(conv: nn.Conv2d):
         if conv.padding == "same":
             out = tuple(size)
         else:
+            padding = (0, 0) if isinstance(conv.padding, str) else conv.padding  # "valid"
             pads = [sum(tf_same_padding(size[i], conv.kernel_size[i], conv.stride[i], conv.dilation[i])) if same
-                    else 2 * (0 if conv.padding == "valid" else conv.padding[i]) for i in range(2)]
+                    else 2 * padding[i] for i in range(2)]
             out = tuple((size[i] + pads[i] - conv.dilation[i] * (conv.kernel_size[i] - 1) - 1) // conv.stride[i] + 1
                         for i in range(2))
         if min(out) < 1:
@@ -309,7 +314,7 @@ def _hooked_pass(model: nn.Module, convs: list[nn.Module], input_shape: tuple[in
     was_training = model.training
     try:
         for conv in stand_ins:
-            conv.forward = _shape_only_forward(conv)
+            setattr(conv, "forward", _shape_only_forward(conv))  # an instance attribute, shadowing the class's
         param = next(iter(model.parameters()), None)
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
@@ -329,7 +334,7 @@ def _hooked_pass(model: nn.Module, convs: list[nn.Module], input_shape: tuple[in
 
 # ----------------------------------------------------------------------------- probes
 
-def probe_error(module: nn.Module, weight: torch.Tensor, input_shape: tuple[int, ...]) -> float:
+def probe_error(module: ConvLike, weight: torch.Tensor, input_shape: tuple[int, ...]) -> float:
     """max |module(x) - F.conv2d(x, weight)| / max |module(x)| on one seeded random input
     (a CondConv2d: a random routing, against the same mixture of the stored expert kernels)."""
     generator = torch.Generator().manual_seed(1)
@@ -350,7 +355,7 @@ def probe_error(module: nn.Module, weight: torch.Tensor, input_shape: tuple[int,
     return (output - expected).abs().max().item() / (scale if scale > 0 else 1.0)
 
 
-def _probe_shape(module: nn.Module, seen: tuple[int, ...] | None) -> tuple[int, ...]:
+def _probe_shape(module: ConvLike, seen: tuple[int, ...] | None) -> tuple[int, ...]:
     if seen is not None and len(seen) == 3:
         return seen
     size = max(8, *((k - 1) * d + 1 for k, d in zip(module.kernel_size, module.dilation)))
@@ -381,7 +386,7 @@ def _check_probe(model_name: str, name: str, module: nn.Module, weight: torch.Te
 
 # ----------------------------------------------------------------------------- layers
 
-def _padding_text(module: nn.Module) -> str:
+def _padding_text(module: ConvLike) -> str:
     if tf_same(module):
         return "tf_same"
     if isinstance(module.padding, str):
@@ -442,13 +447,13 @@ def extract_layers(model: nn.Module, input_shape: tuple[int, int, int], *, membe
     return layers
 
 
-def _condconv_experts(module: nn.Module) -> torch.Tensor:
+def _condconv_experts(module: ConvLike) -> torch.Tensor:
     """timm CondConv2d's experts, (num_experts, out, in/groups, kh, kw): its forward views the mixture
     ``routing @ weight`` (num_experts x out*in/groups*kh*kw) as the weight shape, row-major."""
     return module.weight.detach().view(module.num_experts, *module.weight_shape)
 
 
-def _layer(m: nn.Module, name: str, position: dict, weight: torch.Tensor, kind: str,
+def _layer(m: ConvLike, name: str, position: dict, weight: torch.Tensor, kind: str,
            model_name: str) -> ExtractedLayer:
     if weight.dim() != 4:
         raise FilterDBError(f"{model_name}, layer {name}: weight has shape {tuple(weight.shape)}, expected 4-D")

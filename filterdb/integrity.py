@@ -30,6 +30,7 @@ import sys
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -58,7 +59,7 @@ def notice(message: str) -> None:
 def digest(data) -> int:
     """The xxh3-64 digest of a bytes-like object or a numpy array's bytes."""
     if isinstance(data, np.ndarray):
-        data = memoryview(np.ascontiguousarray(data)).cast("B")
+        data = np.ascontiguousarray(data).data.cast("B")
     return xxhash.xxh3_64_intdigest(data)
 
 
@@ -67,7 +68,7 @@ def filter_digest(filters: np.ndarray) -> int:
     return digest(np.ascontiguousarray(filters, dtype="<f4"))
 
 
-def table_digest(tables: list[tuple[object, tuple]]) -> int:
+def table_digest(tables: list[tuple[Any, tuple]]) -> int:
     """Digest of tables, each a (mapping column name -> values, schema columns) pair: a DataFrame as read,
     or the column arrays as written. Strings are hashed as UTF-8 (None as ''), numbers as their dtype's bytes."""
     hasher = xxhash.xxh3_64()
@@ -183,7 +184,7 @@ class ShardCheck:
             out = np.empty(shape, np.float32)
             if len(out):
                 dataset.read_direct(out, source_sel=np.s_[lo:hi])
-            hash_ranges(memoryview(out).cast("B"), 0, n_bytes, hashers)
+            hash_ranges(out.data.cast("B"), 0, n_bytes, hashers)
         else:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDONLY)
@@ -272,7 +273,7 @@ def check_master_tables(f: h5py.File, path: Path, tables: int, identities: dict[
 
 def shard_listing(shard_dir: Path) -> dict[str, int]:
     """model_id (file stem) -> size of every ``*.h5`` file in the shards folder."""
-    out = {}
+    out: dict[str, int] = {}
     try:
         entries = list(os.scandir(shard_dir))
     except FileNotFoundError:
@@ -354,7 +355,7 @@ def read_hashing(fd: int, offset: int, shape: tuple[int, ...], ranges: list) -> 
     n_bytes = int(np.prod(shape, dtype=np.int64)) * 4
     if n_bytes < MAP_MIN_BYTES or _libc is None:
         out = np.empty(shape, np.float32)
-        view = memoryview(out).cast("B")
+        view = out.data.cast("B")
         _pread_exact(fd, view, offset)
         hash_ranges(view, 0, n_bytes, ranges)
         return out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fcntl
 from pathlib import Path
+from typing import IO
 
 from filterdb.errors import FilterDBError
 
@@ -15,7 +16,7 @@ class WriterLock:
     def __init__(self, db_dir: Path):
         self.path = Path(db_dir) / LOCK_NAME
         try:
-            self._fh = open(self.path, "a+")
+            self._fh: IO[str] | None = open(self.path, "a+")
         except OSError as exc:
             raise FilterDBError(f"{self.path}: cannot open the writer lock ({exc.strerror}); it must be a writable "
                                 "file (remove what is there, or run 'filterdb verify --repair')") from None
@@ -28,6 +29,8 @@ class WriterLock:
 
     def fileno(self) -> int:
         """The lock file's descriptor (worker processes close it: a lock held by a dead build is free)."""
+        if self._fh is None:
+            raise FilterDBError(f"{self.path}: the writer lock was released")
         return self._fh.fileno()
 
     def release(self) -> None:

@@ -362,11 +362,11 @@ def _map_batches(f: h5py.File, batches: range) -> None:
             group.attrs["stop"] = np.array([mapped[b][1] for b in order], np.int64)
     for kernel in f["batches"]:
         attrs = f["batches"][kernel].attrs
-        sources = [(".", f"batches/{kernel}/{b:05d}", int(lo), int(hi))
+        vds_sources = [(".", f"batches/{kernel}/{b:05d}", int(lo), int(hi))
                    for b, lo, hi in zip(attrs["batch"], attrs["start"], attrs["stop"])]
         if kernel in f["filters"]:
             del f["filters"][kernel]
-        _create_vds(f["filters"], kernel, kernel, max((hi for *_, hi in sources), default=0), sources)
+        _create_vds(f["filters"], kernel, kernel, max((hi for *_, hi in vds_sources), default=0), vds_sources)
 
 
 def _create_vds(group: h5py.Group, name: str, kernel: str, rows: int, sources: list[tuple[str, str, int, int]]):

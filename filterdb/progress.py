@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import IO, Any
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn,
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskID, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
 
@@ -73,7 +73,7 @@ class LineProgress:
         self.unit = unit
         self.stream = stream
         self.interval = interval
-        self._tasks: dict[int, _LineTask] = {}
+        self._tasks: dict[TaskID, _LineTask] = {}
         self._next_id = 0
 
     def __enter__(self) -> "LineProgress":
@@ -83,19 +83,19 @@ class LineProgress:
         return None
 
     def add_task(self, description: str, total: float | None = 100.0, completed: float = 0, visible: bool = True,
-                 start: bool = True, **fields) -> int:
-        task_id = self._next_id
+                 start: bool = True, **fields) -> TaskID:
+        task_id = TaskID(self._next_id)
         self._next_id += 1
         self._tasks[task_id] = _LineTask(description, total, completed, visible, dict(fields), phase=fields.get("phase"))
         return task_id
 
-    def remove_task(self, task_id: int) -> None:
+    def remove_task(self, task_id: TaskID) -> None:
         self._tasks.pop(task_id, None)
 
-    def advance(self, task_id: int, advance: float = 1) -> None:
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
         self.update(task_id, advance=advance)
 
-    def update(self, task_id: int, *, total: float | None = None, completed: float | None = None,
+    def update(self, task_id: TaskID, *, total: float | None = None, completed: float | None = None,
                advance: float | None = None, description: str | None = None, visible: bool | None = None,
                refresh: bool = False, **fields) -> None:
         task = self._tasks.get(task_id)

@@ -128,7 +128,7 @@ def _write_filter_bytes(path: Path, runs: dict[int, list["ExtractedLayer"]]) -> 
     fd = os.open(path, os.O_WRONLY)
     try:
         for offset, layers in runs.items():
-            pieces = [memoryview(np.ascontiguousarray(layer.filters(), dtype="<f4")).cast("B") for layer in layers]
+            pieces = [np.ascontiguousarray(layer.filters(), dtype="<f4").data.cast("B") for layer in layers]
             pieces = [piece for piece in pieces if len(piece)]
             while pieces:
                 written = os.pwritev(fd, pieces[:_IOV_MAX], offset)
@@ -184,7 +184,7 @@ def shard_writer(db_dir: str | os.PathLike, record: dict, layer_rows: list[dict]
     final = shard_path(Path(db_dir), record["model_id"])
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.stem}.{os.getpid()}{TMP_SUFFIX}")
-    sizes = {row["kernel"]: (max(r["stop"] for r in layer_rows if r["kernel"] == row["kernel"]),
+    sizes: dict[str, tuple[int, ...]] = {row["kernel"]: (max(r["stop"] for r in layer_rows if r["kernel"] == row["kernel"]),
                              row["kernel_h"], row["kernel_w"]) for row in layer_rows}
     model_columns = table_columns([record], schema.MODEL_COLUMNS)
     layer_columns = table_columns(layer_rows, schema.LAYER_COLUMNS)
@@ -281,7 +281,7 @@ def _offset(dataset: h5py.Dataset) -> int:
 
 def list_shards(db_dir: str | os.PathLike) -> dict[str, tuple[int, int]]:
     """model_id -> (size, mtime_ns) of every complete shard file (a directory listing, no file opened)."""
-    found = {}
+    found: dict[str, tuple[int, int]] = {}
     try:
         entries = os.scandir(Path(db_dir) / SHARD_DIR)
     except FileNotFoundError:

@@ -177,16 +177,16 @@ class FilterDB:
             if self._read_around:
                 self._load_from_shards()
                 return
-            self._open_master()
+            f = self._open_master()
             master = self.path / MASTER_NAME
             try:
-                self._models = read_table(self._file["models"], schema.MODEL_COLUMNS)
-                self._layers = read_table(self._file["layers"], schema.LAYER_COLUMNS)
-                self._spans = read_spans(self._file) or None  # format 1.0: computed from the layers when needed
-                if str(self._file.attrs.get("encoding-version", "")) == MASTER_VERSION:
-                    index = read_table(self._file["shards"], INDEX_COLUMNS)
-                    check_tables(self._file, master, self._models, self._layers, index,
-                                 read_table(self._file["spans"], SPAN_COLUMNS))
+                self._models = read_table(f["models"], schema.MODEL_COLUMNS)
+                self._layers = read_table(f["layers"], schema.LAYER_COLUMNS)
+                self._spans = read_spans(f) or None  # format 1.0: computed from the layers when needed
+                if str(f.attrs.get("encoding-version", "")) == MASTER_VERSION:
+                    index = read_table(f["shards"], INDEX_COLUMNS)
+                    check_tables(f, master, self._models, self._layers, index,
+                                 read_table(f["spans"], SPAN_COLUMNS))
                     self._digests = {mid: int(d, 16) for mid, d in zip(index["model_id"], index["digest"]) if d}
             except DamagedDatabaseError as exc:
                 self.close()
@@ -269,16 +269,17 @@ class FilterDB:
         digests.update({mid: part.digest for mid, part in self._pending.items()})
         return digests
 
-    def _open_master(self) -> None:
+    def _open_master(self) -> h5py.File:
         master = self.path / MASTER_NAME
         try:
-            self._file = h5py.File(master, "r")
+            f = h5py.File(master, "r")
         except (OSError, ValueError, RuntimeError) as exc:
             raise MasterDamaged(str(integrity.read_error(master, exc, "the master cannot be read"))) from None
-        if self._file.attrs.get("format") != schema.FORMAT_NAME:
-            self._file.close()
-            self._file = None
+        if f.attrs.get("format") != schema.FORMAT_NAME:
+            f.close()
             raise MasterDamaged(f"{master}: not a filterdb database file; {integrity.REPAIR_HINT}")
+        self._file = f
+        return f
 
     def close(self) -> None:
         if self._unpublished and self._lock is not None:
@@ -353,11 +354,10 @@ class FilterDB:
         if self._read_around:
             raise integrity.damaged(self.path / MASTER_NAME, "the master file is unusable, so its virtual datasets are "
                                     "too (FilterDB.read_layer and read_filters read the shards)")
-        if self._file is None:
-            self._open_master()
-        if kernel not in self._file["filters"]:
+        f = self._file if self._file is not None else self._open_master()
+        if kernel not in f["filters"]:
             raise FilterDBError(f"no {kernel} filters in {self.path}; kernels present: {', '.join(self.kernels) or 'none'}")
-        return self._file["filters"][kernel]
+        return f["filters"][kernel]
 
     def has_model(self, model_id: str) -> bool:
         if self.mode == "r":
@@ -367,8 +367,10 @@ class FilterDB:
                                              and model_id in self._index_ids())
 
     def _index_ids(self) -> set[str]:
-        if self._ids is None or self._ids[0] is not self._state:
-            self._ids = (self._state, set(self._state.index["model_id"]))
+        state = self._state
+        assert state is not None, "the writer's master state is loaded on open"
+        if self._ids is None or self._ids[0] is not state:
+            self._ids = (state, set(state.index["model_id"]))
         return self._ids[1]
 
     def shard_path(self, model_id: str) -> Path:
@@ -517,7 +519,7 @@ class FilterDB:
             for lo in range(start, stop, chunk_rows):
                 hi = min(lo + chunk_rows, stop)
                 chunk = self._read_rows(mid, kernel, lo, hi, [])
-                hasher.update(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+                hasher.update(np.ascontiguousarray(chunk).data.cast("B"))
                 if hi == stop:
                     check.verify_streamed(kernel, start - base, stop - base, hasher.intdigest(), name)
                 yield chunk
@@ -680,7 +682,8 @@ class FilterDB:
 
         members = module if isinstance(module, list) else [module]
         spec = ModelSpec(source, name, record=dict(record or {}))
-        loaded = LoadedModel(spec, members, tuple(input_shape), Path(weights_path) if weights_path else None)
+        c, h, w = input_shape
+        loaded = LoadedModel(spec, members, (c, h, w), Path(weights_path) if weights_path else None)
         return self.add_extracted(*extract_loaded(loaded))
 
     def remove_model(self, model_id: str) -> None:

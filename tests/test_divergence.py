@@ -10,7 +10,6 @@ from sklearn.utils.extmath import svd_flip
 
 from filterdb.analysis.divergence import (EMPTY_BIN, DivergenceBasis, Histograms, PCABasis, RangeScan, divergence,
                                           fit_basis, symmetric_kl)
-from filterdb.analysis.metrics import Moments, linf_scaled_nonsparse
 
 
 def ones(values):

@@ -27,11 +27,11 @@ class ReversedDefinition(nn.Module):
 
 def test_execution_order_not_definition_order():
     layers = extract_layers(ReversedDefinition(), (3, 16, 16))
-    assert [l.info["name"] for l in layers] == ["first", "middle", "last", "unused"]
-    assert [l.info["conv_depth"] for l in layers] == [0, 1, 2, -1]
-    assert [l.info["conv_depth_norm"] for l in layers[:3]] == [0.0, 0.5, 1.0]
+    assert [layer.info["name"] for layer in layers] == ["first", "middle", "last", "unused"]
+    assert [layer.info["conv_depth"] for layer in layers] == [0, 1, 2, -1]
+    assert [layer.info["conv_depth_norm"] for layer in layers[:3]] == [0.0, 0.5, 1.0]
     assert math.isnan(layers[3].info["conv_depth_norm"])
-    assert [l.info["reached"] for l in layers] == [True, True, True, False]
+    assert [layer.info["reached"] for layer in layers] == [True, True, True, False]
     first, middle = layers[0].info, layers[1].info
     assert (first["kernel"], first["stride_h"], first["padding"], first["padding_mode"]) == ("7x7", 2, "3,3", "reflect")
     assert (middle["groups"], middle["n_filters"]) == (4, 8 * 2)
@@ -81,9 +81,9 @@ def test_real_architecture_counts():
     layers = extract_layers(model, (3, 32, 32))
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert len(layers) == len(convs) == 52
-    assert sum(l.info["n_filters"] for l in layers) == sum(c.weight.shape[0] * c.weight.shape[1] for c in convs)
-    depthwise = [l for l in layers if l.info["groups"] > 1]
-    assert depthwise and all(l.info["groups"] == l.info["in_channels"] == l.info["out_channels"] for l in depthwise)
+    assert sum(layer.info["n_filters"] for layer in layers) == sum(c.weight.shape[0] * c.weight.shape[1] for c in convs)
+    depthwise = [layer for layer in layers if layer.info["groups"] > 1]
+    assert depthwise and all(layer.info["groups"] == layer.info["in_channels"] == layer.info["out_channels"] for layer in depthwise)
 
 
 def test_no_convolutions_is_a_clear_error():
@@ -108,7 +108,7 @@ def test_failing_forward_names_the_input_shape():
 def test_ensemble_members_are_numbered():
     members = [nn.Sequential(nn.Conv2d(3, 4, 3)), nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3))]
     layers = extract_members(members, (3, 8, 8))
-    assert [(l.info["member"], l.info["layer_index"], l.info["conv_depth_norm"]) for l in layers] == [
+    assert [(layer.info["member"], layer.info["layer_index"], layer.info["conv_depth_norm"]) for layer in layers] == [
         (0, 0, 0.0), (1, 1, 0.0), (1, 2, 1.0)]
 
 
@@ -155,8 +155,8 @@ def test_value_dependent_forward_falls_back_to_the_complete_pass():
     with pytest.raises(ValueError, match="dead activations"):
         _hooked_pass(model, [model.a, model.b, model.c], (3, 8, 8), shapes_only=True)
     layers = extract_layers(model, (3, 8, 8))
-    assert [l.info["name"] for l in layers] == ["a", "b", "c"]
-    assert all(l.weight.device.type == "cpu" for l in layers)
+    assert [layer.info["name"] for layer in layers] == ["a", "b", "c"]
+    assert all(layer.weight.device.type == "cpu" for layer in layers)
 
 
 def test_a_forward_set_on_the_instance_is_kept_and_used():
@@ -170,7 +170,7 @@ def test_a_forward_set_on_the_instance_is_kept_and_used():
     conv.forward = patched
     layers = extract_layers(nn.Sequential(conv), (1, 5, 5))
     # the order pass, then the probe of the unknown forward (on the input shape the pass saw)
-    assert [l.info["name"] for l in layers] == ["0"] and calls == [(1, 1, 5, 5), (1, 1, 5, 5)]
+    assert [layer.info["name"] for layer in layers] == ["0"] and calls == [(1, 1, 5, 5), (1, 1, 5, 5)]
     assert layers[0].info["weight_kind"] == "probe_verified"
     assert conv.forward is patched
 

@@ -138,6 +138,11 @@ def _read(path: Path) -> dict:
     return payload
 
 
+def _shape(values) -> tuple[int, int, int]:
+    c, h, w = (int(v) for v in values)
+    return c, h, w
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint written by the trainer; ``FilterDBError`` naming the file if it is not one."""
     path = Path(path)
@@ -146,7 +151,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if missing:
         raise FilterDBError(f"{path}: checkpoint lacks {', '.join(missing)}; retrain it with 'filterdb train'")
     return Checkpoint(path=path, model_string=p["model_string"], dataset=p["dataset"], num_classes=int(p["num_classes"]),
-                      in_chans=int(p["in_chans"]), input_shape=tuple(int(v) for v in p["input_shape"]), method=p["method"],
+                      in_chans=int(p["in_chans"]), input_shape=_shape(p["input_shape"]), method=p["method"],
                       attack=p.get("attack"), metrics=dict(p.get("metrics") or {}), versions=dict(p.get("versions") or {}),
                       selection=p.get("selection", "last"), selected=bool(p.get("selected", False)), epoch=int(p.get("epoch", 0)),
                       method_params=dict(p.get("method_params") or {}), pairing=dict(p.get("pairing") or {}),

@@ -18,8 +18,10 @@ two models of a matched pair and on resume.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -224,7 +226,7 @@ def train_val_split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[D
     """Hold out a seeded ``val_fraction`` of the training set for checkpoint selection."""
     if val_fraction <= 0:
         return dataset, None
-    n = len(dataset)
+    n = len(cast(Sized, dataset))
     n_val = max(1, int(round(n * val_fraction)))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values

@@ -44,10 +44,12 @@ import sys
 import time
 import warnings
 import zlib
+from collections.abc import Sized
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -266,10 +268,16 @@ class EvaluationConfig:
     @property
     def budgets(self) -> list[tuple[str, float]]:
         """(norm, eps) pairs, Linf first."""
-        return [("Linf", e) for e in self.linf] + [("L2", e) for e in self.l2]
+        return [("Linf", float(e)) for e in self.linf] + [("L2", float(e)) for e in self.l2]
+
+    @property
+    def attack_specs(self) -> tuple[AttackSpec, ...]:
+        """The attacks, parsed (``__post_init__`` turns every accepted form into AttackSpecs)."""
+        assert isinstance(self.attacks, tuple)
+        return self.attacks
 
     def to_dict(self) -> dict:
-        return {"attacks": [a.name for a in self.attacks], "linf": list(self.linf), "l2": list(self.l2),
+        return {"attacks": [a.name for a in self.attack_specs], "linf": list(self.linf), "l2": list(self.l2),
                 "n_samples": self.n_samples, "batch_size": self.batch_size, "seed": self.seed,
                 "border_widths": list(self.border_widths), "spatial": self.spatial, "rotations": list(self.rotations),
                 "translations": list(self.translations), "fill": self.fill,
@@ -292,8 +300,8 @@ def with_own_budget(config: EvaluationConfig, threat: tuple[str, float] | None) 
         return config
     norm, eps = threat
     if not any(n == norm and math.isclose(e, eps, rel_tol=1e-6) for n, e in config.budgets):
-        field_name = "linf" if norm == "Linf" else "l2"
-        config = replace(config, **{field_name: (*getattr(config, field_name), eps)})
+        added = (*(e for n, e in config.budgets if n == norm), eps)
+        config = replace(config, linf=added) if norm == "Linf" else replace(config, l2=added)
     return replace(config, headline=(norm, eps))
 
 
@@ -458,11 +466,11 @@ AUTOATTACK_QUERIES = 5000
 def autoattack_cost_seconds(model: nn.Module, dataset: Dataset, config: EvaluationConfig) -> float:
     """Upper estimate of the seconds AutoAttack takes in this evaluation, from one timed
     forward+backward and one forward of a batch on ``config.device``: 0 without AutoAttack."""
-    n_runs = sum(a.kind == "autoattack" for a in config.attacks) * len(config.budgets)
+    n_runs = sum(a.kind == "autoattack" for a in config.attack_specs) * len(config.budgets)
     if not n_runs:
         return 0.0
     device = _default_device(config.device)
-    n = min(config.n_samples, len(dataset))
+    n = min(config.n_samples, len(cast(Sized, dataset)))
     batch = min(config.batch_size, n)
     x = to_float(torch.stack([torch.as_tensor(dataset[i][0]) for i in range(batch)]).to(device)).requires_grad_(True)
     model = model.to(device).eval()
@@ -649,7 +657,7 @@ def evaluate_checkpoint(checkpoint: str | Path, config: EvaluationConfig | None 
         raise FilterDBError(f"{path}: the checkpoint changed while it was evaluated (retrained?); "
                             f"run 'filterdb evaluate {path}' again")
     s = result.summary
-    preferred = [(config.headline[0], config.headline[1])] if config.headline else []
+    preferred = [config.headline] if isinstance(config.headline, tuple) else []
     s.update(checkpoint=str(path), checkpoint_sha256=sha, model_string=ckpt.model_string,
              dataset=ckpt.dataset, method=ckpt.method, split="test", headline=headline(s, preferred),
              maps_file=maps_path(path).name)

@@ -32,7 +32,8 @@ def border_mask(height: int, width: int, frame: int) -> np.ndarray:
 def border_stats(pmap: np.ndarray, frame: int) -> dict:
     """``{"width", "border_mean", "interior_mean", "ratio"}`` of a perturbation map for a frame of width ``frame``."""
     pmap = np.asarray(pmap, dtype=np.float64)
-    mask = border_mask(*pmap.shape, frame)
+    height, width = pmap.shape
+    mask = border_mask(height, width, frame)
     border = float(pmap[mask].mean())
     interior = float(pmap[~mask].mean()) if (~mask).any() else math.nan
     return {"width": int(frame), "border_mean": border, "interior_mean": interior, "ratio": ratio(border, interior)}

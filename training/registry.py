@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import nn
@@ -39,6 +39,7 @@ from .models.resnet import CifarResNet
 from .models.robustresnet import ROBUST_RESNETS, robust_resnet, wrn_a
 
 ROBUSTBENCH_PREFIX = "robustbench:"
+_T = TypeVar("_T")
 
 # padding as written in a model string -> nn.Conv2d padding mode ("none": no padding at all)
 PADDING_OPTIONS = {"zeros": "zeros", "reflect": "reflect", "replicate": "replicate", "circular": "circular",
@@ -93,10 +94,17 @@ class Family:
     check: Callable[[ArchSpec], str | None] = lambda spec: None  # an error message, or None
 
 
+def _captured(value: _T | None) -> _T:
+    """A field of the spec that its family's pattern always captures (depth, width or variant)."""
+    assert value is not None, "the family's pattern captures this field"
+    return value
+
+
 def _depth_rule(step: int, offset: int, minimum: int):
     def check(spec: ArchSpec) -> str | None:
-        if spec.depth < minimum or (spec.depth - offset) % step:
-            return f"depth must be {step}n + {offset} with n >= 1 ({minimum}, {minimum + step}, ...), got {spec.depth}"
+        depth = _captured(spec.depth)
+        if depth < minimum or (depth - offset) % step:
+            return f"depth must be {step}n + {offset} with n >= 1 ({minimum}, {minimum + step}, ...), got {depth}"
         return None
     return check
 
@@ -107,27 +115,27 @@ _VARIANTS = "|".join(ROBUST_RESNETS)
 FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("cnn", rf"cnn(?P<depth>{_N})-(?P<width>{_N})", "cnn{depth}-{width}",
            "plain CNN: <depth> conv layers of width <width>, stride 1 (for the 8x8 digits)",
-           lambda s, n, c: PlainCNN(s.depth, s.width, n, c, s.layer_options)),
+           lambda s, n, c: PlainCNN(_captured(s.depth), _captured(s.width), n, c, s.layer_options)),
     Family("resnet", rf"resnet(?P<depth>{_N})-(?P<width>{_N})", "resnet{depth}-{width}",
            "open_lth CIFAR ResNet, depth 6n+2, stage widths W, 2W, 4W (resnet8-8 fits 8x8 digits)",
-           lambda s, n, c: CifarResNet(s.depth, s.width, n, c, s.layer_options), _depth_rule(6, 2, 8)),
+           lambda s, n, c: CifarResNet(_captured(s.depth), _captured(s.width), n, c, s.layer_options), _depth_rule(6, 2, 8)),
     Family("preactresnet", rf"preactresnet(?P<depth>{_N})", "preactresnet{depth}",
            "PreActResNet-18/34 (He et al. 2016, as in RobustBench), widths 64..512",
-           lambda s, n, c: preact_resnet(s.depth, n, c, s.layer_options),
+           lambda s, n, c: preact_resnet(_captured(s.depth), n, c, s.layer_options),
            lambda s: None if s.depth in (18, 34) else f"depth must be 18 or 34, got {s.depth}"),
     Family("wrn", rf"wrn(?P<depth>{_N})-(?P<width>{_N})", "wrn{depth}-{width}",
            "WideResNet-<depth>-<width> (Zagoruyko & Komodakis), depth 6n+4",
-           lambda s, n, c: wide_resnet(s.depth, s.width, n, c, s.layer_options), _depth_rule(6, 4, 10)),
+           lambda s, n, c: wide_resnet(_captured(s.depth), _captured(s.width), n, c, s.layer_options), _depth_rule(6, 4, 10)),
     Family("robustresnet", rf"robustresnet-(?P<variant>{_VARIANTS})", "robustresnet-{variant}",
            "RobustResNet-A1..A4: RobustResBlocks with compound scaling (Huang et al., CVPR 2023)",
-           lambda s, n, c: robust_resnet(s.variant, n, c, s.layer_options)),
+           lambda s, n, c: robust_resnet(_captured(s.variant), n, c, s.layer_options)),
     Family("wrn-a", rf"wrn-(?P<variant>{_VARIANTS})", "wrn-{variant}",
            "WRN-A1..A4: WRN basic blocks with the RobustResNet-A1..A4 depths and widths",
-           lambda s, n, c: wrn_a(s.variant, n, c, s.layer_options)),
+           lambda s, n, c: wrn_a(_captured(s.variant), n, c, s.layer_options)),
     Family("robustbench", r"robustbench:(?P<variant>.+)", ROBUSTBENCH_PREFIX + "{variant}",
            "any RobustBench model id <dataset>/<threat model>/<name>, built with random weights",
-           lambda s, n, c: _build_robustbench(s.variant, n, c),
-           lambda s: robustbench_ids.check(s.variant)),
+           lambda s, n, c: _build_robustbench(_captured(s.variant), n, c),
+           lambda s: robustbench_ids.check(_captured(s.variant))),
 ]}
 
 
@@ -160,6 +168,7 @@ def _variant_help(family: Family) -> str:
 
 
 def _parse_option(option: str, found: dict, model_string: str) -> None:
+    value: int | str
     if m := re.fullmatch(rf"k({_N})", option):
         kind, value = "kernel_size", int(m.group(1))
         if value % 2 == 0:
@@ -186,7 +195,7 @@ def parse_model_string(model_string: str) -> ArchSpec:
             break
     else:
         raise ModelStringError(f"unknown model {head!r}; valid models: {_families_help()}")
-    groups = {k: (int(v) if k in ("depth", "width") else v) for k, v in m.groupdict().items()}
+    groups: dict[str, Any] = {k: (int(v) if k in ("depth", "width") else v) for k, v in m.groupdict().items()}
     found: dict = {}
     for option in options:
         _parse_option(option, found, model_string)
@@ -203,8 +212,8 @@ def create_model(model_string: str, num_classes: int | None = None, in_chans: in
     dataset (whose class count and channels are fixed) for robustbench ids.
     """
     spec = parse_model_string(model_string)
-    if spec.family == "robustbench":
-        return FAMILIES[spec.family].build(spec, num_classes, in_chans)
+    if spec.family == "robustbench":  # its dataset fixes classes and channels unless given
+        return _build_robustbench(_captured(spec.variant), num_classes, in_chans)
     return FAMILIES[spec.family].build(spec, 10 if num_classes is None else num_classes, 3 if in_chans is None else in_chans)
 
 
@@ -241,13 +250,14 @@ def check_input_size(model_string: str, input_shape: tuple[int, int, int]) -> tu
     models accept every input (a padded conv or pool maps n px to ceil(n / stride) >= 1).
     """
     spec = parse_model_string(model_string)
+    c, h, w = input_shape
     if spec.family == "robustbench" or spec.layer_options.pads:
-        return tuple(input_shape)
+        return c, h, w
     smallest = min_input_size(model_string, in_chans=input_shape[0])
     if smallest > min(input_shape[1:]):
         raise ModelStringError(f"{model_string!r} needs inputs of at least {smallest}x{smallest}, "
                                f"got {input_shape[1]}x{input_shape[2]}")
-    return tuple(input_shape)
+    return c, h, w
 
 
 def min_input_size(model_string: str, in_chans: int = 3, limit: int = 1024) -> int:

@@ -23,8 +23,10 @@ import hashlib
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Sized
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -120,8 +122,8 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["attack"] = self.attack.to_dict() if self.attack else None
-        d["eval_attack"] = self.eval_attack.to_dict()
-        d["milestones"] = list(self.milestones)
+        d["eval_attack"] = self.eval_attack.to_dict() if self.eval_attack else None  # set by __post_init__
+        d["milestones"] = list(self.milestones or ())
         return d
 
     @classmethod
@@ -177,8 +179,8 @@ def initial_weights(config: TrainConfig) -> dict:
 
 
 def _rng_state() -> dict:
-    mt, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+    mt, keys, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+    state: dict = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": [mt, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -235,8 +237,8 @@ class Trainer:
             self.train_forward = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.attack_forward: nn.Module = self.model
         if config.compile:
-            self.train_forward = torch.compile(self.train_forward)
-            self.attack_forward = torch.compile(self.model)
+            self.train_forward = cast(nn.Module, torch.compile(self.train_forward))  # an OptimizedModule
+            self.attack_forward = cast(nn.Module, torch.compile(self.model))
 
         self._build_data()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -245,6 +247,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.curriculum = None
         if config.method == "cusp":
+            assert config.attack is not None and config.milestones is not None  # TrainConfig.__post_init__ sets them
             self.curriculum = CuspCurriculum(Budgets(config.cusp_rotation, config.cusp_translation, config.attack.eps),
                                              tuple(config.milestones))
         self.epoch = 0  # epochs completed
@@ -261,7 +264,7 @@ class Trainer:
         if cfg.eval_samples is not None:
             self.test_set = Subset(self.test_set, range(min(cfg.eval_samples, len(self.test_set))))
         per_process = max(1, cfg.batch_size // self.ctx.world_size)
-        self.sampler = DistributedSampler(self.train_set, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
+        self.sampler: DistributedSampler = DistributedSampler(self.train_set, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
                                           shuffle=True, seed=data_order_seed(cfg.seed))
         self.train_loader = self._loader(self.train_set, per_process, self.sampler)
 
@@ -347,7 +350,7 @@ class Trainer:
     def evaluate(self, dataset: Dataset, attack: AttackConfig | None = None) -> tuple[float, float]:
         """(clean, robust) accuracy in percent on ``dataset``, shared between the processes."""
         attack = attack or self.config.eval_attack
-        shard = Subset(dataset, range(self.ctx.rank, len(dataset), self.ctx.world_size))
+        shard = Subset(dataset, range(self.ctx.rank, len(cast(Sized, dataset)), self.ctx.world_size))
         correct = robust = total = 0
         with eval_mode(self.model):
             for x, y in self._loader(shard, self.config.eval_batch_size):
@@ -359,8 +362,8 @@ class Trainer:
                     x_adv = pgd(self.attack_forward, x, y, attack)
                     with torch.no_grad():
                         ok_adv = ok & (self.attack_forward(x_adv).argmax(1) == y)
-                correct += ok.sum().item()
-                robust += ok_adv.sum().item()
+                correct += int(ok.sum().item())
+                robust += int(ok_adv.sum().item())
                 total += len(y)
         correct, robust, total = distributed.all_reduce_sum([correct, robust, total], self.ctx)
         return 100.0 * correct / max(total, 1), 100.0 * robust / max(total, 1)
@@ -467,6 +470,7 @@ class Trainer:
 
     def test_metrics(self) -> dict:
         attack = self.config.eval_attack
+        assert attack is not None  # TrainConfig.__post_init__ sets it
         clean, robust = self.evaluate(self.test_set, attack)
         return {"clean_acc": clean, "robust_acc": robust, "robust_attack": attack.name, "robust_attack_params": attack.to_dict(),
                 "threat_model": attack.norm, "eps": attack.eps, "split": "test", "n_eval": len(self.test_set),
@@ -486,4 +490,6 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = False, resu
         trainer = Trainer.resume(last, out_dir, progress=progress)
     else:
         trainer = Trainer(config, out_dir, progress=progress)
-    return trainer.fit()
+    result = trainer.fit()
+    assert result is not None  # fit stops early (None) only when given stop_after
+    return result

@@ -87,7 +87,7 @@ def zoo_entries() -> list[tuple[str, str, str, int]]:
 
 def table_row(dataset: str, threat: str, name: str, files: int, info: dict) -> dict:
     own = info.get((dataset, threat, name))
-    borrowed = own or next((v for (d, t, n), v in sorted(info.items()) if d == dataset and n == name), {})
+    borrowed: dict = own or next((v for (d, t, n), v in sorted(info.items()) if d == dataset and n == name), {})
     architecture = borrowed.get("architecture", "")
     standard = name.startswith("Standard")
     robust_attack = ""

@@ -54,7 +54,7 @@ class InputShapeLoader:
 
     def __call__(self, spec: ModelSpec) -> LoadedModel:
         loaded = self.load(spec)
-        loaded.input_shape = tuple(self.input_shape)
+        loaded.input_shape = self.input_shape
         return loaded
 
     def prefetch(self, spec: ModelSpec) -> None:
@@ -66,4 +66,4 @@ def with_input_shape(specs: list[ModelSpec], input_shape: tuple[int, int, int] |
     """The specs with their loaders set to ``input_shape`` (unchanged if None)."""
     if input_shape is None:
         return specs
-    return [replace(spec, load=InputShapeLoader(spec.load, tuple(input_shape))) for spec in specs]
+    return [replace(spec, load=InputShapeLoader(spec.load, input_shape)) if spec.load else spec for spec in specs]

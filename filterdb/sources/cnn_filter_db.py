@@ -221,7 +221,7 @@ def plan_import(path: str | os.PathLike) -> list[PublishedModel]:
         rows_of.setdefault(name, []).append(position)
 
     models = []
-    claimed: list[tuple[int, int, str]] = []  # (lo, hi, row label) of every layer, for overlaps
+    claimed: list[tuple[int, int, str, PublishedModel]] = []  # (lo, hi, row label, model) of every layer, for overlaps
     for name, positions in rows_of.items():
         model = PublishedModel(name)
         try:
@@ -382,8 +382,9 @@ class _Pipeline:
         return data.view(self.dataset.dtype).reshape(shape)
 
     def _submit_read(self, slot: int, lo: int, hi: int) -> Future:
-        if self._writes[slot] is not None:
-            self._writes[slot].result()
+        pending = self._writes[slot]
+        if pending is not None:
+            pending.result()
             self._writes[slot] = None
         return self._reader.submit(self._read, slot, lo, hi)
 
@@ -446,7 +447,7 @@ def _check_finite(chunk: np.ndarray, model: PublishedModel, first_row: int) -> N
     if np.isfinite(chunk.sum()) or np.isfinite(chunk).all():
         return
     row = first_row + int(np.flatnonzero(~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1))[0])
-    layer, (lo, _) = next((l, src) for l, src in zip(model.layers, model.sources) if src[0] <= row < src[1])
+    layer, (lo, _) = next((lay, src) for lay, src in zip(model.layers, model.sources) if src[0] <= row < src[1])
     raise FilterDBError(f"model {model.name!r}, {layer['name']}: filter {row - lo} of the layer (row {row} of /filters) "
                         "is NaN or Inf (or a float64 value beyond float32's range); the file is corrupt - "
                         "download it again")

@@ -79,14 +79,14 @@ class DirectFile:
                 continue
             if fd is None:
                 fd = self.fd
-            view = memoryview(data[start - offset:stop - offset])
+            view = data[start - offset:stop - offset].data
             while len(view):
                 try:
                     done = call(fd, [view], start)
                 except OSError:
                     if fd == self.fd:
                         raise
-                    os.close(self.direct)  # the file system takes O_DIRECT to open but not to move bytes
+                    os.close(fd)  # the file system takes O_DIRECT to open but not to move bytes
                     self.direct = None
                     fd = self.fd
                     continue

@@ -22,6 +22,7 @@ cell where it ends up is reported by column and row.
 """
 from __future__ import annotations
 
+import importlib
 import io
 import math
 import pickle
@@ -33,10 +34,8 @@ import pandas as pd
 
 from filterdb.errors import FilterDBError
 
-try:
-    from numpy._core.multiarray import scalar as _numpy_scalar
-except ImportError:  # numpy 1.x
-    from numpy.core.multiarray import scalar as _numpy_scalar
+_numpy_scalar = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core")  # numpy 2; 1.x: numpy.core
+                                        else "numpy.core.multiarray").scalar
 
 _NUMPY_CORE = ("numpy.core.multiarray", "numpy._core.multiarray")
 _SAFE_DTYPE_KINDS = "biufUSO"  # bool, int, uint, float, str, bytes (scalar payloads), object (the array)

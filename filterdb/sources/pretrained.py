@@ -64,7 +64,10 @@ def load(spec: ModelSpec, *, library: str) -> LoadedModel:
 def timm_input_shape(cfg) -> tuple[int, int, int]:
     """The input size of a timm model's pretrained configuration (``pretrained_cfg.input_size``)."""
     size = getattr(cfg, "input_size", None) if cfg is not None else None
-    return tuple(int(s) for s in size) if size and len(size) == 3 else INPUT_SHAPE
+    if not size or len(size) != 3:
+        return INPUT_SHAPE
+    c, h, w = (int(s) for s in size)
+    return c, h, w
 
 
 def torchvision_input_shape(weights) -> tuple[int, int, int]:

@@ -119,10 +119,12 @@ def input_shape(dataset: str, entry: dict) -> tuple[int, int, int]:
 
 def ensemble_members(model: nn.Module) -> list[nn.Module]:
     """The separately trained networks under one id (each ensemble member), or the model itself."""
-    if isinstance(getattr(model, "models", None), nn.ModuleList) and not hasattr(model, "policy_net"):
-        return list(model.models)  # Chen2020Adversarial, the CARD decks: averaged members
-    if hasattr(model, "std_model") and hasattr(model, "rob_model"):
-        return [model.std_model, model.rob_model]  # MixedNUTS: a standard and a robust network
+    members = getattr(model, "models", None)
+    if isinstance(members, nn.ModuleList) and not hasattr(model, "policy_net"):
+        return list(members)  # Chen2020Adversarial, the CARD decks: averaged members
+    standard, robust = getattr(model, "std_model", None), getattr(model, "rob_model", None)
+    if isinstance(standard, nn.Module) and isinstance(robust, nn.Module):
+        return [standard, robust]  # MixedNUTS: a standard and a robust network
     return [model]
 
 
@@ -250,8 +252,8 @@ class _WeightsOnlyTorch(types.ModuleType):
 
 def load_weights_only(rb_utils: types.ModuleType) -> None:
     """Route robustbench's ``torch.load`` calls (``load_model``, single and ensemble files) through weights_only."""
-    if not isinstance(rb_utils.torch, _WeightsOnlyTorch):
-        rb_utils.torch = _WeightsOnlyTorch("torch")
+    if not isinstance(getattr(rb_utils, "torch"), _WeightsOnlyTorch):
+        setattr(rb_utils, "torch", _WeightsOnlyTorch("torch"))
 
 
 def _description(board: str) -> str:

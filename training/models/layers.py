@@ -20,6 +20,7 @@ they differ in how a residual block adds branches of different sizes:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -27,6 +28,9 @@ from torch.nn import functional as F
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular", "none", "crop")
 UNPADDED = ("none", "crop")
+TorchPaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+TORCH_PADDING_MODES: dict[str, TorchPaddingMode] = {"zeros": "zeros", "reflect": "reflect", "replicate": "replicate",
+                                                    "circular": "circular"}  # the padded modes, as nn.Conv2d takes them
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -74,7 +78,7 @@ class LayerOptions:
         return nn.Conv2d(
             in_channels, out_channels, k, stride=stride, groups=groups, bias=bias,
             padding=k // 2 if self.pads else 0,
-            padding_mode=self.padding if self.pads else "zeros",
+            padding_mode=TORCH_PADDING_MODES[self.padding] if self.pads else "zeros",
         )
 
     def avg_pool(self, kernel_size: int, stride: int) -> nn.Module:
@@ -107,7 +111,7 @@ def center_crop(x: torch.Tensor, size: tuple[int, int], stride: int = 1) -> torc
     return x[..., top:top + h, left:left + w]
 
 
-def zero_pad_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def zero_pad_to(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """Zero-pad x (N, C, H, W) to ``size``, the larger half of each difference before (top, left).
 
     A difference of 4 gives (2, 2), of 3 gives (2, 1): the pads of the padding paper's code.

@@ -54,7 +54,7 @@ class PreActResNet(nn.Module):
         for width, depth, stride in stages:
             for i in range(depth):
                 blocks.append(block(channels, width, stride if i == 0 else 1, options))
-                channels = blocks[-1].out_channels
+                channels = int(getattr(blocks[-1], "out_channels"))  # every block records its output width
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(channels)
         self.act = options.act()

@@ -32,7 +32,7 @@ class BasicBlock(nn.Module):
         self.act2 = options.act()
         self.stride = stride
         self.options = options
-        self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
 
