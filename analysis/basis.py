@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -30,7 +29,9 @@ import pandas as pd
 from filterdb.analysis.database import _open, cache_token, layer_metrics_frame
 from filterdb.analysis.divergence import DivergenceBasis, Histograms, PCABasis, RangeScan
 from filterdb.analysis.metrics import SPARSITY_EPS, Moments
+from filterdb.atomic import atomic_path
 from filterdb.errors import FilterDBError
+from filterdb.schema import kernel_shape
 
 BASIS_VERSION = "1"
 BASIS_DIR = "divergence"
@@ -40,8 +41,8 @@ CHUNK_ROWS = 1 << 20
 
 
 def kernel_size(kernel: str) -> int:
-    kh, kw = kernel.split("x")
-    return int(kh) * int(kw)
+    kh, kw = kernel_shape(kernel)
+    return kh * kw
 
 
 # ---------------------------------------------------------------------------- passes over filters
@@ -192,13 +193,10 @@ def _load(path: Path, token: str) -> DivergenceBasis | None:
 
 
 def _store(path: Path, token: str, basis: DivergenceBasis) -> bool:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(exist_ok=True)
-        with open(tmp, "w") as fh:
+        with atomic_path(path) as tmp, open(tmp, "w") as fh:
             json.dump({"format": "filterdb-divergence-basis", "token": token, "basis": basis.to_json()}, fh)
-        os.replace(tmp, path)
     except OSError:  # a read-only database: the basis is recomputed next time
-        tmp.unlink(missing_ok=True)
         return False
     return True

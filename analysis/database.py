@@ -24,7 +24,7 @@ EXTRA_COLUMNS = ("n_filters", "n_nonsparse", "absmax", "notes")
 
 def worker_pool(jobs: int) -> ProcessPoolExecutor:
     """A process pool for the per-model work whose workers share the cores: each limits its
-    BLAS and torch threads to cores // jobs (unlimited, N workers x N BLAS threads thrash)."""
+    BLAS threads to cores // jobs (unlimited, N workers x N BLAS threads thrash)."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     return ProcessPoolExecutor(max_workers=jobs, initializer=_limit_threads, initargs=(threads, os.getpid()))
 
@@ -38,8 +38,6 @@ def _limit_threads(threads: int, parent_pid: int | None = None) -> None:
         threadpool_limits(limits=threads)
     except ImportError:
         pass
-    import torch
-    torch.set_num_threads(threads)
 
 
 def _open(db):

@@ -117,10 +117,11 @@ def wilcoxon_p(differences) -> float:
     return float(wilcoxon(d, alternative="two-sided").pvalue)
 
 
-def paired_bootstrap_ci(differences, confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
-                        seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean per-pair difference, resampling pairs."""
-    d = _clean(differences)
+def mean_bootstrap_ci(values, confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
+                      seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of one sample (per-pair differences, per-model values),
+    resampling its values. Deterministic for a given ``seed``; NaN bounds for fewer than 2 values."""
+    d = _clean(values)
     if len(d) < 2:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
@@ -148,7 +149,7 @@ def paired(a, b, seed: int = 0) -> Paired:
     mean = float(d.mean()) if len(d) else math.nan
     if len(d) < 2:
         return Paired(len(d), mean, math.nan, math.nan, math.nan, FEWER_THAN_TWO_PAIRS)
-    lo, hi = paired_bootstrap_ci(d, seed=seed)
+    lo, hi = mean_bootstrap_ci(d, seed=seed)
     return Paired(len(d), mean, lo, hi, wilcoxon_p(d))
 
 

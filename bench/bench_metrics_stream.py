@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from filterdb.build import add_module
 
 WRN_FILTERS = 4_021_808  # 3x3 filters of a WRN-28-10 (the target counts 3x3 filters)
 
@@ -51,7 +52,7 @@ def build(db_path: Path, filters: int) -> None:
                             w[torch.rand(len(w)) < 0.25] = 0
                             w += 0.5 * w.mean(dim=(1, 2), keepdim=True)
             t = time.perf_counter()
-            db.add_module(model, source="bench", name=f"wrn-{i}", input_shape=(3, 32, 32),
+            add_module(db, model, source="bench", name=f"wrn-{i}", input_shape=(3, 32, 32),
                           record={"training": "robust" if robust else "normal", "dataset": "cifar10",
                                   "architecture": "WideResNet-28-10"})
             print(f"built model {i + 1}/{n_models} in {time.perf_counter() - t:.1f}s", flush=True)

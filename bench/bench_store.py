@@ -32,6 +32,7 @@ from filterdb.compat import import_robustbench
 from filterdb.extract import conv_modules, execution_order, extract_members
 from filterdb.ids import model_id
 from filterdb.store import FilterDB
+from filterdb.build import add_module
 
 
 def wrn_28_10() -> torch.nn.Module:
@@ -92,7 +93,7 @@ def main() -> None:
     t_load = timed(lambda: np.load(npy), args.repeat)
 
     def add(db: FilterDB, name: str = "wrn-28-10") -> None:
-        db.add_module(model, source="bench", name=name, input_shape=(3, 32, 32))
+        add_module(db, model, source="bench", name=name, input_shape=(3, 32, 32))
 
     def one_off():
         with FilterDB.open(db_dir, "a") as db:

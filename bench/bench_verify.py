@@ -31,6 +31,7 @@ import xxhash
 
 from filterdb.integrity import _pread_exact
 from filterdb.store import FilterDB
+from filterdb.build import add_module
 
 
 def wrn_28_10(seed: int) -> torch.nn.Module:
@@ -92,7 +93,7 @@ def main() -> None:
     shutil.rmtree(db_path, ignore_errors=True)
     with FilterDB.open(db_path, "a") as writer, writer.batch():
         for i in range(args.models):
-            writer.add_module(wrn_28_10(i), source="bench", name=f"wrn{i}", input_shape=(3, 32, 32))
+            add_module(writer, wrn_28_10(i), source="bench", name=f"wrn{i}", input_shape=(3, 32, 32))
 
     with FilterDB.open(db_path) as db:
         mids = list(db.models.index)

@@ -35,6 +35,7 @@ from conv_reproduction import reproduction_errors  # noqa: E402
 
 from filterdb.errors import FilterDBError  # noqa: E402
 from filterdb.store import FilterDB  # noqa: E402
+from filterdb.build import add_module
 
 TIMM = """
 resnetv2_50x1_bit nf_resnet26 nfnet_l0 eca_nfnet_l0 dm_nfnet_f0 nf_regnet_b0 vit_tiny_r_s16_p8_224
@@ -95,7 +96,7 @@ def sweep_one(db: FilterDB, source: str, name: str, tolerance: float) -> dict:
     try:
         torch.manual_seed(0)
         members, input_shape = (timm_model if source == "timm" else robustbench_model)(name)
-        model_id = db.add_module(members, source=source, name=name, input_shape=input_shape)
+        model_id = add_module(db, members, source=source, name=name, input_shape=input_shape)
         layers = db.layers[db.layers["model_id"] == model_id]
         model = db.models.loc[model_id]
         row.update(layers=len(layers), unreached=int((~layers["reached"].astype(bool)).sum()),

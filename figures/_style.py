@@ -84,17 +84,6 @@ def depth_line(ax, x, y, offset: float = 0.0, **kwargs) -> None:
             ax.plot([p + offset for p in run], [values[p] for p in run], **kwargs)
 
 
-def bootstrap_ci(values, n_boot: int = 1000, level: float = 95.0, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean (deterministic: fixed seed)."""
-    values = np.asarray(values, dtype=float)
-    if len(values) < 2:
-        return float(values.mean()), float(values.mean())
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
-    tail = (100.0 - level) / 2
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100.0 - tail))
-
-
 # ---------------------------------------------------------------------------- command line
 
 def parser(doc: str | None) -> argparse.ArgumentParser:

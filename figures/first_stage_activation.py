@@ -32,7 +32,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from filterdb import paths  # noqa: E402
-from filterdb.records import sha256_file  # noqa: E402
+from filterdb.integrity import sha256_file  # noqa: E402
 from filterdb.training.checkpoint import load_checkpoint  # noqa: E402
 
 NAME = "first_stage_activation"

@@ -2,10 +2,10 @@
 
 Without --db it uses the demo database, building it first (the real demo build: 3
 matched pairs trained on digits, cached under $FILTERDB_HOME) if it does not exist yet.
-The padding figure is drawn from evaluation results, not from the database: from the
-checkpoints under --padding-models if given, else from the demo's padding variants,
-trained and evaluated on first use (about 10 s on 2 CPU cores) and cached under
-$FILTERDB_HOME/figures/padding-models. Each figure is one script of this folder; this
+The padding figure is drawn from the evaluated models of --padding-db (else of --db); without
+either, ``padding_models.py`` runs first: it trains and evaluates the demo's padding variants
+where missing (about 10 s on 2 CPU cores) and adds them to $FILTERDB_HOME/figures/padding-db.
+Each figure is one script of this folder; this
 runs them in-process, one after the other (about 10 s on 2 CPU cores once the demo
 database exists):
 
@@ -18,7 +18,7 @@ database exists):
 | first_stage_activation.py     | clean vs adversarial input through the first convolution + ReLU |
 | padding_perturbation.py       | mean perturbation per pixel per padding mode, border ratio |
 
-    python figures/make_all.py [--db DB] [--out DIR] [--only NAME ...] [--padding-models DIR]
+    python figures/make_all.py [--db DB] [--out DIR] [--only NAME ...] [--padding-db DB]
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _style  # noqa: E402
+import padding_models  # noqa: E402
 
 FIGURES = ("metrics_by_depth", "divergence_by_depth", "pca_basis", "filter_grids", "first_stage_activation",
            "padding_perturbation")
@@ -36,7 +37,7 @@ FIGURES = ("metrics_by_depth", "divergence_by_depth", "pca_basis", "filter_grids
 
 def build_demo(path: Path) -> None:
     from filterdb.build import build
-    from filterdb.sources import leaderboard_specs
+    from filterdb.catalog import leaderboard_specs
     from filterdb.store import FilterDB
 
     if not (path / "filterdb.h5").exists():
@@ -52,20 +53,24 @@ def main(argv=None) -> list[Path]:
 
     p = _style.parser(__doc__)
     p.add_argument("--only", action="append", choices=FIGURES, help="make only this figure (repeatable)")
-    p.add_argument("--padding-models", type=Path, default=None,
-                   help="evaluated checkpoints of the padding figure (see padding_perturbation.py) "
-                        "[default: the demo's padding variants, trained and evaluated on first use]")
+    p.add_argument("--padding-db", type=Path, default=None,
+                   help="database of evaluated padding variants for the padding figure (see padding_models.py) "
+                        "[default: --db if given, else the demo's variants: python figures/padding_models.py, run first]")
     args = p.parse_args(argv)
     if args.db is None:
         build_demo(paths.demo_db_path())
+    names = args.only or FIGURES
     common = ["--out", str(args.out)] + (["--db", str(args.db)] if args.db else [])
-    extra = {"padding_perturbation": ["--models", str(args.padding_models)] if args.padding_models else ["--train"]}
+    argvs = {name: common for name in names}
+    if "padding_perturbation" in names:
+        padding_db = args.padding_db or args.db or padding_models.main([])  # trains and evaluates what is missing
+        argvs["padding_perturbation"] = ["--out", str(args.out), "--db", str(padding_db)]
     written, failed = [], {}
-    for name in args.only or FIGURES:
+    for name in names:
         start = time.perf_counter()
         module = importlib.import_module(name)
         try:
-            written += module.main(common + extra.get(name, []))
+            written += module.main(argvs[name])
         except SystemExit as exc:  # a figure whose inputs are missing: say why, make the others
             failed[name] = str(exc.code)
             print(f"{name}: not made: {exc.code}", file=sys.stderr, flush=True)

@@ -27,6 +27,7 @@ import pandas as pd  # noqa: E402
 
 from filterdb.analysis import compare_groups  # noqa: E402
 from filterdb.analysis.groups import DECILE_LABELS  # noqa: E402
+from filterdb.analysis.stats import mean_bootstrap_ci  # noqa: E402
 
 NAME = "metrics_by_depth"
 AGGREGATE = "pooled"
@@ -52,7 +53,9 @@ def summarize(long: pd.DataFrame) -> pd.DataFrame:
     """Mean over models and 95% bootstrap interval per dataset, metric, training and position."""
     rows = []
     for (dataset, metric, training, position), frame in long.groupby(["dataset", "metric", "training", "position"]):
-        low, high = _style.bootstrap_ci(frame["value"])
+        low, high = mean_bootstrap_ci(frame["value"], resamples=1000)
+        if len(frame) < 2:  # no interval: the bar shows the one value
+            low = high = float(frame["value"].mean())
         rows.append({"dataset": dataset, "metric": metric, "training": training, "position": position,
                      "mean": frame["value"].mean(), "low": low, "high": high, "models": frame["model_id"].nunique()})
     return pd.DataFrame(rows)

@@ -8,36 +8,35 @@ were classified correctly and fooled), on one shared color scale; and the border
 the mean over the outer frame (1 pixel wide by default: the pixels that 3x3 padding
 touches) divided by the mean over the interior (1 = no preference for the border).
 
-The figure is drawn from evaluation results, not from the filter database: every
-checkpoint (*.pt) under --models that ``filterdb evaluate`` has evaluated
-(CHECKPOINT.eval.json and CHECKPOINT.eval.h5 beside it, read with
-``filterdb.training.evaluation.load_evaluation`` / ``load_perturbation_maps``). The
-padding mode is read from each checkpoint's model string; several checkpoints of one
-mode (seeds, architectures of one input size) are averaged, each model weighted
-equally, and their single border ratios are drawn as dots. --attack and --budget pick one
-attack and budget of the results [default: one that every checkpoint has, PGD first].
+The figure is drawn from what a filter database holds: every model whose ``evaluation_json``
+column (the results of ``filterdb evaluate``, stored when its checkpoint was added) is set, with
+the perturbation maps of those results (CHECKPOINT.eval.h5 beside the checkpoint the results
+name). The padding mode is read from each model's ``model_string``; several models of one mode
+(seeds, architectures of one input size) are averaged, each model weighted equally, and their
+single border ratios are drawn as dots. --attack and --budget pick one attack and budget of the
+results [default: one that every model has, PGD first].
 
-With --train (what make_all.py does), the demo's variants are made first where missing:
-``cnn3-16_<mode>`` trained on digits (standard training, seed 0) and evaluated with
-L2 PGD-10 at eps 1 on the 360 test images, cached under --models [default:
-$FILTERDB_HOME/figures/padding-models]; about 10 s on 2 CPU cores the first time. --db
-is accepted for a uniform command line but not read.
+The demo's models: ``python figures/padding_models.py`` trains ``cnn3-16_<mode>`` on digits,
+evaluates them and adds them to $FILTERDB_HOME/figures/padding-db (what make_all.py runs first,
+and this script's default --db); any database of evaluated checkpoints serves as well
+(``filterdb train``, ``filterdb evaluate``, ``filterdb build --checkpoints``).
 
-    python figures/padding_perturbation.py [--out DIR] [--models DIR] [--train]
-                                           [--attack NAME] [--budget NORM:EPS] [--frame PIXELS]
+    python figures/padding_perturbation.py [--db DIR] [--out DIR] [--attack NAME] [--budget NORM:EPS]
+                                           [--frame PIXELS]
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _style  # noqa: E402
+import padding_models  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from filterdb import paths  # noqa: E402
 from filterdb.errors import FilterDBError  # noqa: E402
 
 NAME = "padding_perturbation"
@@ -45,95 +44,38 @@ MODES = ("zeros", "reflect", "replicate", "circular", "nopad")
 MODE_LABELS = {"zeros": "Zeros", "reflect": "Reflect", "replicate": "Replicate", "circular": "Circular",
                "nopad": "No padding"}
 MODE_COLORS = dict(zip(MODES, sns.color_palette("colorblind")[2:7]))  # distinct from robust/normal
-DEMO_MODEL = "cnn3-16"
-DEMO_EPOCHS = 8
-DEMO_EVALUATION = {"attacks": "pgd-10", "linf": (), "l2": (1.0,), "spatial": False, "border_widths": (1, 2),
-                   "n_samples": 1000, "seed": 0}
-DEMO_KEY = ("pgd-10", "L2", "1")
-
-
-def default_models_dir() -> Path:
-    return paths.home() / "figures" / "padding-models"
-
-
 def mode_of(model_string: str) -> str:
     from filterdb.training import parse_model_string
     padding = parse_model_string(model_string).padding
     return "nopad" if padding == "none" else padding
 
 
-# ---------------------------------------------------------------------------- the demo's variants
-
-def _finished(path: Path) -> bool:
-    from filterdb.training import load_checkpoint
-    try:
-        return "clean_acc" in load_checkpoint(path).metrics
-    except FilterDBError:
-        return False
-
-
-def _evaluated(path: Path, key: tuple[str, str, str]) -> bool:
-    """Whether ``path`` has evaluation results of its current weights that include ``key``."""
-    from filterdb.training.evaluation import load_evaluation, maps_path
-    try:
-        summary = load_evaluation(path)
-    except FilterDBError:
-        return False
-    return maps_path(path).is_file() and any((a["attack"], a["norm"], a["eps_label"]) == key
-                                             for a in summary.get("attacks", []))
-
-
-def prepare_demo(directory: Path, epochs: int = DEMO_EPOCHS) -> None:
-    """Train ``cnn3-16_<mode>`` on digits for every padding mode without a finished checkpoint,
-    and evaluate every checkpoint under ``directory`` that has no results for the demo's attack."""
-    from filterdb.training import TrainConfig, train
-    from filterdb.training.evaluation import EvaluationConfig, evaluate_checkpoint
-
-    for mode in MODES:
-        out = directory / mode
-        if not _finished(out / "last.pt"):
-            print(f"padding figure: training {DEMO_MODEL}_{mode} on digits ...", flush=True)
-            train(TrainConfig(model_string=f"{DEMO_MODEL}_{mode}", dataset="digits", method="standard",
-                              epochs=epochs, batch_size=64, lr=0.05, seed=0), out)
-    for path in sorted(directory.rglob("*.pt")):
-        if not _evaluated(path, DEMO_KEY):
-            print(f"padding figure: evaluating {path.relative_to(directory)} (L2 PGD-10, eps 1) ...", flush=True)
-            evaluate_checkpoint(path, EvaluationConfig(**DEMO_EVALUATION))
-
-
 # ---------------------------------------------------------------------------- evaluation results
 
-def load_results(directory: Path) -> list[dict]:
-    """One entry per evaluated checkpoint under ``directory``: its path, mode, results and maps.
-    Checkpoints without (current) results are left out with a note on stderr."""
-    from filterdb.training.evaluation import evaluation_path, load_evaluation, load_perturbation_maps
+def load_results(db_path: Path) -> list[dict]:
+    """One entry per model of the database with evaluation results: its name, mode, results and maps.
+    Models whose maps cannot be read (moved, or of other weights) are left out with a note on stderr."""
+    from filterdb.evaluations import load_perturbation_maps, with_ratios
 
+    with _style.open_db(db_path) as db:
+        models = db.models
     results = []
-    for path in sorted(directory.rglob("*.pt")):
-        if not evaluation_path(path).is_file():
-            print(f"padding figure: {path} has no evaluation results ('filterdb evaluate {path}'); left out",
-                  file=sys.stderr)
-            continue
+    for _, row in models[models["evaluation_json"].fillna("") != ""].iterrows():
+        summary = with_ratios(json.loads(row["evaluation_json"]))
         try:
-            summary = load_evaluation(path)
-            maps = load_perturbation_maps(path)
-            mode = mode_of(summary.get("model_string") or _model_string(path))
+            maps = load_perturbation_maps(summary.get("checkpoint", ""))
+            mode = mode_of(row["model_string"] or summary.get("model_string", ""))
         except FilterDBError as exc:
-            print(f"padding figure: {exc}; left out", file=sys.stderr)
+            print(f"padding figure: {row['name']}: {exc}; left out", file=sys.stderr)
             continue
-        results.append({"path": path, "mode": mode, "summary": summary, "maps": maps})
+        results.append({"name": row["name"], "mode": mode, "summary": summary, "maps": maps})
     return results
-
-
-def _model_string(path: Path) -> str:
-    from filterdb.training import load_checkpoint
-    return load_checkpoint(path).model_string
 
 
 def choose_key(results: list[dict], attack: str | None, budget: tuple[str, float] | None) -> tuple[str, str, str]:
     """The (attack, norm, eps_label) shown: among those every result has and that match the
     options, the first PGD one, else the first (in the first result's order)."""
-    from filterdb.training.attacks import format_eps
+    from filterdb.eps import format_eps
 
     def keys(result):
         return [(a["attack"], a["norm"], a["eps_label"]) for a in result["summary"]["attacks"]]
@@ -245,15 +187,9 @@ def plot(modes: dict[str, dict], key: tuple[str, str, str], frame: int) -> plt.F
 
 
 def main(argv=None) -> list[Path]:
-    from filterdb.training.evaluation import parse_threat
+    from filterdb.training.attack_specs import parse_threat
 
     p = _style.parser(__doc__)
-    p.add_argument("--models", type=Path, default=None,
-                   help="folder of evaluated checkpoints (searched recursively), one or more per padding mode "
-                        "[default: $FILTERDB_HOME/figures/padding-models]")
-    p.add_argument("--train", action="store_true",
-                   help=f"first train and evaluate the missing {DEMO_MODEL} padding variants on digits")
-    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"epochs of those variants [default: {DEMO_EPOCHS}]")
     p.add_argument("--attack", default=None, help="attack of the results, e.g. pgd-20 [default: PGD if evaluated]")
     p.add_argument("--budget", default=None, help="budget of the results, NORM:EPS, e.g. Linf:8/255")
     p.add_argument("--frame", type=int, default=1, help="width in pixels of the border frame [default: 1]")
@@ -263,14 +199,12 @@ def main(argv=None) -> list[Path]:
         budget = parse_threat(args.budget)
     except FilterDBError as exc:
         raise SystemExit(str(exc)) from None
-    directory = args.models or default_models_dir()
-    if args.train:
-        prepare_demo(directory, args.epochs)
-    results = load_results(directory) if directory.is_dir() else []
+    db_path = args.db or padding_models.default_db()  # not the demo database: see padding_models.py
+    results = load_results(db_path)
     if not results:
-        raise SystemExit(f"no evaluated checkpoints under {directory}: pass --models DIR with checkpoints evaluated "
-                         f"by 'filterdb evaluate' (one or more per padding mode), or --train to train and evaluate "
-                         f"the {DEMO_MODEL} variants on digits")
+        raise SystemExit(f"no evaluated checkpoints in {db_path} (models with evaluation_json and their perturbation "
+                         "maps): add checkpoints evaluated by 'filterdb evaluate' (one or more per padding mode) with "
+                         "'filterdb build --checkpoints', or run figures/padding_models.py")
     key = choose_key(results, args.attack, budget)
     modes = by_mode([per_model(r, key, args.frame) for r in results], args.frame)
     return _style.save(plot(modes, key, args.frame), args.out, NAME)

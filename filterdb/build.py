@@ -23,6 +23,16 @@ from filterdb.store import FilterDB, write_shard
 from filterdb.workers import worker_pool
 
 
+def add_module(db: FilterDB, module, *, source: str, name: str, input_shape: tuple[int, int, int],
+               record: dict | None = None, weights_path: str | os.PathLike | None = None) -> str:
+    """Extract a ``torch.nn.Module`` (or a list: the members of an ensemble) into ``db``; returns its model_id."""
+    members = module if isinstance(module, list) else [module]
+    spec = ModelSpec(source, name, record=dict(record or {}))
+    c, h, w = input_shape
+    loaded = LoadedModel(spec, members, (c, h, w), Path(weights_path) if weights_path else None)
+    return db.add_extracted(*extract_loaded(loaded))
+
+
 @dataclass
 class ModelOutcome:
     key: str

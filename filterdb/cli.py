@@ -210,7 +210,8 @@ def build(leaderboard, checkpoints, models, db_path, force, jobs, scheduler, off
     Models already in the database are skipped, so a rerun resumes an interrupted build.
     """
     from filterdb.build import build as run_build
-    from filterdb.sources import leaderboard_specs, select_specs
+    from filterdb.catalog import leaderboard_specs
+    from filterdb.sources import select_specs
     from filterdb.sources.base import with_input_shape
     from filterdb.store import FilterDB
 
@@ -220,7 +221,7 @@ def build(leaderboard, checkpoints, models, db_path, force, jobs, scheduler, off
         specs = leaderboard_specs(leaderboard, models, offline=offline, keep_weights=keep_weights,
                                   model_dir=model_dir or paths.robustbench_model_dir())
     else:
-        from filterdb.sources.checkpoint import checkpoint_dir_specs
+        from filterdb.training.checkpoint_source import checkpoint_dir_specs
         specs = select_specs(checkpoint_dir_specs(checkpoints), models, where=str(checkpoints))
     specs = with_input_shape(specs, input_shape)
     with FilterDB.open(resolve_db(db_path), "a") as db:
@@ -243,7 +244,7 @@ def add(models, db_path, force, input_shape):
     """Add models: filterdb training checkpoints (FILE.pt) or pretrained names (timm:NAME, torchvision:NAME)."""
     from filterdb.build import build as run_build
     from filterdb.sources.base import with_input_shape
-    from filterdb.sources.named import spec_for_argument
+    from filterdb.catalog import spec_for_argument
     from filterdb.store import FilterDB
 
     db_dir = resolve_db(db_path)
@@ -327,7 +328,7 @@ def demo(db_path, fmt):
     permutation null, and the same for a normal-vs-normal baseline (the normal models in two halves).
     """
     from filterdb.build import build as run_build
-    from filterdb.sources import leaderboard_specs
+    from filterdb.catalog import leaderboard_specs
     from filterdb.store import FilterDB
 
     db_path = db_path or paths.demo_db_path()

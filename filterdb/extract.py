@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from filterdb.errors import FilterDBError
+from filterdb.schema import kernel_name
 
 # A Conv2d, a subclass with its own forward (timm's, RobustBench's), or a module shaped like one (timm's
 # CondConv2d): their geometry and extra parameters (gain, scale, eps, num_experts) are read by name.
@@ -465,7 +466,7 @@ def _layer(m: ConvLike, name: str, position: dict, weight: torch.Tensor, kind: s
         "in_channels": int(m.in_channels),
         "out_channels": int(out_c),
         "groups": int(m.groups),
-        "kernel": f"{kh}x{kw}",
+        "kernel": kernel_name(kh, kw),
         "kernel_h": int(kh),
         "kernel_w": int(kw),
         "stride_h": int(m.stride[0]),

@@ -1,7 +1,8 @@
-"""Tables in plain HDF5, in anndata's self-describing style.
+"""Tables in plain HDF5, self-describing.
 
-A table is a group with ``encoding-type = "dataframe"``, ``encoding-version``,
-``column-order`` and ``_index`` attributes and one 1-D dataset per column. Each column
+A table is a group with ``encoding-type = "filterdb-table"``, ``encoding-version``,
+``column-order`` and ``_index`` attributes and one 1-D dataset per column (attribute names
+borrowed from anndata, whose ``read_elem`` does not read these tables: no anndata claim). Each column
 carries its ``kind`` and ``description``. Strings are variable-length UTF-8, booleans
 HDF5 enums (h5py reads them back as numpy bool), so h5py alone reads every table:
 ``{name: f["models"][name][()] for name in f["models"].attrs["column-order"]}``.
@@ -13,9 +14,13 @@ import numpy as np
 import pandas as pd
 
 from filterdb.schema import Column
+from filterdb.versions import check_readable
 
-TABLE_ENCODING = "dataframe"
-TABLE_ENCODING_VERSION = "0.2.0"
+TABLE_ENCODING = "filterdb-table"
+TABLE_ENCODING_VERSION = "1.0"
+# encoding-type -> the newest encoding-version read; the tables of files written before 2026-12-02 say
+# anndata's "dataframe" 0.2.0 (same layout), and read as they are.
+READABLE_TABLES = {TABLE_ENCODING: TABLE_ENCODING_VERSION, "dataframe": "0.2.0"}
 _STR = h5py.string_dtype("utf-8")
 _STR_TYPE = h5py.h5t.py_create(_STR, logical=True)
 _SCALAR = h5py.h5s.create(h5py.h5s.SCALAR)
@@ -108,8 +113,11 @@ def _set_str_attr(obj, name: str, value: str | list[str]) -> None:
 
 def read_table(group: h5py.Group, columns: tuple[Column, ...] = ()) -> pd.DataFrame:
     """A stored table as a DataFrame; ``columns`` that an older file lacks are filled with their missing value."""
-    if group.attrs.get("encoding-type") != TABLE_ENCODING:
-        raise ValueError(f"{group.file.filename}:{group.name} is not a filterdb table (no encoding-type 'dataframe')")
+    encoding = group.attrs.get("encoding-type")
+    if encoding not in READABLE_TABLES:
+        raise ValueError(f"{group.file.filename}:{group.name} is not a filterdb table (encoding-type {encoding!r})")
+    check_readable(group.attrs.get("encoding-version", ""), READABLE_TABLES[encoding],
+                   f"{group.file.filename}:{group.name}: table encoding")
     names = list(group.attrs["column-order"])
     str_columns = {name for name in names if group[name].attrs.get("kind") == "str"}
     data = {name: group[name].asstr()[()] if name in str_columns else group[name][()] for name in names}

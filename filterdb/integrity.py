@@ -24,6 +24,7 @@ shard are verified whenever they are read, the master's tables whenever the mast
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import mmap
 import os
 import sys
@@ -61,6 +62,15 @@ def digest(data) -> int:
     if isinstance(data, np.ndarray):
         data = np.ascontiguousarray(data).data.cast("B")
     return xxhash.xxh3_64_intdigest(data)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """The sha256 hex digest of a file (the model table's ``weights_sha256``, a checkpoint's identity)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def filter_digest(filters: np.ndarray) -> int:

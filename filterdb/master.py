@@ -37,6 +37,7 @@ from filterdb.atomic import io_failure, publish
 from filterdb.errors import FilterDBError
 from filterdb.h5table import append_rows, read_table, write_table
 from filterdb.schema import Column
+from filterdb.versions import check_readable
 from filterdb.shards import FILTERS_ENCODING, SHARD_DIR, TMP_SUFFIX, root_attrs
 
 # Root attributes: the digest of each publish's rows (a write, then each append), so that a reader
@@ -101,6 +102,7 @@ def read_state(db_dir: Path) -> MasterState | None:
             version = str(f.attrs.get("encoding-version", ""))
             if f.attrs.get("format") != schema.FORMAT_NAME:
                 return None
+            check_readable(version or schema.FORMAT_VERSION, MASTER_VERSION, f"{master_path(db_dir)}: database format")
             if version == MASTER_VERSION and not {"shards", "spans", "batches"} <= set(f):
                 version = "incomplete"  # written before the index had all its parts: rewritten from the shards
             totals = {k: int(f["filters"][k].shape[0]) for k in f["filters"]}
@@ -371,7 +373,7 @@ def _map_batches(f: h5py.File, batches: range) -> None:
 
 def _create_vds(group: h5py.Group, name: str, kernel: str, rows: int, sources: list[tuple[str, str, int, int]]):
     """A float32 (rows, kh, kw) virtual dataset; each source (file, dataset, lo, hi) fills rows [lo, hi)."""
-    kh, kw = map(int, kernel.split("x"))
+    kh, kw = schema.kernel_shape(kernel)
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_fill_value(np.array(np.nan, np.float32))
     space = h5py.h5s.create_simple((rows, kh, kw))

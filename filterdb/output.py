@@ -18,15 +18,19 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _jsonable(value):
+def json_safe(value):
+    """``value`` as strict JSON takes it: numpy scalars as Python ones, NaN and infinities as None
+    (null), dicts, lists and tuples element by element. Every JSON filterdb writes goes through it."""
     import numpy as np
 
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return None if math.isnan(value) else float(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 
@@ -40,7 +44,7 @@ def emit(frame, fmt: str = "table", title: str | None = None, file=None) -> None
     if fmt == "csv":
         frame.to_csv(file, index=False)
     elif fmt == "json":
-        records = [{k: _jsonable(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+        records = json_safe(frame.to_dict(orient="records"))
         json.dump(records, file, indent=2)
         file.write("\n")
     elif fmt == "table":

@@ -2,29 +2,16 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
-import os
 
 from filterdb import schema
 from filterdb.admission import check_admissible
 from filterdb.extract import ExtractedLayer, extract_members, skipped_convs
 from filterdb.ids import model_id as make_model_id
 from filterdb.ids import model_key
+from filterdb.integrity import sha256_file
+from filterdb.shards import tool_version
 from filterdb.sources.base import LoadedModel
-
-
-def tool_version() -> str:
-    from filterdb import __version__
-    return __version__
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_record(source: str, name: str, layers: list[ExtractedLayer], record: dict, *, n_params: int,

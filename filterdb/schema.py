@@ -16,6 +16,17 @@ FORMAT_NAME = "filterdb"
 FORMAT_VERSION = "1.0"
 
 
+def kernel_name(kh: int, kw: int) -> str:
+    """The layer table's ``kernel`` of a kh x kw convolution, and the name of its filters' dataset: ``"3x3"``."""
+    return f"{int(kh)}x{int(kw)}"
+
+
+def kernel_shape(kernel: str) -> tuple[int, int]:
+    """``"3x3"`` -> (3, 3)."""
+    kh, _, kw = kernel.partition("x")
+    return int(kh), int(kw)
+
+
 @dataclass(frozen=True)
 class Column:
     name: str

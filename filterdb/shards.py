@@ -10,11 +10,11 @@ everything else in a database is derived from the shards.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import h5py
 import numpy as np
@@ -24,9 +24,20 @@ from filterdb import integrity, schema
 from filterdb.atomic import TMP_SUFFIX, io_failure, publish
 from filterdb.errors import FilterDBError
 from filterdb.h5table import read_table, table_columns, table_frame, write_table
+from filterdb.versions import check_readable
 
-if TYPE_CHECKING:  # extraction imports torch; the store only duck-types its layers
-    from filterdb.extract import ExtractedLayer
+
+class LayerFilters(Protocol):
+    """What a shard is written from: one layer's table row and filters (``filterdb.extract.ExtractedLayer``)."""
+    info: dict  # layer-table columns except model_id, start, stop
+
+    @property
+    def kernel(self) -> str: ...
+
+    def filters(self) -> np.ndarray: ...  # float32 (n, kh, kw), out-channel-major
+
+    def check_finite(self) -> None: ...  # FilterDBError naming the model and layer on a NaN/Inf weight
+
 
 SHARD_DIR = "shards"
 SHARD_ENCODING = "filterdb-shard"
@@ -50,7 +61,7 @@ def shard_path(db_dir: str | os.PathLike, model_id: str) -> Path:
     return Path(db_dir) / SHARD_DIR / f"{model_id}.h5"
 
 
-def write_shard(db_dir: str | os.PathLike, record: dict, layers: list["ExtractedLayer"]
+def write_shard(db_dir: str | os.PathLike, record: dict, layers: Sequence[LayerFilters]
                 ) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     """Write one model's shard atomically: a temporary file, renamed into place once complete.
 
@@ -121,7 +132,7 @@ def _kernel_layers(rows: list[dict]) -> dict[str, list[tuple[int, int, int]]]:
     return out
 
 
-def _write_filter_bytes(path: Path, runs: dict[int, list["ExtractedLayer"]]) -> None:
+def _write_filter_bytes(path: Path, runs: dict[int, list[LayerFilters]]) -> None:
     """Write each run of layers (file offset -> the layers whose filters follow one another
     there) with one ``pwritev``: this thread then needs Python's GIL only between runs,
     and the other thread does not have to hand it over every few megabytes."""
@@ -241,6 +252,8 @@ def read_verified_shard(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[st
         with h5py.File(path, "r") as f:
             if f.attrs.get("encoding-type") != SHARD_ENCODING:
                 raise integrity.damaged(path, "not a filterdb shard (a stray file in the shards folder)")
+            check_readable(f.attrs.get("encoding-version", schema.FORMAT_VERSION), schema.FORMAT_VERSION,
+                           f"{path}: shard format")
             models, layers = read_table(f["models"], schema.MODEL_COLUMNS), read_table(f["layers"], schema.LAYER_COLUMNS)
             identity = integrity.check_shard_tables(f, path, models, layers, (schema.MODEL_COLUMNS, schema.LAYER_COLUMNS))
             return models, layers, _offsets(f), identity

@@ -26,6 +26,7 @@ line saying so. Damage is a :class:`DamagedDatabaseError` naming the file and sa
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -38,17 +39,18 @@ import numpy as np
 import pandas as pd
 
 from filterdb import integrity, schema
-from filterdb.atomic import atomic_path, io_failure, remove_stale_temps
+from filterdb.atomic import remove_stale_temps
 from filterdb.errors import FilterDBError
 from filterdb.integrity import DamagedDatabaseError, MasterDamaged
-from filterdb.h5table import read_table, write_table
+from filterdb.h5table import read_table
 from filterdb.lock import WriterLock
-from filterdb.master import (DATABASE_ENCODING, INDEX_COLUMNS, MASTER_NAME, MASTER_VERSION, SPAN_COLUMNS, MasterState,
+from filterdb.master import (INDEX_COLUMNS, MASTER_NAME, MASTER_VERSION, SPAN_COLUMNS, MasterState,
                              append_master, check_tables, empty_frame, global_rows, is_current, read_spans, read_state,
                              spans, write_master)
 from filterdb.shards import (FILTERS_ENCODING, SHARD_DIR, SHARD_ENCODING, TMP_SUFFIX, filter_offsets,  # noqa: F401
                              list_shards, read_shard, read_shard_tables, read_verified_shard, root_attrs, shard_facts,
                              shard_path, shard_writer, write_shard)
+from filterdb.versions import check_readable
 
 
 @dataclass
@@ -278,6 +280,11 @@ class FilterDB:
         if f.attrs.get("format") != schema.FORMAT_NAME:
             f.close()
             raise MasterDamaged(f"{master}: not a filterdb database file; {integrity.REPAIR_HINT}")
+        try:
+            check_readable(f.attrs.get("encoding-version", MASTER_VERSION), MASTER_VERSION, f"{master}: database format")
+        except FilterDBError:
+            f.close()
+            raise
         self._file = f
         return f
 
@@ -345,7 +352,7 @@ class FilterDB:
 
     @property
     def kernels(self) -> list[str]:
-        return sorted(self.layers["kernel"].unique(), key=lambda k: (int(k.split("x")[0]) * int(k.split("x")[1]), k))
+        return sorted(self.layers["kernel"].unique(), key=lambda k: (math.prod(schema.kernel_shape(k)), k))
 
     def filters(self, kernel: str = "3x3") -> h5py.Dataset:
         """The virtual dataset of all filters of one kernel size (read lazily, slice what you need)."""
@@ -491,7 +498,7 @@ class FilterDB:
         layers = self.layers
         rows = layers[(layers["model_id"] == model_id) & (layers["kernel"] == kernel)]
         if rows.empty:
-            return np.empty((0, *map(int, kernel.split("x"))), np.float32)
+            return np.empty((0, *schema.kernel_shape(kernel)), np.float32)
         spans = list(zip(rows["start"].tolist(), rows["stop"].tolist(), rows["name"]))
         return self._read_rows(model_id, kernel, min(s for s, _, _ in spans), max(e for _, e, _ in spans), spans)
 
@@ -528,41 +535,16 @@ class FilterDB:
         """The filters of a selection of layers of one kernel size, concatenated in the selection's order."""
         parts = list(self.iter_filter_chunks(kernel, layers))
         if not parts:
-            return np.empty((0, *map(int, kernel.split("x"))), np.float32)
+            return np.empty((0, *schema.kernel_shape(kernel)), np.float32)
         return np.concatenate(parts)
 
     def size_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
     def export(self, out: str | os.PathLike, chunk_rows: int = 1 << 20) -> Path:
-        """Pack the database into one self-contained HDF5 file for publication: the master's
-        tables (root attributes, /models, /layers, /filters/<kernel>) with the filters copied
-        in (no virtual datasets, no shards beside it). Written under a temporary name."""
-        out = Path(out).expanduser()
-        if out.is_dir():
-            raise FilterDBError(f"{out} is a directory; give the path of the .h5 file to write")
-        try:
-            with atomic_path(out) as tmp, h5py.File(tmp, "w", libver="latest") as f:
-                root_attrs(f, DATABASE_ENCODING)
-                f.attrs["n_models"] = len(self.models)
-                f.attrs["packed"] = True
-                write_table(f, "models", self.models, schema.MODEL_COLUMNS, index="model_id")
-                write_table(f, "layers", self.layers, schema.LAYER_COLUMNS)
-                group = f.create_group("filters")
-                layers = self.layers.sort_values("start", kind="stable")
-                for kernel in self.kernels:
-                    rows = layers[layers["kernel"] == kernel]
-                    kh, kw = map(int, kernel.split("x"))
-                    target = group.create_dataset(kernel, shape=(int(rows["stop"].max()), kh, kw), dtype=np.float32)
-                    target.attrs["encoding-type"] = FILTERS_ENCODING
-                    target.attrs["encoding-version"] = schema.FORMAT_VERSION
-                    at = 0
-                    for chunk in self.iter_filter_chunks(kernel, rows, chunk_rows):  # through the shards, verified
-                        target[at:at + len(chunk)] = chunk
-                        at += len(chunk)
-        except (OSError, RuntimeError) as exc:
-            raise FilterDBError(f"{out}: cannot write the export ({io_failure(exc)}); choose a writable path") from None
-        return out
+        """Pack the database into one self-contained HDF5 file (``filterdb.export``)."""
+        from filterdb.export import export_database
+        return export_database(self, out, chunk_rows)
 
     # ---------------------------------------------------------------- writing
 
@@ -673,18 +655,6 @@ class FilterDB:
             self._drop(model_id)  # re-extracted: the new rows go last
         self._pending[model_id] = Pending(models, layers, (stat.st_size, stat.st_mtime_ns), offsets, digest)
         self._changed()
-
-    def add_module(self, module, *, source: str, name: str, input_shape: tuple[int, int, int],
-                   record: dict | None = None, weights_path: str | os.PathLike | None = None) -> str:
-        """Extract a ``torch.nn.Module`` (or a list: the members of an ensemble) and store it; returns its model_id."""
-        from filterdb.records import extract_loaded  # extraction imports torch: only here, never to read
-        from filterdb.sources.base import LoadedModel, ModelSpec
-
-        members = module if isinstance(module, list) else [module]
-        spec = ModelSpec(source, name, record=dict(record or {}))
-        c, h, w = input_shape
-        loaded = LoadedModel(spec, members, (c, h, w), Path(weights_path) if weights_path else None)
-        return self.add_extracted(*extract_loaded(loaded))
 
     def remove_model(self, model_id: str) -> None:
         self._require_writable()

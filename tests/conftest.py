@@ -22,7 +22,7 @@ def demo_home(tmp_path_factory) -> Path:
     """A FILTERDB_HOME holding the real demo: trained checkpoints and the demo database (built once)."""
     from filterdb import paths
     from filterdb.build import build
-    from filterdb.sources.demo import demo_specs
+    from filterdb.training.demo import demo_specs
     from filterdb.store import FilterDB
 
     home = tmp_path_factory.mktemp("demo-home")

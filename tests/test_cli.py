@@ -10,6 +10,7 @@ from filterdb import open_database
 from filterdb.cli import main
 from filterdb.training import create_model
 from filterdb.training.checkpoint import load_checkpoint, wrap_state_dict
+from filterdb.build import add_module
 
 
 def run(*args, **env):
@@ -24,7 +25,7 @@ def snapshot(db_path):
 
 
 def test_demo_build_is_cached_and_info_reports_it(demo_home, monkeypatch, tmp_path):
-    from filterdb.sources.demo import DEMO_PAIRS
+    from filterdb.training.demo import DEMO_PAIRS
 
     monkeypatch.setenv("FILTERDB_HOME", str(demo_home))
     db = tmp_path / "db"
@@ -56,7 +57,7 @@ def test_demo_build_is_cached_and_info_reports_it(demo_home, monkeypatch, tmp_pa
 
 
 def test_demo_pairs_share_initial_weights_and_data_order(demo_home):
-    from filterdb.sources.demo import DEMO_PAIRS
+    from filterdb.training.demo import DEMO_PAIRS
     from filterdb.training.pairs import check_pair
 
     for pair in DEMO_PAIRS:
@@ -153,14 +154,14 @@ def test_model_without_convolutions_leaves_nothing(tmp_path):
 
     with FilterDB.open(tmp_path / "db", "a") as db:
         with pytest.raises(FilterDBError, match="test:mlp: the model has no Conv2d layers"):
-            db.add_module(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)), source="test", name="mlp",
+            add_module(db, torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)), source="test", name="mlp",
                           input_shape=(1, 2, 2))
     assert [p.name for p in (tmp_path / "db" / "shards").iterdir()] == []
 
 
 def test_compare_on_the_demo_database_reports_differences_and_statistics(demo_db):
     from filterdb.analysis.metrics import METRIC_NAMES
-    from filterdb.sources.demo import DEMO_PAIRS
+    from filterdb.training.demo import DEMO_PAIRS
 
     first = run("compare", "robust", "normal", "--layer", "first", "--db", demo_db, "--format", "json")
     assert first.exit_code == 0, first.output

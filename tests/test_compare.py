@@ -18,6 +18,7 @@ from filterdb.analysis.divergence import divergence
 from filterdb.cli import main
 from filterdb.errors import FilterDBError
 from filterdb.store import FilterDB
+from filterdb.build import add_module
 
 
 def net(seed: int, dead_first: int = 0) -> nn.Module:
@@ -31,7 +32,7 @@ def net(seed: int, dead_first: int = 0) -> nn.Module:
 
 
 def add(db, name, training, dataset="digits", seed=0, dead_first=0):
-    return db.add_module(net(seed, dead_first), source="test", name=name, input_shape=(1, 8, 8),
+    return add_module(db, net(seed, dead_first), source="test", name=name, input_shape=(1, 8, 8),
                          record={"training": training, "dataset": dataset, "architecture": "cnn"})
 
 
@@ -152,7 +153,7 @@ def test_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
 def test_nan_weights_are_rejected_naming_model_and_layer(tmp_path):
     path = tmp_path / "db"
     with FilterDB.open(path, "a") as db:
-        mid = db.add_module(net(0), source="test", name="broken", input_shape=(1, 8, 8), record={"training": "normal"})
+        mid = add_module(db, net(0), source="test", name="broken", input_shape=(1, 8, 8), record={"training": "normal"})
         shard = db.shard_path(mid)
     with h5py.File(shard, "r+") as f:  # extraction refuses NaN: corrupt the stored filters of layer "2"
         f["filters/3x3"][10, 1, 1] = np.nan
@@ -310,10 +311,10 @@ def test_matched_pairs_by_hand(tmp_path):
     with FilterDB.open(path, "a") as db:
         for i in range(4):  # robust twins have 2 of 4 first-layer filters dead
             for training, dead in (("robust", 2), ("normal", 0)):
-                db.add_module(net(i, dead), source="test", name=f"{training}-{i}", input_shape=(1, 8, 8),
+                add_module(db, net(i, dead), source="test", name=f"{training}-{i}", input_shape=(1, 8, 8),
                               record={"training": training, "architecture": "cnn", "pair": f"p{i}@0",
                                       "pair_role": training, "seed": i})
-        db.add_module(net(9), source="test", name="loner", input_shape=(1, 8, 8), record={"training": "normal"})
+        add_module(db, net(9), source="test", name="loner", input_shape=(1, 8, 8), record={"training": "normal"})
     result = compare_groups(path, "robust", "normal", layer="first", metrics=["sparsity", "l1_norm"])
     row = result.tests.set_index("metric").loc["sparsity"]
     assert (row["n_a"], row["n_b"], row["n_pairs"]) == (4, 5, 4)  # the loner is in no pair

@@ -13,6 +13,7 @@ from torch import nn
 
 from filterdb import open_database
 from filterdb.ids import model_id
+from filterdb.build import add_module
 
 N_MODELS = 6
 
@@ -27,7 +28,7 @@ BUILD_SCRIPT = textwrap.dedent("""
         print("ready", flush=True)
         for i in range(N_MODELS):
             if not db.has_model(model_id("crash", f"m{{i}}")):
-                db.add_module(make_model(i), source="crash", name=f"m{{i}}", input_shape=(16, 8, 8))
+                add_module(db, make_model(i), source="crash", name=f"m{{i}}", input_shape=(16, 8, 8))
                 print("added", i, flush=True)
 """)
 
@@ -93,7 +94,7 @@ PUBLISH_SCRIPT = textwrap.dedent("""
         while True:  # one model per publish: most of the time goes to publishing the master
             i += 1
             torch.manual_seed(10_000 + i)
-            db.add_module(nn.Sequential(nn.Conv2d(1, 2, 3)), source="publish", name=f"{sys.argv[2]}-{i}",
+            add_module(db, nn.Sequential(nn.Conv2d(1, 2, 3)), source="publish", name=f"{sys.argv[2]}-{i}",
                           input_shape=(1, 4, 4))
             if i == 1:
                 print("ready", flush=True)
@@ -117,7 +118,7 @@ def test_sigkill_during_publish_of_a_200_model_database_leaves_one_that_opens(tm
     db_path = tmp_path / "db"
     with FilterDB.open(db_path, "a") as db, db.batch(max_delay=3600):
         for i in range(200):
-            db.add_module(tiny_model(i), source="crash", name=f"t{i}", input_shape=(1, 8, 8))
+            add_module(db, tiny_model(i), source="crash", name=f"t{i}", input_shape=(1, 8, 8))
     counts, hit_publish = [], 0
     # Four kills at fixed delays, then kills triggered by the temporary master appearing, until one
     # lands inside a publish: how long a publish takes depends on the machine, so no fixed delay is sure to.

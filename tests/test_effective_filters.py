@@ -16,6 +16,7 @@ from filterdb.compat import import_robustbench
 from filterdb.extract import WEIGHT_KINDS, skipped_convs
 from filterdb.store import FilterDB, open_database
 from filterdb import schema
+from filterdb.build import add_module
 
 FLOAT32 = 2e-6  # max |output - F.conv2d(input, stored filters)| / max |output|
 
@@ -84,7 +85,7 @@ def zoo_db(tmp_path_factory):
             if isinstance(model[1], nn.Conv2d) and hasattr(model[1], "weight_g"):
                 with torch.no_grad():
                     model[1].weight_g.mul_(3.0)  # the cached .weight of old-style weight norm is now stale
-            models[name] = (db.add_module(model, source="demo", name=name, input_shape=(3, 13, 11)), model)
+            models[name] = (add_module(db, model, source="demo", name=name, input_shape=(3, 13, 11)), model)
     with open_database(path) as db:
         yield db, models
 
@@ -129,7 +130,7 @@ def test_condconv_experts_are_stored_as_layers_and_add_up_to_the_parameters(tmp_
     condconvs = {name: m for name, m in model.named_modules() if isinstance(m, CondConv2d)}
     assert len(condconvs) == 24
     with FilterDB.open(tmp_path / "db", "a") as db:
-        model_id = db.add_module(model, source="timm", name="efficientnet_cc_b0_4e", input_shape=(3, 64, 64))
+        model_id = add_module(db, model, source="timm", name="efficientnet_cc_b0_4e", input_shape=(3, 64, 64))
     with open_database(tmp_path / "db") as db:
         layers = db.layers[db.layers["model_id"] == model_id]
         stored = layers["n_filters"] * layers["kernel_h"] * layers["kernel_w"]
@@ -171,7 +172,7 @@ def test_other_convolutions_are_listed_as_skipped_with_their_parameter_counts(tm
     assert [(s["name"], s["class"], s["n_params"]) for s in skipped_convs(model)] == [
         ("eca", "Conv1d", 3), ("up", "ConvTranspose2d", 8 * 4 * 4 + 4), ("volume", "Conv3d", 6 + 2)]
     with FilterDB.open(tmp_path / "db", "a") as db:
-        model_id = db.add_module(model, source="demo", name="other", input_shape=(3, 8, 8))
+        model_id = add_module(db, model, source="demo", name="other", input_shape=(3, 8, 8))
     with open_database(tmp_path / "db") as db:
         assert list(db.layers["name"]) == ["stem", "head"]
         skipped = json.loads(db.models.loc[model_id, "skipped_convs"])

@@ -73,7 +73,7 @@ def evaluated(demo_home, tmp_path_factory) -> dict:
                     "--format", "json", "--no-progress")
     seconds = time.perf_counter() - t0
     assert result.exit_code == 0, result.output
-    from filterdb.training.evaluation import load_evaluation
+    from filterdb.evaluations import load_evaluation
     return {"paths": paths, "summaries": {role: load_evaluation(p) for role, p in paths.items()},
             "records": json.loads(result.stdout), "stderr": result.stderr, "seconds": seconds}
 
@@ -84,9 +84,11 @@ def evaluated(demo_home, tmp_path_factory) -> dict:
 def test_results_file_matches_the_returned_result_and_defaults(demo_home, tmp_path):
     """Default budgets; the JSON beside the checkpoint is the returned summary (NaN as null);
     the same seed gives the same numbers and maps."""
-    from filterdb.records import sha256_file
-    from filterdb.training.evaluation import (EvaluationConfig, _strict, evaluate_checkpoint, evaluation_path,
-                                              load_perturbation_maps, maps_path)
+    from filterdb.integrity import sha256_file
+    from filterdb.evaluations import evaluation_path, load_perturbation_maps, maps_path
+    from filterdb.output import json_safe
+    from filterdb.training.evaluation import evaluate_checkpoint
+    from filterdb.training.evaluation_config import EvaluationConfig
 
     path = copy_checkpoint(demo_home, "normal", tmp_path)
     config = EvaluationConfig(attacks="pgd-5,cw-5", n_samples=60, batch_size=32, seed=3, spatial=False)
@@ -94,7 +96,7 @@ def test_results_file_matches_the_returned_result_and_defaults(demo_home, tmp_pa
     result = evaluate_checkpoint(path, config)
     s = result.summary
     assert evaluation_path(path).is_file() and maps_path(path).is_file()
-    assert json.loads(evaluation_path(path).read_text()) == _strict(s)
+    assert json.loads(evaluation_path(path).read_text()) == json_safe(s)
     assert s["n_samples"] == 60 and s["num_classes"] == 10 and s["dataset"] == "digits"
     assert s["checkpoint_sha256"] == sha256_file(path) and s["model_string"] == "cnn4-16"
     # the checkpoint's own budget (Linf 0.1, not among the defaults) is added and is the headline
@@ -119,7 +121,8 @@ def test_results_file_matches_the_returned_result_and_defaults(demo_home, tmp_pa
 def test_clean_accuracy_agrees_with_training(demo_home, tmp_path):
     """On the whole test split, evaluation sees the trainer's data: the same clean accuracy."""
     from filterdb.training.checkpoint import load_checkpoint
-    from filterdb.training.evaluation import EvaluationConfig, evaluate_checkpoint
+    from filterdb.training.evaluation import evaluate_checkpoint
+    from filterdb.training.evaluation_config import EvaluationConfig
 
     path = demo_checkpoint(demo_home, "pgd")
     result = evaluate_checkpoint(path, EvaluationConfig(attacks="", spatial=True, rotations="0",
@@ -188,7 +191,7 @@ def test_cli_prints_what_the_files_hold(evaluated):
 
 
 def test_perturbation_maps(evaluated):
-    from filterdb.training.evaluation import load_perturbation_maps, maps_path
+    from filterdb.evaluations import load_perturbation_maps, maps_path
     from filterdb.training.perturbation import border_stats
 
     for role, path in evaluated["paths"].items():
@@ -246,7 +249,8 @@ def test_spatial_grid(evaluated):
 
 
 def test_spatial_grid_combined_with_an_attack(demo_home):
-    from filterdb.training.evaluation import EvaluationConfig, evaluate_checkpoint
+    from filterdb.training.evaluation import evaluate_checkpoint
+    from filterdb.training.evaluation_config import EvaluationConfig
 
     path = demo_checkpoint(demo_home, "normal")
     common = dict(attacks="", rotations="0,15", translations="0", fill="zeros", n_samples=100, seed=1)
@@ -280,7 +284,7 @@ def _digits_batch(n: int):
 def test_every_attack_stays_inside_the_eps_ball_and_the_unit_box(demo_home, norm, eps):
     """The raw examples of PGD, CW and each of AutoAttack's attacks, before any safety projection."""
     from filterdb.training.checkpoint import load_checkpoint
-    from filterdb.training.evaluation import AUTOATTACK_PARTS, parse_attacks
+    from filterdb.training.attack_specs import AUTOATTACK_PARTS, parse_attacks
 
     model = load_checkpoint(demo_checkpoint(demo_home, "normal")).build_model()
     x, y = _digits_batch(12)
@@ -320,7 +324,7 @@ def test_autoattack_standard_version(demo_home, tmp_path):
     result = invoke("evaluate", *paths, "-a", "autoattack", "--linf", "0.1", "--l2", "none", "-n", 8,
                     "--no-spatial", "--no-progress", "--format", "json")
     assert result.exit_code == 0, result.output
-    from filterdb.training.evaluation import load_evaluation
+    from filterdb.evaluations import load_evaluation
 
     robust = {}
     for role, path in zip(ROLES, paths):
@@ -387,14 +391,15 @@ def test_a_full_test_evaluation_replaces_the_training_figures(demo_home, tmp_pat
 
 
 def evaluation_path_of(path: Path) -> Path:
-    from filterdb.training.evaluation import evaluation_path
+    from filterdb.evaluations import evaluation_path
     return evaluation_path(path)
 
 
 def test_cpu_default_is_pgd_and_autoattack_cost_is_estimated(demo_home):
     from filterdb.training.checkpoint import load_checkpoint
     from filterdb.training.data import load_dataset
-    from filterdb.training.evaluation import EvaluationConfig, autoattack_cost_seconds
+    from filterdb.training.evaluation import autoattack_cost_seconds
+    from filterdb.training.evaluation_config import EvaluationConfig
 
     assert [a.name for a in EvaluationConfig(device="cpu").attacks] == ["pgd-20"]
     assert [a.name for a in EvaluationConfig(device="cuda").attacks] == ["pgd-20", "cw-20", "autoattack"]
@@ -410,7 +415,7 @@ def test_results_of_earlier_weights_are_not_used(demo_home, tmp_path):
     """A checkpoint rewritten after 'filterdb evaluate' (retrained) loses its results everywhere."""
     from filterdb.store import open_database
     from filterdb.training.checkpoint import load_checkpoint
-    from filterdb.training.evaluation import (evaluation_record, load_evaluation, load_perturbation_maps)
+    from filterdb.evaluations import evaluation_record, load_evaluation, load_perturbation_maps
 
     path = copy_checkpoint(demo_home, "normal", tmp_path)
     result = invoke("evaluate", path, "-a", "pgd-5", "--linf", "0.1", "--l2", "none", "-n", 40, "--no-spatial",

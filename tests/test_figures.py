@@ -4,7 +4,7 @@ The database: random-weight digits CNNs (two matched robust/normal pairs) and on
 3-channel pair (dataset cifar10, for the RGB filter path), stored from checkpoint files
 so that the activation figure can attack them; and random-weight padding variants for
 the padding figure: cnn3-8 padding variants trained for a moment on digits and
-evaluated as ``filterdb evaluate`` does (on a few test images). All under a private
+evaluated as ``filterdb evaluate`` does (on a few test images), then added to the database. All under a private
 FILTERDB_HOME.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import torch
+from filterdb.build import add_module
 
 FIGURES_DIR = Path(__file__).resolve().parents[1] / "figures"
 SCRIPTS = ("metrics_by_depth", "divergence_by_depth", "pca_basis", "filter_grids", "first_stage_activation",
@@ -70,7 +71,8 @@ def home(tmp_path_factory):
     """A FILTERDB_HOME with a small database, the models' checkpoints and padding variants."""
     from filterdb import paths
     from filterdb.store import FilterDB
-    from filterdb.training.evaluation import EvaluationConfig, evaluate_checkpoint
+    from filterdb.training.evaluation import evaluate_checkpoint
+    from filterdb.training.evaluation_config import EvaluationConfig
 
     root = tmp_path_factory.mktemp("figure-home")
     patch = pytest.MonkeyPatch()
@@ -84,16 +86,17 @@ def home(tmp_path_factory):
                 path = checkpoints / name / role / "last.pt"
                 model = random_checkpoint(path, model_string, dataset, in_chans, seed + (10 if shrink != 1 else 0), shrink)
                 size = 8 if dataset == "digits" else 32
-                db.add_module(model, source="test", name=f"{dataset}/{name}/{role}", input_shape=(in_chans, size, size),
+                add_module(db, model, source="test", name=f"{dataset}/{name}/{role}", input_shape=(in_chans, size, size),
                               weights_path=path, record={"training": "normal" if role == "normal" else "robust",
                                                          "dataset": dataset, "architecture": model_string,
                                                          "model_string": model_string, "eps": 0.1})
-    padding_module = figure_module("padding_perturbation")
-    evaluation = EvaluationConfig(**{**padding_module.DEMO_EVALUATION, "n_samples": 48})
+    padding_models = figure_module("padding_models")
+    evaluation = EvaluationConfig(**{**padding_models.EVALUATION, "n_samples": 48})
     for seed, mode in enumerate(PADDING_MODES):
-        path = padding_module.default_models_dir() / mode / "last.pt"
+        path = padding_models.default_models_dir() / mode / "last.pt"
         quick_checkpoint(path, f"cnn3-8_{mode}", seed)
         evaluate_checkpoint(path, evaluation)
+    padding_models.store(padding_models.default_models_dir(), root / "db")  # evaluated models for the padding figure
     yield root
     patch.undo()
 
@@ -166,7 +169,7 @@ def test_a_database_without_robust_models_is_a_clear_error(home, tmp_path):
     from filterdb.training import create_model
 
     with FilterDB.open(tmp_path / "db", "a") as db:
-        db.add_module(create_model("cnn2-4", num_classes=10, in_chans=1), source="test", name="only-normal",
+        add_module(db, create_model("cnn2-4", num_classes=10, in_chans=1), source="test", name="only-normal",
                       input_shape=(1, 8, 8), record={"training": "normal", "dataset": "digits"})
     for name in ("metrics_by_depth", "divergence_by_depth", "pca_basis", "filter_grids"):
         with pytest.raises(SystemExit, match="robust"):
@@ -174,30 +177,39 @@ def test_a_database_without_robust_models_is_a_clear_error(home, tmp_path):
 
 
 def test_padding_figure_reads_evaluation_results(home, tmp_path):
-    """Several checkpoints of one mode are averaged; unevaluated ones are left out; the key is chosen."""
+    """The figure reads a database's evaluation_json: several models of one mode are averaged; unevaluated
+    ones are left out; the key is chosen."""
     import shutil
 
-    from filterdb.training.evaluation import evaluation_path, maps_path
+    from filterdb.evaluations import evaluation_path, maps_path
+    from filterdb.training.evaluation import evaluate_checkpoint
+    from filterdb.training.evaluation_config import EvaluationConfig
 
     module = figure_module("padding_perturbation")
-    source = module.default_models_dir()
+    padding_models = figure_module("padding_models")
+    source = padding_models.default_models_dir()
     models = tmp_path / "models"
     shutil.copytree(source, models)
     shutil.copytree(source / "zeros", models / "zeros-seed1")  # a second zeros model
     (models / "circular" / "last.pt").rename(models / "circular" / "unevaluated.pt")  # results no longer match it
-    results = module.load_results(models)
+    evaluation = EvaluationConfig(**{**padding_models.EVALUATION, "n_samples": 48})
+    for path in models.rglob("last.pt"):  # the copies' results name the copies
+        evaluate_checkpoint(path, evaluation)
+    db = tmp_path / "db"
+    padding_models.store(models, db)
+    results = module.load_results(db)
     assert sorted(r["mode"] for r in results) == ["nopad", "reflect", "replicate", "zeros", "zeros"]
     key = module.choose_key(results, None, None)
-    assert key == module.DEMO_KEY
+    assert key == padding_models.KEY
     modes = module.by_mode([module.per_model(r, key, 1) for r in results], 1)
     assert list(modes) == ["zeros", "reflect", "replicate", "nopad"] and modes["zeros"]["n_models"] == 2
     assert all(m["map"].shape == (8, 8) for m in modes.values())
-    paths = module.main(["--models", str(models), "--out", str(tmp_path / "out"), "--budget", "L2:1"])
+    paths = module.main(["--db", str(db), "--out", str(tmp_path / "out"), "--budget", "L2:1"])
     assert_images(paths)
     with pytest.raises(SystemExit, match="no attack and budget"):
-        module.main(["--models", str(models), "--out", str(tmp_path / "out"), "--budget", "Linf:8/255"])
+        module.main(["--db", str(db), "--out", str(tmp_path / "out"), "--budget", "Linf:8/255"])
     for path in models.rglob("*.pt"):
         evaluation_path(path).unlink(missing_ok=True)
         maps_path(path).unlink(missing_ok=True)
     with pytest.raises(SystemExit, match="no evaluated checkpoints"):
-        module.main(["--models", str(models), "--out", str(tmp_path / "out")])
+        module.main(["--db", str(db), "--out", str(tmp_path / "out")])

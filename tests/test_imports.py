@@ -15,6 +15,7 @@ from torch import nn
 
 from filterdb.cli import CONTRIBUTED_COMMANDS, main
 from filterdb.store import FilterDB
+from filterdb.build import add_module
 
 HEAVY = ("torch", "torchvision", "robustbench", "timm", "dask", "distributed")
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def small_db(tmp_path_factory):
     with FilterDB.open(path, "a") as db:
         for i, training in enumerate(["robust", "normal", "robust", "normal"]):
             torch.manual_seed(i)
-            db.add_module(nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)), source="test", name=f"m{i}",
+            add_module(db, nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)), source="test", name=f"m{i}",
                           input_shape=(1, 8, 8), record={"training": training, "dataset": "digits"})
     return path
 

@@ -28,6 +28,7 @@ from filterdb.cli import main
 from filterdb.errors import FilterDBError
 from filterdb.ids import model_id
 from filterdb.store import FilterDB
+from filterdb.build import add_module
 
 N_PAIRS = 2
 
@@ -43,7 +44,7 @@ def build_db(path: Path) -> Path:
     with FilterDB.open(path, "a") as db:
         for i in range(2 * N_PAIRS):
             training = "robust" if i % 2 else "normal"
-            db.add_module(make_model(i), source="fault", name=f"m{i}", input_shape=(3, 8, 8),
+            add_module(db, make_model(i), source="fault", name=f"m{i}", input_shape=(3, 8, 8),
                           record={"training": training, "dataset": "cifar10", "architecture": "tiny"})
     return path
 
@@ -214,7 +215,7 @@ def test_repair_quarantines_a_damaged_shard_and_lists_the_model(db, pristine):
     with open_database(db) as opened:
         assert sorted(opened.models["name"]) == ["m0", "m2", "m3"]
     with FilterDB.open(db, "a") as writer:  # the rebuild 'filterdb build' would do
-        writer.add_module(make_model(1), source="fault", name="m1", input_shape=(3, 8, 8),
+        add_module(writer, make_model(1), source="fault", name="m1", input_shape=(3, 8, 8),
                           record={"training": "robust", "dataset": "cifar10", "architecture": "tiny"})
     # the same numbers; sums over models in another order may differ in the last bit
     repaired_rows, pristine_rows = json.loads(compare_json(db).stdout), json.loads(compare_json(pristine).stdout)
@@ -320,7 +321,7 @@ ADD_SCRIPT = textwrap.dedent("""
     from filterdb.store import FilterDB
     try:
         with FilterDB.open(sys.argv[1], "a") as db:
-            db.add_module(make_model(2), source="fault", name="m2", input_shape=(3, 8, 8),
+            add_module(db, make_model(2), source="fault", name="m2", input_shape=(3, 8, 8),
                           record={{"training": "normal", "dataset": "cifar10", "architecture": "tiny"}})
     except FilterDBError as exc:
         print("error:", exc, file=sys.stderr)
@@ -346,7 +347,7 @@ def test_disk_full_during_publish_one_line_no_temp_and_readers_read_the_last_mas
     db = small_disk / "db"
     with FilterDB.open(db, "a") as writer:
         for i in (0, 1):
-            writer.add_module(make_model(i), source="fault", name=f"m{i}", input_shape=(3, 8, 8),
+            add_module(writer, make_model(i), source="fault", name=f"m{i}", input_shape=(3, 8, 8),
                               record={"training": "normal", "dataset": "cifar10", "architecture": "tiny"})
     shard_size = shard(db, 0).stat().st_size
     stat = os.statvfs(small_disk)
@@ -379,7 +380,7 @@ def test_disk_full_during_publish_one_line_no_temp_and_readers_read_the_last_mas
 
 def _add(db_path, module, name="x", input_shape=(3, 8, 8)):
     with FilterDB.open(db_path, "a") as writer:
-        return writer.add_module(module, source="decide", name=name, input_shape=input_shape)
+        return add_module(writer, module, source="decide", name=name, input_shape=input_shape)
 
 
 def test_nan_in_a_batchnorm_buffer_only_is_refused(tmp_path):

@@ -58,7 +58,7 @@ def test_ranked_pairs_put_twins_first_then_counterparts():
 
 
 def test_pairs_are_detected_from_the_demo_database(demo_db):
-    from filterdb.sources.demo import DEMO_PAIRS
+    from filterdb.training.demo import DEMO_PAIRS
 
     with open_database(demo_db) as db:
         models = db.models

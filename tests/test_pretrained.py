@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from filterdb.cli import main
 from filterdb.ids import model_id
-from filterdb.records import sha256_file
+from filterdb.integrity import sha256_file
 from filterdb.store import open_database
 from test_robustbench import assert_filters_equal_checkpoint, write_checkpoint
 

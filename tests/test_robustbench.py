@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from filterdb.cli import main
 from filterdb.ids import model_id
-from filterdb.records import sha256_file
+from filterdb.integrity import sha256_file
 from filterdb.sources.robustbench import ensemble_members, weight_files, zoo_entry
 from filterdb.store import open_database
 

@@ -15,6 +15,7 @@ from filterdb.ids import model_id
 from filterdb import schema
 from filterdb.schema import LAYER_COLUMN_NAMES, MODEL_COLUMN_NAMES
 from filterdb.store import FilterDB
+from filterdb.build import add_module
 
 
 def grouped_net():
@@ -36,7 +37,7 @@ def zoo_db(tmp_path_factory):
     models = {name: make() for name, (make, _) in ARCHITECTURES.items()}
     with FilterDB.open(path, "a") as db:
         for name, model in models.items():
-            db.add_module(model, source="test", name=name, input_shape=ARCHITECTURES[name][1],
+            add_module(db, model, source="test", name=name, input_shape=ARCHITECTURES[name][1],
                           record={"training": "normal", "architecture": name})
     return path, models
 
@@ -107,7 +108,7 @@ def test_ids_do_not_depend_on_build_order(tmp_path):
     for order, sub in (("abc", "one"), ("cab", "two")):
         with FilterDB.open(tmp_path / sub, "a") as db:
             for n in order:
-                db.add_module(nets[n], source="s", name=n, input_shape=(1, 4, 4))
+                add_module(db, nets[n], source="s", name=n, input_shape=(1, 4, 4))
     with open_database(tmp_path / "one") as one, open_database(tmp_path / "two") as two:
         assert list(one.models.index) == [model_id("s", n) for n in "abc"]  # rows in the order models were added
         assert list(two.models.index) == [model_id("s", n) for n in "cab"]
@@ -118,11 +119,11 @@ def test_ids_do_not_depend_on_build_order(tmp_path):
 def test_readd_replaces_and_remove_deletes(tmp_path):
     net = nn.Sequential(nn.Conv2d(1, 2, 3))
     with FilterDB.open(tmp_path / "db", "a") as db:
-        db.add_module(net, source="s", name="x", input_shape=(1, 4, 4))
+        add_module(db, net, source="s", name="x", input_shape=(1, 4, 4))
         with torch.no_grad():
             net[0].weight.mul_(2)
-        db.add_module(net, source="s", name="x", input_shape=(1, 4, 4))
-        db.add_module(nn.Sequential(nn.Conv2d(1, 1, 3)), source="s", name="y", input_shape=(1, 4, 4))
+        add_module(db, net, source="s", name="x", input_shape=(1, 4, 4))
+        add_module(db, nn.Sequential(nn.Conv2d(1, 1, 3)), source="s", name="y", input_shape=(1, 4, 4))
         assert len(db.models) == 2 and db.filters().shape[0] == 3
         assert np.array_equal(db.read_model(model_id("s", "x")), net[0].weight.detach().numpy().reshape(-1, 3, 3))
         db.remove_model(model_id("s", "x"))
@@ -131,9 +132,9 @@ def test_readd_replaces_and_remove_deletes(tmp_path):
 
 def test_reader_keeps_its_view_while_a_writer_adds(tmp_path):
     with FilterDB.open(tmp_path / "db", "a") as writer:
-        writer.add_module(nn.Sequential(nn.Conv2d(1, 2, 3)), source="s", name="a", input_shape=(1, 4, 4))
+        add_module(writer, nn.Sequential(nn.Conv2d(1, 2, 3)), source="s", name="a", input_shape=(1, 4, 4))
         reader = open_database(tmp_path / "db")
-        writer.add_module(nn.Sequential(nn.Conv2d(1, 2, 3)), source="s", name="b", input_shape=(1, 4, 4))
+        add_module(writer, nn.Sequential(nn.Conv2d(1, 2, 3)), source="s", name="b", input_shape=(1, 4, 4))
         assert len(reader.models) == 1 and reader.filters().shape[0] == 2
         reader.close()
     with open_database(tmp_path / "db") as reader:
@@ -171,7 +172,7 @@ def test_second_writer_is_refused(tmp_path):
 def test_in_memory_tables_match_a_fresh_scan(tmp_path):
     with FilterDB.open(tmp_path / "db", "a") as db:
         for n in "ab":
-            db.add_module(grouped_net(), source="s", name=n, input_shape=(3, 8, 8), record={"eps": 0.5})
+            add_module(db, grouped_net(), source="s", name=n, input_shape=(3, 8, 8), record={"eps": 0.5})
         models, layers = db.models.copy(), db.layers.copy()
     with FilterDB.open(tmp_path / "db", "a") as db:  # tables rebuilt from the shard files
         pd.testing.assert_frame_equal(db.models, models)
@@ -212,11 +213,11 @@ def test_batch_publishes_the_master_on_exit_and_keeps_its_own_tables_current(tmp
     net = nn.Sequential(nn.Conv2d(1, 2, 3))
     master = tmp_path / "db" / "filterdb.h5"
     with FilterDB.open(tmp_path / "db", "a") as db:
-        db.add_module(net, source="s", name="a", input_shape=(1, 4, 4))
+        add_module(db, net, source="s", name="a", input_shape=(1, 4, 4))
         with db.batch(max_delay=3600):
             stamp = master.stat().st_mtime_ns
-            db.add_module(net, source="s", name="b", input_shape=(1, 4, 4))
-            db.add_module(net, source="s", name="c", input_shape=(1, 4, 4))
+            add_module(db, net, source="s", name="b", input_shape=(1, 4, 4))
+            add_module(db, net, source="s", name="c", input_shape=(1, 4, 4))
             assert master.stat().st_mtime_ns == stamp  # not rewritten per model
             assert list(db.models["name"]) == ["a", "b", "c"] and db.has_model(model_id("s", "c"))
             assert db.read_model(model_id("s", "c")).tobytes() == net[0].weight.detach().numpy().tobytes()
@@ -229,7 +230,7 @@ def test_batch_publishes_the_master_on_exit_and_keeps_its_own_tables_current(tmp
 
 def test_batch_with_zero_delay_publishes_every_model(tmp_path):
     with FilterDB.open(tmp_path / "db", "a") as db, db.batch(max_delay=0):
-        db.add_module(nn.Sequential(nn.Conv2d(1, 2, 3)), source="s", name="a", input_shape=(1, 4, 4))
+        add_module(db, nn.Sequential(nn.Conv2d(1, 2, 3)), source="s", name="a", input_shape=(1, 4, 4))
         with open_database(tmp_path / "db") as reader:
             assert list(reader.models["name"]) == ["a"]
 
@@ -239,9 +240,9 @@ def test_nan_weights_leave_no_shard_behind(tmp_path):
     with torch.no_grad():
         bad[1].weight[1, 0, 2, 2] = float("nan")
     with FilterDB.open(tmp_path / "db", "a") as db:
-        db.add_module(nn.Sequential(nn.Conv2d(1, 2, 3)), source="s", name="good", input_shape=(1, 6, 6))
+        add_module(db, nn.Sequential(nn.Conv2d(1, 2, 3)), source="s", name="good", input_shape=(1, 6, 6))
         with pytest.raises(FilterDBError, match=r"s:bad, layer 1: 1 weight\(s\) are NaN or Inf"):
-            db.add_module(bad, source="s", name="bad", input_shape=(1, 6, 6))
+            add_module(db, bad, source="s", name="bad", input_shape=(1, 6, 6))
         assert list(db.models["name"]) == ["good"]
     assert sorted(p.name for p in (tmp_path / "db" / "shards").iterdir()) == [f"{model_id('s', 'good')}.h5"]
 
@@ -274,7 +275,7 @@ def test_format_1_databases_read_and_upgrade_on_first_write(tmp_path):
     nets = {n: nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 3, 1)) for n in "ab"}
     with FilterDB.open(tmp_path / "db", "a") as db:
         for n, net in nets.items():
-            db.add_module(net, source="s", name=n, input_shape=(1, 4, 4))
+            add_module(db, net, source="s", name=n, input_shape=(1, 4, 4))
     models, layers = write_format_1_master(tmp_path / "db")
     with open_database(tmp_path / "db") as db:
         pd.testing.assert_frame_equal(db.models, models)
@@ -296,7 +297,7 @@ def test_index_follows_the_shards(tmp_path):
     (here: deleted) is noticed on open and the master rewritten without it."""
     with FilterDB.open(tmp_path / "db", "a") as db:
         for n in "abc":
-            db.add_module(nn.Sequential(nn.Conv2d(1, 2, 3)), source="s", name=n, input_shape=(1, 4, 4))
+            add_module(db, nn.Sequential(nn.Conv2d(1, 2, 3)), source="s", name=n, input_shape=(1, 4, 4))
     shards = tmp_path / "db" / "shards"
     with h5py.File(tmp_path / "db" / "filterdb.h5", "r") as f:
         index = {c: f["shards"][c][()] for c in ("model_id", "file", "size", "mtime_ns", "layer_start", "layer_stop")}

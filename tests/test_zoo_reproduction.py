@@ -15,6 +15,7 @@ from conv_reproduction import reproduction_errors
 from filterdb.compat import import_robustbench
 from filterdb.store import FilterDB, open_database
 from filterdb.training import create_model
+from filterdb.build import add_module
 
 FLOAT32 = 2e-6
 
@@ -53,7 +54,7 @@ def test_every_stored_layer_reproduces_the_module(tmp_path, name):
     torch.manual_seed(0)
     model = build().eval()
     with FilterDB.open(tmp_path / "db", "a") as db:
-        model_id = db.add_module(model, source="demo", name=name, input_shape=input_shape)
+        model_id = add_module(db, model, source="demo", name=name, input_shape=input_shape)
     with open_database(tmp_path / "db") as db:
         layers = db.layers[db.layers["model_id"] == model_id]
         assert set(layers["weight_kind"]) == kinds

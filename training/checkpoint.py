@@ -4,7 +4,7 @@ A checkpoint is one ``torch.save`` file holding a plain dict (loadable with
 ``torch.load(weights_only=True)``; no pickled classes)::
 
     format            "filterdb-training-checkpoint"
-    format_version    1
+    format_version    "1.0"
     model_string      canonical model string, e.g. "cnn4-16" (create_model builds it)
     dataset           "digits", "cifar10", ...
     num_classes, in_chans, input_shape (C, H, W)
@@ -37,9 +37,10 @@ from torch import nn
 
 from filterdb.atomic import atomic_path
 from filterdb.errors import FilterDBError
+from filterdb.versions import check_readable
 
 FORMAT = "filterdb-training-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = "1.0"
 
 
 def versions() -> dict:
@@ -127,9 +128,7 @@ def _read(path: Path) -> dict:
                                 f"architecture: train with 'filterdb train' or wrap it with filterdb.training.checkpoint.wrap_state_dict")
         raise FilterDBError(f"{path}: not a filterdb training checkpoint (no format '{FORMAT}'); "
                             f"give a .pt file written by 'filterdb train'")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise FilterDBError(f"{path}: checkpoint format version {payload['format_version']} is newer than this "
-                            f"filterdb reads ({FORMAT_VERSION}); upgrade filterdb")
+    check_readable(payload.get("format_version", FORMAT_VERSION), FORMAT_VERSION, f"{path}: checkpoint format")
     if not payload.get("model_string"):
         raise FilterDBError(f"{path}: checkpoint without a model string, so its architecture is unknown; "
                             f"retrain it with 'filterdb train' or set 'model_string' in the checkpoint")

@@ -7,9 +7,11 @@ import click
 import pandas as pd
 
 from filterdb.output import FORMATS, emit
-from filterdb.training.evaluation import (AMP_MODES, CPU_DEFAULT_ATTACKS, DEFAULT_ATTACKS, DEFAULT_BORDER_WIDTHS,
-                                          DEFAULT_ROTATIONS, DEFAULT_TRANSLATIONS, EvaluationConfig, evaluate_checkpoint,
-                                          evaluation_path)
+from filterdb.evaluations import evaluation_path
+from filterdb.training.evaluation import evaluate_checkpoint
+from filterdb.training.evaluation_config import (CPU_DEFAULT_ATTACKS, DEFAULT_ATTACKS, DEFAULT_BORDER_WIDTHS,
+                                                 DEFAULT_ROTATIONS, DEFAULT_TRANSLATIONS, EvaluationConfig)
+from filterdb.training.precision import AMP_MODES
 from filterdb.training.spatial import FILL_MODES
 
 

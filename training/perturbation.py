@@ -20,6 +20,8 @@ import math
 import numpy as np
 import torch
 
+from filterdb.evaluations import ratio
+
 
 def border_mask(height: int, width: int, frame: int) -> np.ndarray:
     """Boolean (height, width) mask of the pixels less than ``frame`` pixels from an edge."""
@@ -37,17 +39,6 @@ def border_stats(pmap: np.ndarray, frame: int) -> dict:
     border = float(pmap[mask].mean())
     interior = float(pmap[~mask].mean()) if (~mask).any() else math.nan
     return {"width": int(frame), "border_mean": border, "interior_mean": interior, "ratio": ratio(border, interior)}
-
-
-def ratio(border_mean: float | None, interior_mean: float | None) -> float:
-    """border / interior with the edge cases of the module docstring (None reads as NaN)."""
-    border = math.nan if border_mean is None else float(border_mean)
-    interior = math.nan if interior_mean is None else float(interior_mean)
-    if math.isnan(border) or math.isnan(interior):
-        return math.nan
-    if interior == 0:
-        return math.inf if border > 0 else math.nan
-    return border / interior
 
 
 def border_ratio(pmap: np.ndarray, frame: int = 1) -> float:

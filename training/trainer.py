@@ -40,10 +40,10 @@ from filterdb.training.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint
 from filterdb.training.curriculum import Budgets, CuspCurriculum, random_spatial
 from filterdb.training.data import augment_batch, dataset_info, load_dataset, to_float, train_val_split
 from filterdb.training.methods import check_method, effective_attack, method_loss, DEFAULT_BETA
+from filterdb.training.precision import AMP_MODES, autocast_dtype
 
 SELECTIONS = ("last", "best-clean", "best-robust")
 SCHEDULES = ("multistep", "cosine", "constant")
-AMP_MODES = ("none", "bf16", "fp16")
 
 # The attack that measures robust accuracy when none is given, per dataset.
 DEFAULT_EVAL_ATTACK = {
@@ -284,7 +284,7 @@ class Trainer:
     def _autocast(self):
         if self.config.amp == "none":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.config.amp == "bf16" else torch.float16
+        dtype = autocast_dtype(self.config.amp)
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

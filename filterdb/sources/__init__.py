@@ -2,18 +2,16 @@
 
 Each source module exposes ``LEADERBOARDS``: a dict of name -> ``Leaderboard``. A
 leaderboard lists ``ModelSpec``s (cheap, no weights loaded); the build loads each.
+``filterdb.catalog`` gathers the leaderboards of every layer (the demo's is training's).
 """
 from __future__ import annotations
 
 import fnmatch
-import importlib
 from dataclasses import dataclass
 from typing import Callable
 
 from filterdb.errors import FilterDBError
 from filterdb.sources.base import LoadedModel, ModelSpec
-
-SOURCE_MODULES = ("filterdb.sources.demo", "filterdb.sources.robustbench")
 
 
 @dataclass(frozen=True)
@@ -21,22 +19,6 @@ class Leaderboard:
     name: str
     description: str
     specs: Callable[..., list[ModelSpec]]  # keyword options from the CLI (offline, model_dir, ...)
-
-
-def leaderboards() -> dict[str, Leaderboard]:
-    found: dict[str, Leaderboard] = {}
-    for module_name in SOURCE_MODULES:
-        found.update(importlib.import_module(module_name).LEADERBOARDS)
-    return found
-
-
-def leaderboard_specs(name: str, patterns: tuple[str, ...] = (), **options) -> list[ModelSpec]:
-    """The specs of a leaderboard, optionally only the models whose name matches a pattern (glob)."""
-    boards = leaderboards()
-    if name not in boards:
-        raise FilterDBError(f"unknown leaderboard {name!r}; valid: {', '.join(sorted(boards))}")
-    specs = boards[name].specs(**options)
-    return select_specs(specs, patterns, where=f"leaderboard {name}")
 
 
 def select_specs(specs: list[ModelSpec], patterns: tuple[str, ...], where: str) -> list[ModelSpec]:
@@ -53,4 +35,4 @@ def select_specs(specs: list[ModelSpec], patterns: tuple[str, ...], where: str) 
     return chosen
 
 
-__all__ = ["Leaderboard", "LoadedModel", "ModelSpec", "leaderboard_specs", "leaderboards", "select_specs"]
+__all__ = ["Leaderboard", "LoadedModel", "ModelSpec", "select_specs"]

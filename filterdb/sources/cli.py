@@ -18,7 +18,7 @@ format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), defa
 def leaderboards(name, fmt):
     """List the leaderboards that 'filterdb build --leaderboard' accepts, with model counts; or the models of NAME."""
     from filterdb.errors import FilterDBError
-    from filterdb.sources import leaderboards as all_boards
+    from filterdb.catalog import leaderboards as all_boards
 
     boards = all_boards()
     if name is None:

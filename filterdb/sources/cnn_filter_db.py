@@ -35,8 +35,9 @@ from filterdb.build import BuildReport, ModelOutcome
 from filterdb.errors import FilterDBError
 from filterdb.ids import model_id as make_model_id
 from filterdb.ids import model_key
+from filterdb.output import json_safe
 from filterdb.progress import progress_bar
-from filterdb.records import tool_version
+from filterdb.shards import tool_version
 from filterdb.sources.direct_io import DirectFile, aligned_buffer, window
 from filterdb.sources.pandas_hdf import is_missing, read_fixed_frame
 from filterdb.store import FilterDB, shard_writer
@@ -143,14 +144,6 @@ def _input_shape(value) -> str:
     return "x".join(map(str, numbers[-3:])) if len(numbers) >= 3 else ""
 
 
-def _json_value(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, np.generic):
-        return _json_value(value.item())
-    return value
-
-
 def model_record(name: str, fields: dict, n_layers: int, n_filters: int) -> dict:
     """The model-table row of a published model from its model-level metadata ``fields``."""
     def get(*names):
@@ -172,7 +165,7 @@ def model_record(name: str, fields: dict, n_layers: int, n_filters: int) -> dict
         "paper": str(get("Paper") or ""),
         "input_shape": _input_shape(fields.get("Input Shape")),
         "n_members": 1, "n_layers": n_layers, "n_filters": n_filters,
-        "published_json": json.dumps({k: _json_value(v) for k, v in fields.items()}, allow_nan=False),
+        "published_json": json.dumps({k: json_safe(v) for k, v in fields.items()}, allow_nan=False),
         "tool_version": tool_version(),
         "extracted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -272,7 +265,7 @@ def _plan_model(model: PublishedModel, positions: list[int], index_rows: list[tu
     claimed.extend((lo, hi, labels[p], model) for lo, hi, p, *_ in layers)
 
     first = positions[0]
-    fields = {names[0]: _json_value(index_rows[first][0])}  # the published model_id
+    fields = {names[0]: json_safe(index_rows[first][0])}  # the published model_id
     for c in model_fields:
         values = [columns[c][p] for p in positions]
         same = all(v == values[0] or (is_missing(v) and is_missing(values[0])) for v in values)

@@ -29,7 +29,7 @@ from filterdb import paths
 from filterdb.atomic import atomic_path
 from filterdb.compat import import_robustbench
 from filterdb.errors import FilterDBError
-from filterdb.records import sha256_file
+from filterdb.integrity import sha256_file
 from filterdb.sources import Leaderboard
 from filterdb.sources.base import LoadedModel, ModelSpec
 

@@ -131,7 +131,7 @@ def is_cached(pair: DemoPair, cache: Path) -> bool:
 
 
 def load_demo_model(pair: DemoPair, role: str, cache: Path, spec: ModelSpec) -> LoadedModel:
-    from filterdb.sources.checkpoint import checkpoint_record
+    from filterdb.training.checkpoint_source import checkpoint_record
     from filterdb.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(pair_checkpoints(pair, cache)[role])

@@ -10,7 +10,8 @@ from functools import partial
 from pathlib import Path
 
 from filterdb.errors import FilterDBError
-from filterdb.records import sha256_file
+from filterdb.evaluations import evaluation_record
+from filterdb.integrity import sha256_file
 from filterdb.sources.base import LoadedModel, ModelSpec
 
 SOURCE = "checkpoint"
@@ -85,7 +86,6 @@ def pair_name(pairing: dict) -> str:
 
 def load_checkpoint_model(path: Path, spec: ModelSpec) -> LoadedModel:
     from filterdb.training.checkpoint import load_checkpoint
-    from filterdb.training.evaluation import evaluation_record
 
     ckpt = load_checkpoint(path)
     # Results of 'filterdb evaluate' beside the checkpoint: see evaluation_record for what they replace.
