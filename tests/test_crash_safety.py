@@ -20,6 +20,7 @@ N_MODELS = 6
 BUILD_SCRIPT = textwrap.dedent("""
     import sys, torch
     from torch import nn
+    from filterdb.build import add_module
     from filterdb.store import FilterDB
     from filterdb.ids import model_id
     sys.path.insert(0, {tests!r})
@@ -88,6 +89,7 @@ def test_sigkill_at_several_points_then_resume(tmp_path):
 PUBLISH_SCRIPT = textwrap.dedent("""
     import sys, torch
     from torch import nn
+    from filterdb.build import add_module
     from filterdb.store import FilterDB
     with FilterDB.open(sys.argv[1], "a") as db:
         i = 0

@@ -318,6 +318,7 @@ ADD_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_integrity import make_model
     from filterdb.errors import FilterDBError
+    from filterdb.build import add_module
     from filterdb.store import FilterDB
     try:
         with FilterDB.open(sys.argv[1], "a") as db:
