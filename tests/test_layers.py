@@ -105,11 +105,6 @@ LAYERS = {
     "filterdb.cli": "top",
     "filterdb.cli.*": "top",
     "filterdb.verify": "top",
-    "filterdb.sources.cli": "top",
-    "filterdb.sources.import_cli": "top",
-    "filterdb.analysis.cli": "top",
-    "filterdb.training.cli": "top",
-    "filterdb.training.evaluate_cli": "top",
     "figures.*": "top",
 }
 
