@@ -154,7 +154,7 @@ def reference_basis(db, kernel: str = "3x3", reference: str = DATABASE, eps: flo
                                 f"kernels present: {', '.join(db.kernels)}")
         ids = sorted(set(layers["model_id"]))
         token = _token(db, ids, kernel, eps)
-        path = basis_path(db.path, reference, kernel)
+        path = basis_path(db.cache_dir, reference, kernel)
         cached = _load(path, token)
         if cached is not None:
             return cached
@@ -194,7 +194,7 @@ def _load(path: Path, token: str) -> DivergenceBasis | None:
 def _store(path: Path, token: str, basis: DivergenceBasis) -> bool:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w") as fh:
             json.dump({"format": "filterdb-divergence-basis", "token": token, "basis": basis.to_json()}, fh)
         os.replace(tmp, path)

@@ -71,11 +71,11 @@ def cache_token(db, model_id: str) -> str:
 def model_metrics(db, model_id: str, eps: float = SPARSITY_EPS) -> tuple[pd.DataFrame, list[Moments]]:
     """Metrics and moments of one model's layers, from the cache when it is current."""
     token = cache_token(db, model_id)
-    cached = cache.load(db.path, model_id, token, eps)
+    cached = cache.load(db.cache_dir, model_id, token, eps)
     if cached is not None:
         return cached
     frame, moments = compute_model_metrics(db, model_id, eps)
-    cache.store(db.path, model_id, token, eps, frame, moments)
+    cache.store(db.cache_dir, model_id, token, eps, frame, moments)
     return frame, moments
 
 
@@ -114,7 +114,7 @@ def layer_metrics_frame(db, model_ids: list[str], eps: float = SPARSITY_EPS, exe
     called once per model done (progress).
     """
     if executor is not None:
-        stale = [m for m in model_ids if cache.load(db.path, m, cache_token(db, m), eps) is None]
+        stale = [m for m in model_ids if cache.load(db.cache_dir, m, cache_token(db, m), eps) is None]
         futures = [executor.submit(model_metrics_job, str(db.path), m, eps) for m in stale]
         for future in futures:
             future.result()
