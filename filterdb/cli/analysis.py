@@ -14,6 +14,8 @@ from filterdb.cli.options import (
     jobs_option,
     resolve_db,
     scheduler_option,
+    select_option,
+    selected_models,
 )
 from filterdb.errors import FilterDBError
 from filterdb.output import emit
@@ -64,15 +66,23 @@ column says why.
 @db_option
 @click.option("--models", "-m", multiple=True, metavar="ID|NAME",
               help="Models to report, by model id or name (repeat or separate with commas) [default: all].")
+@select_option
 @format_option
 @jobs_option
 @click.option("--kernel", default="3x3", show_default=True, metavar="KxK|all",
               help="Only layers of this kernel size; 'all' for every size.")
 @scheduler_option
-def metrics(db_path, models, fmt, jobs, kernel, scheduler):
-    from filterdb.analysis.database import database_metrics
-    with _executor(jobs, scheduler) as executor:
-        frame = database_metrics(resolve_db(db_path), _split(models), executor=executor,
+def metrics(db_path, models, select, fmt, jobs, kernel, scheduler):
+    from filterdb.analysis.database import database_metrics, resolve_models
+    from filterdb.store import open_database
+    with open_database(resolve_db(db_path)) as db, _executor(jobs, scheduler) as executor:
+        wanted = resolve_models(db.models, _split(models)) if models else list(db.models.index)
+        if select:
+            chosen = set(selected_models(db.models, select).index)
+            wanted = [m for m in wanted if m in chosen]
+            if not wanted:
+                raise FilterDBError(f"none of the models given with --models is in --select {select!r}")
+        frame = database_metrics(db, wanted, executor=executor,
                                  progress=fmt == "table", kernel=None if kernel == "all" else kernel)
     if fmt == "table":
         frame = frame[list(_TABLE_COLUMNS)].rename(columns={"name": "layer"})

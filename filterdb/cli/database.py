@@ -161,10 +161,12 @@ def export(out, db_path, select, layer, kernel, force):
                f"read it with --db {path}", err=True)
 
 
-def database_summary(db) -> dict:
-    layers = db.layers
+def database_summary(db, model_ids=None) -> dict:
+    """Counts of the database, or of the models ``model_ids`` (size on disk: always the whole database)."""
+    layers = db.layers if model_ids is None else db.layers[db.layers["model_id"].isin(model_ids)]
     per_kernel = layers.groupby("kernel")["n_filters"].sum().to_dict() if len(layers) else {}
-    return {"path": str(db.path), "models": int(len(db.models)), "layers": int(len(layers)),
+    n_models = len(db.models) if model_ids is None else len(model_ids)
+    return {"path": str(db.path), "models": int(n_models), "layers": int(len(layers)),
             "filters": int(layers["n_filters"].sum()) if len(layers) else 0,
             "filters_per_kernel": {k: int(v) for k, v in sorted(per_kernel.items())},
             "size_on_disk_bytes": int(db.size_on_disk())}
@@ -176,17 +178,19 @@ INFO_COLUMNS = ["model_id", "source", "name", "dataset", "training", "architectu
 
 @click.command()
 @db_option
+@select_option
 @format_option
 @click.option("--json", "as_json", is_flag=True, help="Shorthand for --format json (summary and models).")
-def info(db_path, fmt, as_json):
+def info(db_path, select, fmt, as_json):
     """Models, layers, filters per kernel size and size on disk of a database."""
     import pandas as pd
 
     from filterdb.store import open_database
 
     with open_database(resolve_db(db_path)) as db:
-        summary = database_summary(db)
-        models = db.models[INFO_COLUMNS].reset_index(drop=True)
+        chosen = selected_models(db.models, select)
+        summary = database_summary(db, None if select is None else list(chosen.index))
+        models = chosen[INFO_COLUMNS].reset_index(drop=True)
     if as_json and fmt not in ("table", "json"):
         raise FilterDBError(f"--json and --format {fmt} ask for two formats; give one of them")
     if as_json or fmt == "json":

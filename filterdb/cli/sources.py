@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 import pandas as pd
 
-from filterdb.cli.options import db_option, format_option, resolve_db
+from filterdb.cli.options import db_option, format_option, resolve_db, select_option, selected_models
 from filterdb.output import emit
 
 
@@ -77,8 +77,9 @@ def pair_table(models: pd.DataFrame) -> pd.DataFrame:
 
 @click.command()
 @db_option
+@select_option
 @format_option
-def pairs(db_path, fmt):
+def pairs(db_path, select, fmt):
     """For each robust model, the normal models of the same architecture, the counterparts still
     missing, and its twin: the normal model trained with it as a matched pair (same seed,
     initial weights and data order; the paired statistics compare twins).
@@ -90,6 +91,8 @@ def pairs(db_path, fmt):
 
     with open_database(resolve_db(db_path)) as db:
         table = pair_table(db.models)
+        if select:  # the robust models of the selection; their counterparts come from the whole database
+            table = table[table["robust_model"].isin(set(selected_models(db.models, select)["key"]))]
     twins = int((table["twin"] != "").sum())
     emit(table, fmt, title=f"{len(table)} robust models and their normal counterparts ({twins} with a twin)")
     unpaired = int((table["normal_models"] == "").sum())
