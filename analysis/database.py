@@ -20,6 +20,7 @@ LAYER_KEY_COLUMNS = ("model_id", "layer_index")
 LAYER_INFO_COLUMNS = ("model_id", "layer_index", "member", "name", "kernel", "conv_depth", "conv_depth_norm",
                       "in_channels", "out_channels", "groups")
 EXTRA_COLUMNS = ("n_filters", "n_nonsparse", "absmax", "notes")
+MODEL_INFO_COLUMNS = ("training", "dataset", "architecture", "pair")  # carried by every metrics frame: no merge needed
 
 
 def worker_pool(jobs: int) -> ProcessPoolExecutor:
@@ -131,16 +132,22 @@ def layer_metrics_frame(db, model_ids: list[str], eps: float = SPARSITY_EPS, exe
 
 
 def database_metrics(db, models: Iterable[str] | None = None, eps: float = SPARSITY_EPS,
-                     executor: Executor | None = None, progress: bool = False, kernel: str | None = None
-                     ) -> pd.DataFrame:
-    """One row per layer: layer-table identification columns, then every metric (NaN with a
-    reason in ``notes`` where undefined). ``db`` is a FilterDB or a database path; ``kernel``
+                     executor: Executor | None = None, progress: bool = False, kernel: str | None = None,
+                     select: str | None = None) -> pd.DataFrame:
+    """One row per layer: the model's name, layer-table identification columns, every metric (NaN
+    with a reason in ``notes`` where undefined), then the model columns training, dataset,
+    architecture and pair. ``db`` is a FilterDB, a database path or an exported file; ``models``
+    ids or names; ``select`` a group expression (``"robust,arch=cnn"``, ``"*resnet*"``); ``kernel``
     keeps the layers of one kernel size (``filterdb metrics`` defaults to 3x3)."""
     db, owned = _open(db)
     try:
         if kernel is not None and kernel not in set(db.layers["kernel"]):
             raise FilterDBError(f"no {kernel} layers in {db.path}; kernels present: {', '.join(db.kernels)}")
         ids = resolve_models(db.models, models)
+        if select:
+            from filterdb.analysis.groups import select_models
+            chosen = set(select_models(db.models, select).index)
+            ids = [m for m in ids if m in chosen]
         if progress:
             from filterdb.progress import progress_bar
             with progress_bar("models", transient=True) as bar:
@@ -152,8 +159,8 @@ def database_metrics(db, models: Iterable[str] | None = None, eps: float = SPARS
         if kernel is not None:
             info = info[info["kernel"] == kernel]
         merged = info.merge(frame, on=list(LAYER_KEY_COLUMNS), how="inner")
-        model_names = db.models["name"].rename("model")
-        return merged.merge(model_names, left_on="model_id", right_index=True).pipe(
+        model_info = db.models[["name", *MODEL_INFO_COLUMNS]].rename(columns={"name": "model"})
+        return merged.merge(model_info, left_on="model_id", right_index=True).pipe(
             lambda f: f[["model", *[c for c in f.columns if c != "model"]]]).reset_index(drop=True)
     finally:
         if owned:
