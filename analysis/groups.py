@@ -171,7 +171,8 @@ def decile_labels(conv_depth: pd.Series, conv_depth_norm: pd.Series) -> pd.Categ
 # ---------------------------------------------------------------------------- one model
 
 def find_model(models: pd.DataFrame, query: str) -> str:
-    """The model_id of the one model whose id, key or name is ``query`` (exactly, else ignoring case).
+    """The model_id of the one model whose id, key or name is ``query`` (exactly, else ignoring case),
+    or that the group expression ``query`` selects (``"robust,*wrn*"``: it must select exactly one).
 
     No match, or several: a FilterDBError listing the nearest names (difflib, then substrings).
     """
@@ -184,6 +185,12 @@ def find_model(models: pd.DataFrame, query: str) -> str:
             if len(hits) > 1:
                 shown = ", ".join(f"{h} ({models.loc[h, 'key']})" for h in hits[:10])
                 raise FilterDBError(f"{query!r} names {len(hits)} models: {shown}; give a model id or key")
+    if "=" in query or "," in query or _is_glob(query) or query.lower() in KEYWORDS:
+        chosen = select_models(models, query)
+        if len(chosen) == 1:
+            return str(chosen.index[0])
+        shown = ", ".join(map(str, chosen["name"][:10])) + (" ..." if len(chosen) > 10 else "")
+        raise FilterDBError(f"{query!r} selects {len(chosen)} models ({shown}); narrow it to one")
     import difflib
 
     names = list(models["name"].astype(str))

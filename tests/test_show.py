@@ -113,3 +113,12 @@ def test_find_model_by_id_key_name_and_case():
         find_model(models, "beta")
     with pytest.raises(FilterDBError, match="near matches: Alpha"):
         find_model(models, "Alpah")
+
+
+def test_model_by_a_selection_that_picks_one(db):
+    path, _ = db
+    by_glob = run("show", "*robust*", "--db", path, "--format", "csv")
+    assert by_glob.exit_code == 0 and by_glob.stdout == run("show", "cnn-robust-s0", "--db", path,
+                                                            "--format", "csv").stdout
+    assert run("show", "normal", "--db", path, "--format", "csv").stdout.count("\n") == 3
+    one_error_line(run("show", "cnn-*", "--db", path), "selects 2 models", "narrow it to one")

@@ -212,7 +212,8 @@ def find_layer(layers, query: str):
 def show(model, layer, db_path, plot, npy, fmt):
     """A model's layers with their metrics; a layer's filters as a picture or a .npy.
 
-    MODEL is a model id, key or name (one model; near matches are suggested). LAYER is a
+    MODEL is a model id, key or name, or a selection that picks one model ('robust,*wrn*',
+    the grammar of compare's groups); near matches are suggested. LAYER is a
     module name or a layer index ('filterdb show MODEL' lists them): its metrics, and with
     --plot / --npy its filters. The metrics come from the metrics cache (computed once).
     """
