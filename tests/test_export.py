@@ -166,3 +166,19 @@ def test_damaged_or_foreign_files_are_one_line_errors(source, tmp_path):
     with pytest.raises(FilterDBError, match="read only"):
         FilterDB.open(out, "a")
     assert os.path.getsize(out) > 0
+
+
+def test_verify_checks_an_export(source, tmp_path):
+    path, _ = source
+    out = tmp_path / "filters.h5"
+    with open_database(path) as db:
+        db.export(out)
+    good = run("verify", "--db", out)
+    assert good.exit_code == 0 and "export whole, 6 model(s), 24 layer(s)" in good.output
+    with h5py.File(out, "r") as f:
+        offset = f["filters/1x1"].id.get_offset()
+    with open(out, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\x7f\x7f\x7f\x7f")
+    one_error_line(run("verify", "--db", out), out, "checksum")
+    one_error_line(run("verify", "--db", out, "--repair"), "export it again")
