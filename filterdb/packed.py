@@ -56,7 +56,11 @@ def write_packed(db, out: str | os.PathLike, models: list[str] | None = None, la
         raise FilterDBError(f"{out} is a directory; give the path of the .h5 file to write")
     if out.exists() and not force:
         raise FilterDBError(f"{out} exists; pass --force to overwrite it, or choose another path")
-    model_rows = db.models if models is None else db.models.loc[list(models)]
+    if models is not None:
+        unknown = [m for m in models if m not in db.models.index]
+        if unknown:
+            raise FilterDBError(f"no model {unknown[0]!r} in {db.path} to export; 'filterdb info' lists the models")
+    model_rows = db.models if models is None else db.models.loc[list(dict.fromkeys(models))]
     rows = db.layers if layers is None else layers
     rows = rows[rows["model_id"].isin(model_rows.index)]
     counts = rows.groupby("model_id")["n_filters"].agg(["size", "sum"]).reindex(model_rows.index, fill_value=0)

@@ -143,6 +143,9 @@ def test_subset_holds_exactly_the_selected_models_bit_for_bit(source, tmp_path):
     one_error_line(run("export", tmp_path / "x.h5", "--db", path, "--select", "dataset=cifar10"), "cifar10")
     one_error_line(run("export", tmp_path / "x.h5", "--db", path, "--kernel", "5x5"), "5x5")
     assert not (tmp_path / "x.h5").exists()
+    with open_database(path) as db, pytest.raises(FilterDBError, match="no model 'nope'"):
+        db.export(tmp_path / "y.h5", ["nope"])
+    assert not (tmp_path / "y.h5").exists()
 
 
 def test_damaged_or_foreign_files_are_one_line_errors(source, tmp_path):
