@@ -81,7 +81,8 @@ def write_packed(db, out: str | os.PathLike, models: list[str] | None = None, la
             write_table(f, "layers", rows, schema.LAYER_COLUMNS)
             layer_digests = _copy_filters(db, f, source, rows)
             ids = list(model_rows.index)
-            model_digests = np.array([_model_digest(db.shard_digest(mid), layer_digests[rows["model_id"] == mid])
+            of_model = rows.groupby("model_id", sort=False).indices  # model_id -> positions of its layers
+            model_digests = np.array([_model_digest(db.shard_digest(mid), layer_digests[of_model.get(mid, [])])
                                       for mid in ids], np.uint64)
             group = f.create_group(DIGESTS)
             group.create_dataset("model_id", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
