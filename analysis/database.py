@@ -165,3 +165,38 @@ def database_metrics(db, models: Iterable[str] | None = None, eps: float = SPARS
     finally:
         if owned:
             db.close()
+
+
+def plot_metrics(frame: pd.DataFrame, metrics: Iterable[str] | None = None, by: str = "training", path=None):
+    """A figure of a metrics frame (:func:`database_metrics`): one panel per metric, its mean over
+    the models of each value of ``by`` (a model column the frame carries) per conv_depth_norm
+    decile, the first layer on its own at 0. Saved to ``path`` when given; returns the Figure
+    (not registered with pyplot: no backend is touched)."""
+    from matplotlib.figure import Figure
+
+    from filterdb.analysis.groups import DECILE_LABELS, decile_labels
+
+    metrics = list(metrics or [m for m in METRIC_NAMES if frame[m].notna().any()])
+    if by not in frame.columns:
+        raise FilterDBError(f"the metrics frame has no column {by!r}; choose one of {', '.join(MODEL_INFO_COLUMNS)}")
+    cells = frame.assign(depth=decile_labels(frame["conv_depth"], frame["conv_depth_norm"]))
+    fig = Figure(figsize=(3.2 * len(metrics), 3.2))
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        for value, part in cells.groupby(by, sort=True):
+            per_model = part.groupby(["depth", "model_id"], observed=True)[metric].mean()
+            means = per_model.groupby(level="depth", observed=True).mean().reindex(list(DECILE_LABELS))
+            ax.plot(range(len(DECILE_LABELS)), means.to_numpy(), "o-", label=str(value) or "(none)")
+        ax.set_xticks(range(len(DECILE_LABELS)), DECILE_LABELS, rotation=60, ha="right", fontsize=6)
+        ax.set_title(metric)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"mean over models by {by}, per conv_depth_norm decile", fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        from pathlib import Path
+
+        from filterdb.atomic import atomic_path
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=120)
+    return fig

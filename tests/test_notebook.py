@@ -52,3 +52,20 @@ def test_comparison_reads_in_a_notebook(db, tmp_path):
     out = tmp_path / "cmp.svg"
     assert result.plot(out) is not None and out.read_text().lstrip().startswith("<?xml")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp.svg"]
+
+
+def test_plot_metrics_by_a_model_column(db, tmp_path):
+    from filterdb.analysis import plot_metrics
+    from filterdb.errors import FilterDBError
+
+    frame = database_metrics(db)
+    fig = plot_metrics(frame, ["sparsity", "l2_norm"])
+    assert [ax.get_title() for ax in fig.axes] == ["sparsity", "l2_norm"]
+    lines = {line.get_label(): line.get_ydata() for line in fig.axes[0].get_lines()}
+    assert set(lines) == {"normal", "robust"}
+    assert lines["robust"][0] == 0.5 and lines["normal"][0] == 0.0  # first layer: half the robust filters dead
+    out = tmp_path / "metrics.png"
+    plot_metrics(frame, by="pair", path=out)
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(FilterDBError, match="no column 'colour'"):
+        plot_metrics(frame, by="colour")
