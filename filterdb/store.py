@@ -112,7 +112,7 @@ class FilterDB:
             if mode == "r":
                 from filterdb.packed import PackedDB
                 return PackedDB(path)  # type: ignore[return-value]
-            raise FilterDBError(f"{path} is a file (an export is read only), not a filterdb database directory; "
+            raise FilterDBError(f"{path} is a file, not a filterdb database directory (an export is read only); "
                                 "choose another --db path")
         if mode == "r" and not (path / MASTER_NAME).exists() and not (path / SHARD_DIR).is_dir():
             from filterdb.paths import demo_db_path
