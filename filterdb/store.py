@@ -13,7 +13,9 @@ most the model in flight and readers always see a complete file. The master pres
 filters of all shards as one dataset per kernel size through HDF5 virtual datasets, so
 ``h5py.File("<db>/filterdb.h5")["filters/3x3"]`` is every 3x3 filter of every model,
 (N, 3, 3) float32, a layer's rows at ``[start:stop]``. This module imports neither torch
-nor the extraction code: reading a database needs h5py, numpy and pandas only.
+nor the extraction code: reading a database needs h5py, numpy and pandas only. A file that
+``filterdb export`` wrote is one read-only file instead (:mod:`filterdb.packed`); ``open_database``
+opens either.
 
 Integrity (:mod:`filterdb.integrity`): every shard records the digests of its tables and of
 each layer's filters, the master's index records each shard's digest and the master the
@@ -38,12 +40,12 @@ import numpy as np
 import pandas as pd
 
 from filterdb import integrity, schema
-from filterdb.atomic import atomic_path, io_failure, remove_stale_temps
+from filterdb.atomic import remove_stale_temps
 from filterdb.errors import FilterDBError
 from filterdb.integrity import DamagedDatabaseError, MasterDamaged
-from filterdb.h5table import read_table, write_table
+from filterdb.h5table import read_table
 from filterdb.lock import WriterLock
-from filterdb.master import (DATABASE_ENCODING, INDEX_COLUMNS, MASTER_NAME, MASTER_VERSION, SPAN_COLUMNS, MasterState,
+from filterdb.master import (INDEX_COLUMNS, MASTER_NAME, MASTER_VERSION, SPAN_COLUMNS, MasterState,
                              append_master, check_tables, empty_frame, global_rows, is_current, read_spans, read_state,
                              spans, write_master)
 from filterdb.shards import (FILTERS_ENCODING, SHARD_DIR, SHARD_ENCODING, TMP_SUFFIX, filter_offsets,  # noqa: F401
