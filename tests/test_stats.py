@@ -118,3 +118,45 @@ def test_divergence_permutation_null_is_uniform_for_one_population_and_minimal_f
     result = divergence_permutation(basis, a, b, observed, 199, 0)
     # C(12, 6) = 924 labelings > 199: sampled; none is as extreme as the observed split
     assert (result.p_value, result.n_permutations) == (1 / 200, 199) and result.null_median < observed / 5
+
+
+def test_normal_approximations_equal_scipys():
+    """Where scipy uses the normal approximation (MWU: both groups over 8; Wilcoxon: over 50 pairs)
+    the p-values are computed here without importing scipy.stats: equal to scipy's, ties included."""
+    from scipy.stats import mannwhitneyu, wilcoxon
+
+    rng = np.random.default_rng(7)
+    for n_a, n_b, ties in ((9, 9, False), (9, 40, True), (120, 80, False), (300, 301, True)):
+        a, b = rng.normal(0.2, 1, n_a), rng.normal(0, 1, n_b)
+        if ties:
+            a, b = np.round(a, 1), np.round(b, 1)
+        expected = mannwhitneyu(a, b, alternative="two-sided").pvalue
+        assert mann_whitney_p(a, b) == pytest.approx(expected, rel=1e-12, abs=1e-300)
+    for n, ties in ((51, False), (80, True), (500, True)):
+        d = rng.normal(0.1, 1, n)
+        if ties:
+            d = np.round(d, 1)  # ties and zeros
+        assert wilcoxon_p(d) == pytest.approx(wilcoxon(d).pvalue, rel=1e-12, abs=1e-300)
+
+
+def test_resamples_and_labelings_are_shared_not_redrawn():
+    """Every metric of a comparison resamples the same models: the same seeded draws, drawn once."""
+    from filterdb.analysis.stats import labelings, resample_counts
+
+    first, again = resample_counts((30, 20), 1000, 3), resample_counts((30, 20), 1000, 3)
+    assert first[0] is again[0] and first[0].sum(axis=1).tolist() == [30] * 1000 and not first[0].flags.writeable
+    rng = np.random.default_rng(3)  # the draws of the generator, counted
+    drawn = rng.integers(0, 30, size=(1000, 30))
+    assert np.array_equal(first[0][5], np.bincount(drawn[5], minlength=30))
+    masks, exact = labelings(30, 20, 999, 1)
+    assert masks is labelings(30, 20, 999, 1)[0] and not exact and (masks.sum(axis=1) == 30).all()
+
+
+def test_bootstrap_counts_give_the_means_of_the_drawn_resamples():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 0.1, 40), rng.normal(0.0, 0.1, 25)
+    draw = np.random.default_rng(5)  # the definition: resample each group with replacement, in turn
+    means_a = a[draw.integers(0, 40, size=(10_000, 40))].mean(axis=1)
+    means_b = b[draw.integers(0, 25, size=(10_000, 25))].mean(axis=1)
+    expected = np.quantile(means_a - means_b, [0.025, 0.975])
+    np.testing.assert_allclose(bootstrap_ci(a, b, seed=5), expected, rtol=1e-12)
