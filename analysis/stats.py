@@ -97,11 +97,17 @@ def bootstrap_ci(a, b, confidence: float = CONFIDENCE, resamples: int = BOOTSTRA
     a, b = _clean(a), _clean(b)
     if len(a) == 0 or len(b) == 0:
         return math.nan, math.nan
-    counts_a, counts_b = resample_counts((len(a), len(b)), resamples, seed)
-    means_a, means_b = row_means(counts_a, a), row_means(counts_b, b)
-    tail = (1 - confidence) / 2
-    lo, hi = np.quantile(means_a - means_b, [tail, 1 - tail])
+    lo, hi = bootstrap_intervals(a[:, None], b[:, None], confidence, resamples, seed)[0]
     return float(lo), float(hi)
+
+
+def bootstrap_intervals(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE,
+                        resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """:func:`bootstrap_ci` of each column of ``a`` (n_a, m) and ``b`` (n_b, m), no NaN: (m, 2) bounds.
+    The columns share the resamples (the same models drawn), as separate calls would."""
+    counts_a, counts_b = resample_counts((len(a), len(b)), resamples, seed)
+    tail = (1 - confidence) / 2
+    return np.quantile(row_means(counts_a, a) - row_means(counts_b, b), [tail, 1 - tail], axis=0).T
 
 
 @functools.lru_cache(maxsize=4)
@@ -123,8 +129,8 @@ def resample_counts(sizes: tuple[int, ...], resamples: int, seed: int) -> tuple[
 
 
 def row_means(counts: np.ndarray, x: np.ndarray, block: int = 2048) -> np.ndarray:
-    """``counts @ x / len(x)``: the mean of each resample (a row of counts) of the values ``x``."""
-    out = np.empty(len(counts))
+    """``counts @ x / len(x)``: the mean of each resample (a row of counts) of the values ``x`` (n or (n, m))."""
+    out = np.empty((len(counts), *x.shape[1:]))
     for lo in range(0, len(counts), block):
         out[lo:lo + block] = counts[lo:lo + block].astype(np.float64) @ x
     return out / len(x)
@@ -154,6 +160,30 @@ def two_sample(a, b, seed: int = 0) -> TwoSample:
                          cliffs_delta(a, b), FEWER_THAN_TWO)
     lo, hi = bootstrap_ci(a, b, seed=seed)
     return TwoSample(len(a), len(b), mean_a, mean_b, mean_a - mean_b, lo, hi, mann_whitney_p(a, b), cliffs_delta(a, b))
+
+
+def two_sample_columns(a: np.ndarray, b: np.ndarray, seed: int = 0) -> list[TwoSample]:
+    """:func:`two_sample` of each column of ``a`` (n_a, m) and ``b`` (n_b, m): the same results, with
+    the bootstrap of the columns without NaN in one pass (every metric of a comparison at once)."""
+    whole = _whole_columns(a, b)
+    bounds = iter(bootstrap_intervals(a[:, whole], b[:, whole], seed=seed) if whole.any() else [])
+    out = []
+    for j in range(a.shape[1]):
+        x, y = a[:, j], b[:, j]
+        if not whole[j]:
+            out.append(two_sample(x, y, seed))
+            continue
+        lo, hi = next(bounds)
+        out.append(TwoSample(len(x), len(y), float(x.mean()), float(y.mean()), float(x.mean()) - float(y.mean()),
+                             float(lo), float(hi), mann_whitney_p(x, y), cliffs_delta(x, y)))
+    return out
+
+
+def _whole_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Columns without NaN in either group, where both groups have at least 2 values (the batched path)."""
+    if len(a) < 2 or len(b) < 2:
+        return np.zeros(a.shape[1], bool)
+    return ~(np.isnan(a).any(axis=0) | np.isnan(b).any(axis=0))
 
 
 # ---------------------------------------------------------------------------- paired
@@ -271,17 +301,32 @@ def permutation_test(a, b, n_permutations: int = PERMUTATIONS, seed: int = 0) ->
     a, b = _clean(a), _clean(b)
     if len(a) < 2 or len(b) < 2:
         return Permutation.none()
+    return _permutation_tests(a[:, None], b[:, None], n_permutations, seed)[0]
+
+
+def permutation_test_columns(a: np.ndarray, b: np.ndarray, n_permutations: int = PERMUTATIONS, seed: int = 0
+                             ) -> list[Permutation]:
+    """:func:`permutation_test` of each column of ``a`` (n_a, m) and ``b`` (n_b, m): the same results,
+    the columns without NaN in one pass over the labelings."""
+    whole = _whole_columns(a, b)
+    batched = iter(_permutation_tests(a[:, whole], b[:, whole], n_permutations, seed) if whole.any() else [])
+    return [next(batched) if whole[j] else permutation_test(a[:, j], b[:, j], n_permutations, seed)
+            for j in range(a.shape[1])]
+
+
+def _permutation_tests(a: np.ndarray, b: np.ndarray, n_permutations: int, seed: int) -> list[Permutation]:
     x = np.concatenate([a, b])
     masks, exact = labelings(len(a), len(b), n_permutations, seed)
     in_a = masked_sums(masks, x)
-    null = np.abs(in_a / len(a) - (x.sum() - in_a) / len(b))
-    observed = abs(a.mean() - b.mean())
-    return Permutation(permutation_p(observed, null, exact), float(np.median(null)), len(null), exact)
+    null = np.abs(in_a / len(a) - (x.sum(axis=0) - in_a) / len(b))
+    observed = np.abs(a.mean(axis=0) - b.mean(axis=0))
+    return [Permutation(permutation_p(observed[j], null[:, j], exact), float(np.median(null[:, j])), len(null), exact)
+            for j in range(a.shape[1])]
 
 
 def masked_sums(masks: np.ndarray, x: np.ndarray, block: int = 1024) -> np.ndarray:
-    """``masks @ x`` for a boolean (K, n) matrix, in row blocks (no float copy of the whole matrix)."""
-    out = np.empty(len(masks))
+    """``masks @ x`` for a boolean (K, n) matrix and x (n or (n, m)), in row blocks (no float copy of the whole matrix)."""
+    out = np.empty((len(masks), *x.shape[1:]))
     for lo in range(0, len(masks), block):
         out[lo:lo + block] = masks[lo:lo + block].astype(np.float64) @ x
     return out

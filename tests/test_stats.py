@@ -160,3 +160,19 @@ def test_bootstrap_counts_give_the_means_of_the_drawn_resamples():
     means_b = b[draw.integers(0, 25, size=(10_000, 25))].mean(axis=1)
     expected = np.quantile(means_a - means_b, [0.025, 0.975])
     np.testing.assert_allclose(bootstrap_ci(a, b, seed=5), expected, rtol=1e-12)
+
+
+def test_columns_give_what_each_column_gives_alone():
+    """compare tests every metric of a layer group at once: the same numbers as one metric at a time."""
+    from filterdb.analysis.stats import permutation_test_columns, two_sample_columns
+
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(0.3, 1, (12, 3)), rng.normal(0, 1, (15, 3))
+    a[4, 1] = np.nan  # a metric undefined for one model: that column alone
+    for j, (s, p) in enumerate(zip(two_sample_columns(a, b, 4), permutation_test_columns(a, b, 500, 4))):
+        alone, perm = two_sample(a[:, j], b[:, j], 4), permutation_test(a[:, j], b[:, j], 500, 4)
+        assert (s.n_a, s.n_b, s.mean_a, s.mean_b, s.p_value, s.cliffs_delta) == \
+               (alone.n_a, alone.n_b, alone.mean_a, alone.mean_b, alone.p_value, alone.cliffs_delta)
+        np.testing.assert_allclose([s.ci_low, s.ci_high], [alone.ci_low, alone.ci_high], rtol=1e-12)
+        assert (p.p_value, p.n_permutations, p.exact) == (perm.p_value, perm.n_permutations, perm.exact)
+        assert p.null_median == pytest.approx(perm.null_median, rel=1e-12)
