@@ -11,8 +11,9 @@ extraction): small models have 4 convolutions, the WRN-sized ones the 28 of a WR
 (narrow, so that 1,000 fit on disk). Then, per database, every operation runs in a fresh
 interpreter, ``--repeat`` times (median): API operations are timed inside it after the
 imports, CLI commands from outside minus a bare interpreter's start (``python -c pass``,
-measured in the same run); peak memory is the process's max RSS. The metrics cache is
-warmed once before ``compare``. Results: a table with each time against the 10-model
+measured in the same run), next to the imports every read command pays (click, h5py, numpy,
+pandas, rich); peak memory is the process's max RSS. The metrics cache, the divergence basis
+and its histograms are warmed once before ``compare`` (one ``metrics`` and one ``compare`` run). Results: a table with each time against the 10-model
 database, ``--out``/bench_scale.csv and a log-log plot of CPU time ``--out``/bench_scale.png
 (CPU rather than wall time: on a shared machine the wall time mostly measures the load).
 """
@@ -209,9 +210,14 @@ def main() -> None:
     for n, kind, path in dbs:  # built in a child: this process stays small (see in_fresh_process)
         subprocess.run([sys.executable, __file__, "--build", str(n), "--db", str(path), "--kind", kind], check=True)
         in_fresh_process([filterdb_bin, "metrics", "--db", str(path), "--format", "csv"])  # warm the cache
+        in_fresh_process([filterdb_bin, *CLI_OPS["compare_first"], "--db", str(path)])  # and the divergence's
 
     runs = [in_fresh_process([sys.executable, "-c", "pass"]) for _ in range(5)]
     bare = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+    runs = [in_fresh_process([sys.executable, "-c", "import click, h5py, numpy, pandas, rich.table"]) for _ in range(5)]
+    floor = statistics.median(r[1] for r in runs) - bare[1]
+    print(f"imports every read command pays (click, h5py, numpy, pandas, rich): {floor:.3f} s CPU beyond the "
+          "interpreter", flush=True)
     runs = [in_fresh_process([filterdb_bin, "--help"]) for _ in range(5)]
     help_wall, help_cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
     print(f"bare interpreter start {bare[0]:.3f} s wall, {bare[1]:.3f} s CPU; filterdb --help {help_wall:.3f} s "
