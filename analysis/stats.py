@@ -121,8 +121,13 @@ def resample_counts(sizes: tuple[int, ...], resamples: int, seed: int) -> tuple[
         if n > np.iinfo(np.uint16).max:
             raise ValueError(f"bootstrap of {n} values: at most 65535 supported")
         drawn = rng.integers(0, n, size=(resamples, n))
-        drawn += (np.arange(resamples) * n)[:, None]
-        counts = np.bincount(drawn.ravel(), minlength=resamples * n).astype(np.uint16).reshape(resamples, n)
+        counts = np.empty((resamples, n), np.uint16)
+        block = max(1, (1 << 17) // n)  # rows counted at once: their bins stay in cache
+        offsets = (np.arange(block) * n)[:, None]
+        for lo in range(0, resamples, block):
+            rows = drawn[lo:lo + block]
+            counts[lo:lo + len(rows)] = np.bincount((rows + offsets[:len(rows)]).ravel(),
+                                                    minlength=len(rows) * n).reshape(len(rows), n)
         counts.flags.writeable = False
         out.append(counts)
     return tuple(out)
