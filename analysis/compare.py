@@ -40,8 +40,8 @@ from filterdb.analysis.divergence import N_BINS, densities_to_probabilities, div
 from filterdb.analysis.groups import ALIASES, select_layers, select_models
 from filterdb.analysis.metrics import DEFAULT_VE, METRIC_NAMES, SPARSITY_EPS
 from filterdb.analysis.stats import (CONFIDENCE, FEWER_THAN_TWO, PERMUTATIONS, Permutation, holm, labelings, paired,
-                                     paired_permutation_test, permutation_p, permutation_test_columns, sign_flips,
-                                     two_sample_columns)
+                                     one_blas_thread, paired_permutation_test, permutation_p, permutation_test_columns,
+                                     sign_flips, two_sample_columns)
 from filterdb.errors import FilterDBError
 
 EACH_MODEL_ONCE = "each model counts once: its value is the mean of the metric over its selected layers"
@@ -180,7 +180,8 @@ def compare_groups(db, group_a: str = "robust", group_b: str = "normal", layer: 
         per_model = _per_model(selected, metrics, aggregate)
         groups = _group_summary(per_model, metrics, group_a, group_b)
         pair_of = dict(zip(models["model_id"], models["pair"]))
-        tests, pairs = _tests(per_model, metrics, group_a, group_b, pair_of, seed, permutations, len(overlap) > 0)
+        with one_blas_thread():
+            tests, pairs = _tests(per_model, metrics, group_a, group_b, pair_of, seed, permutations, len(overlap) > 0)
         if pair_column and paired_by not in ("auto", None) and not (tests["n_pairs"] > 0).any():
             raise FilterDBError(f"no model of {group_a!r} shares a {pair_column} value with one of {group_b!r}: "
                                 "no pairs to test; drop --paired")
@@ -451,15 +452,16 @@ def divergence_permutation(basis, counts_a: list[np.ndarray], counts_b: list[np.
         masks, exact = labelings(len(counts_a), len(counts_b), n_permutations, seed)
     evr, edges = basis.pca.explained_variance_ratio, basis.edges
     null = np.empty(len(masks))
-    for lo in range(0, len(masks), block):
-        in_a = masks[lo:lo + block].astype(flat.dtype) @ flat
-        a = in_a.astype(np.float64).reshape(-1, d, bins)
-        b = (total - in_a).reshape(-1, d, bins)
-        kl = symmetric_kl(densities_to_probabilities(a, edges), densities_to_probabilities(b, edges))
-        empty = (a[:, 0].sum(axis=1) == 0) | (b[:, 0].sum(axis=1) == 0)
-        value = kl @ evr
-        value[empty] = -np.inf  # a labeling that leaves a group without filters is never as extreme
-        null[lo:lo + block] = value
+    with one_blas_thread():
+        for lo in range(0, len(masks), block):
+            in_a = masks[lo:lo + block].astype(flat.dtype) @ flat
+            a = in_a.astype(np.float64).reshape(-1, d, bins)
+            b = (total - in_a).reshape(-1, d, bins)
+            kl = symmetric_kl(densities_to_probabilities(a, edges), densities_to_probabilities(b, edges))
+            empty = (a[:, 0].sum(axis=1) == 0) | (b[:, 0].sum(axis=1) == 0)
+            value = kl @ evr
+            value[empty] = -np.inf  # a labeling that leaves a group without filters is never as extreme
+            null[lo:lo + block] = value
     finite = null[np.isfinite(null)]
     return Permutation(permutation_p(observed, null, exact), float(np.median(finite)) if len(finite) else math.nan,
                        len(null), exact)
