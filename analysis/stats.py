@@ -121,14 +121,13 @@ def resample_counts(sizes: tuple[int, ...], resamples: int, seed: int) -> tuple[
     for n in sizes:
         if n > np.iinfo(np.uint16).max:
             raise ValueError(f"bootstrap of {n} values: at most 65535 supported")
-        drawn = rng.integers(0, n, size=(resamples, n))
         counts = np.empty((resamples, n), np.uint16)
-        block = max(1, (1 << 17) // n)  # rows counted at once: their bins stay in cache
+        block = max(1, (1 << 17) // n)  # rows drawn and counted at once: their bins stay in cache
         offsets = (np.arange(block) * n)[:, None]
         for lo in range(0, resamples, block):
-            rows = drawn[lo:lo + block]
-            counts[lo:lo + len(rows)] = np.bincount((rows + offsets[:len(rows)]).ravel(),
-                                                    minlength=len(rows) * n).reshape(len(rows), n)
+            k = min(block, resamples - lo)  # numpy draws the same stream in blocks of rows as whole (tests pin it)
+            drawn = rng.integers(0, n, size=(k, n)) + offsets[:k]
+            counts[lo:lo + k] = np.bincount(drawn.ravel(), minlength=k * n).reshape(k, n)
         counts.flags.writeable = False
         out.append(counts)
     return tuple(out)

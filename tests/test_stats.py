@@ -143,11 +143,12 @@ def test_resamples_and_labelings_are_shared_not_redrawn():
     """Every metric of a comparison resamples the same models: the same seeded draws, drawn once."""
     from filterdb.analysis.stats import labelings, resample_counts
 
-    first, again = resample_counts((30, 20), 1000, 3), resample_counts((30, 20), 1000, 3)
-    assert first[0] is again[0] and first[0].sum(axis=1).tolist() == [30] * 1000 and not first[0].flags.writeable
-    rng = np.random.default_rng(3)  # the draws of the generator, counted
-    drawn = rng.integers(0, 30, size=(1000, 30))
-    assert np.array_equal(first[0][5], np.bincount(drawn[5], minlength=30))
+    first, again = resample_counts((300, 200), 1000, 3), resample_counts((300, 200), 1000, 3)
+    assert first[0] is again[0] and first[0].sum(axis=1).tolist() == [300] * 1000 and not first[0].flags.writeable
+    rng = np.random.default_rng(3)  # the draws of the generator, whole, counted: the same as drawn in blocks
+    for counts, n in zip(first, (300, 200)):
+        drawn = rng.integers(0, n, size=(1000, n))
+        assert all(np.array_equal(counts[r], np.bincount(drawn[r], minlength=n)) for r in (0, 436, 437, 999))
     masks, exact = labelings(30, 20, 999, 1)
     assert masks is labelings(30, 20, 999, 1)[0] and not exact and (masks.sum(axis=1) == 30).all()
 
