@@ -1,4 +1,4 @@
-"""``filterdb verify [--db] [--repair]``: check every shard, the master and the metrics cache.
+"""Check every shard, the master and the metrics cache (``filterdb verify [--db] [--repair]``).
 
 Every shard is read whole and checked against its digests (tables and each layer's
 filters, ``filterdb.integrity``), the master against its own digest and against the shards
@@ -19,7 +19,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import h5py
 import numpy as np
 
@@ -188,7 +187,7 @@ def quarantine(db: Path, paths: list[Path]) -> Path:
     return target
 
 
-def repair_database(result: Verification, echo=click.echo) -> list[str]:
+def repair_database(result: Verification, echo=print) -> list[str]:
     """Quarantine, rebuild the master and the cache; return the models to extract again (ids with keys)."""
     db = result.db
     lock_path = db / ".lock"
@@ -219,41 +218,3 @@ def repair_database(result: Verification, echo=click.echo) -> list[str]:
         echo(f"metrics cache rebuilt for {n_models} model(s)")
     return [f"{mid} ({result.models_in_master.get(mid, 'key unknown')})"
             for mid in sorted({p.lost_model for p in result.problems if p.lost_model})]
-
-
-@click.command()
-@click.option("--db", "db_path", type=click.Path(path_type=Path), default=None,
-              help="Database directory [default: $FILTERDB_DB or $FILTERDB_HOME/db].")
-@click.option("--repair", is_flag=True, help="Move damaged or stray files aside, rebuild the master and the cache, "
-                                             "list the models to extract again.")
-def verify(db_path, repair):
-    """Check every shard, the master and the metrics cache against their checksums; exit 0 only when whole."""
-    from filterdb.cli import resolve_db
-
-    db = resolve_db(db_path)
-    result = verify_database(db)
-    for problem in result.problems:
-        click.secho(f"problem: {problem.path}: {problem.what}", fg="red", err=True)
-    click.echo(f"{db}: {len(result.good_shards)} intact shard(s), {len(result.problems)} problem(s), "
-               f"{result.n_cache_files} cache file(s) checked", err=True)
-    if not repair:
-        if result.problems:
-            click.echo("run 'filterdb verify --repair' to move the damaged files aside and rebuild", err=True)
-            raise SystemExit(1)
-        return
-    if not result.problems:
-        return
-    lost = repair_database(result, echo=lambda line: click.echo(line, err=True))
-    after = verify_database(db)
-    for problem in after.problems:
-        click.secho(f"still: {problem.path}: {problem.what}", fg="red", err=True)
-    if lost:
-        click.echo(f"{len(lost)} model(s) to extract again ('filterdb build' / 'filterdb add' with the same "
-                   "source re-extracts them):", err=True)
-        for line in lost:
-            click.echo(f"  {line}", err=True)
-    if lost or after.problems:
-        raise SystemExit(1)
-
-
-commands = [verify]

@@ -7,6 +7,11 @@ import torch
 
 torch.set_num_threads(2)
 
+# .ci/run sets this to the FILTERDB_HOME of the main job it has just run (`filterdb demo`): the
+# session's demo database is then built from that job's freshly trained checkpoints instead of
+# training the 16 pairs a second time.
+REUSED_DEMO_HOME = os.environ.get("FILTERDB_TEST_DEMO_HOME")
+
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path_factory, monkeypatch):
@@ -27,6 +32,8 @@ def demo_home(tmp_path_factory) -> Path:
     from filterdb.store import FilterDB
 
     home = tmp_path_factory.mktemp("demo-home")
+    if REUSED_DEMO_HOME and (Path(REUSED_DEMO_HOME) / "demo-checkpoints").is_dir():
+        shutil.copytree(Path(REUSED_DEMO_HOME) / "demo-checkpoints", home / "demo-checkpoints")
     with FilterDB.open(home / "demo-db", "a") as db:
         report = build(db, demo_specs(home / "demo-checkpoints"), show_progress=False)
     assert not report.failed, report.to_frame()

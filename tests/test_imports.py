@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from filterdb.cli import CONTRIBUTED_COMMANDS, main
+from filterdb.cli import COMMANDS, main
 from filterdb.store import FilterDB
 
 HEAVY = ("torch", "torchvision", "robustbench", "timm", "dask", "distributed")
@@ -79,8 +79,8 @@ def test_help_imports_no_numerics(tmp_path):
 
 def test_contributed_commands_are_listed_with_their_own_help():
     ctx = click.Context(main)
-    for name, (_, _, short_help) in CONTRIBUTED_COMMANDS.items():
+    for name, (_, _, short_help) in COMMANDS.items():
         assert main.get_command(ctx, name).get_short_help_str(limit=1000) == short_help
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    assert all(name in result.output for name in [*CONTRIBUTED_COMMANDS, "info", "build"])
+    assert all(name in result.output for name in [*COMMANDS, "info", "build"])

@@ -6,16 +6,19 @@ from pathlib import Path
 
 import click
 
-from filterdb import paths
 from filterdb.analysis.metrics import METRIC_DOCS, METRIC_NAMES
-from filterdb.output import FORMATS, emit
+from filterdb.cli.options import (
+    db_option,
+    format_option,
+    jobs_option,
+    resolve_db,
+    scheduler_option,
+)
+from filterdb.output import emit
 
-_DB_HELP = "Database directory [default: $FILTERDB_DB or $FILTERDB_HOME/db]."
 _TABLE_COLUMNS = ("model", "name", "kernel", "conv_depth_norm", "n_filters", *METRIC_NAMES, "notes")
 
 
-_JOBS_HELP = "Worker processes for the per-model work (metrics of uncached models, histograms)."
-_SCHEDULER_HELP = "Dask scheduler address (tcp://HOST:8786): run the per-model work on that cluster."
 
 
 @contextmanager
@@ -55,18 +58,18 @@ column says why.
 
 
 @click.command(help=_METRICS_HELP)
-@click.option("--db", "db_path", type=click.Path(path_type=Path), default=None, help=_DB_HELP)
+@db_option
 @click.option("--models", "-m", multiple=True, metavar="ID|NAME",
               help="Models to report, by model id or name (repeat or separate with commas) [default: all].")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.option("--jobs", "-j", default=1, show_default=True, help=_JOBS_HELP)
+@format_option
+@jobs_option
 @click.option("--kernel", default="3x3", show_default=True, metavar="KxK|all",
               help="Only layers of this kernel size; 'all' for every size.")
-@click.option("--scheduler", default=None, help=_SCHEDULER_HELP)
+@scheduler_option
 def metrics(db_path, models, fmt, jobs, kernel, scheduler):
     from filterdb.analysis.database import database_metrics
     with _executor(jobs, scheduler) as executor:
-        frame = database_metrics(db_path or paths.default_db_path(), _split(models), executor=executor,
+        frame = database_metrics(resolve_db(db_path), _split(models), executor=executor,
                                  progress=fmt == "table", kernel=None if kernel == "all" else kernel)
     if fmt == "table":
         frame = frame[list(_TABLE_COLUMNS)].rename(columns={"name": "layer"})
@@ -139,17 +142,21 @@ Divergence of the groups' filters (the robustness paper's, natural log):
               help="Bound on each permutation null (all labelings when there are fewer).")
 @click.option("--no-divergence", is_flag=True, help="Skip the divergence (it reads the selected filters once).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap intervals and permutations.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@format_option
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also save a figure (mean ± std per group and layer group) to this file.")
-@click.option("--db", "db_path", type=click.Path(path_type=Path), default=None, help=_DB_HELP)
-@click.option("--jobs", "-j", default=1, show_default=True, help=_JOBS_HELP)
-@click.option("--scheduler", default=None, help=_SCHEDULER_HELP)
+@db_option
+@jobs_option
+@scheduler_option
 def compare(group_a, group_b, layer, by, metric_names, kernel, aggregate, basis, paired_by, permutations,
             no_divergence, seed, fmt, plot, db_path, jobs, scheduler):
-    from filterdb.analysis.compare import compare_groups, emit_comparison, plot_comparison
+    from filterdb.analysis.compare import (
+        compare_groups,
+        emit_comparison,
+        plot_comparison,
+    )
     with _executor(jobs, scheduler) as executor:
-        result = compare_groups(db_path or paths.default_db_path(), group_a, group_b, layer, by=by,
+        result = compare_groups(resolve_db(db_path), group_a, group_b, layer, by=by,
                                 metrics=list(metric_names) or None, kernel=kernel, basis=basis, aggregate=aggregate,
                                 paired_by=None if paired_by == "none" else paired_by, permutations=permutations,
                                 seed=seed, with_divergence=not no_divergence, executor=executor,
@@ -160,4 +167,3 @@ def compare(group_a, group_b, layer, by, metric_names, kernel, aggregate, basis,
         click.echo(f"plot written to {plot}", err=True)
 
 
-commands = [metrics, compare]

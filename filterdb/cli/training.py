@@ -7,12 +7,21 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from filterdb.cli.options import format_option
 from filterdb.errors import FilterDBError
-from filterdb.output import FORMATS, emit
+from filterdb.output import emit
 from filterdb.training.attacks import NORMS, AttackConfig, format_eps, parse_eps
 from filterdb.training.data import DATASETS
 from filterdb.training.methods import METHODS, ROBUST_METHODS
-from filterdb.training.trainer import AMP_MODES, SCHEDULES, SELECTIONS, TrainConfig, TrainResult, Trainer, default_attack
+from filterdb.training.trainer import (
+    AMP_MODES,
+    SCHEDULES,
+    SELECTIONS,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    default_attack,
+)
 
 
 def _eps(_ctx, _param, value):
@@ -68,7 +77,7 @@ def training_options(func):
                      help="Run directory [default: $FILTERDB_HOME/runs/<name>]."),
         click.option("--resume", is_flag=True, help="Continue from the run directory's last.pt if there is one."),
         click.option("--no-progress", is_flag=True, help="No progress bars."),
-        click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True),
+        format_option,
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), func)
 
@@ -173,7 +182,7 @@ def counterpart_command(robustbench_id, threat_model, **o):
 
 @train.command("show")
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@format_option
 def show_command(checkpoints, fmt):
     """Describe training checkpoints: model, method, attack, accuracies, epoch, versions."""
     from filterdb.training.checkpoint import load_checkpoint
@@ -194,7 +203,11 @@ def show_command(checkpoints, fmt):
 @click.argument("model_string", required=False)
 def models_command(model_string):
     """The model-string grammar; with MODEL_STRING, check it and show what it builds (on the meta device)."""
-    from filterdb.training.registry import create_model, describe_models, parse_model_string
+    from filterdb.training.registry import (
+        create_model,
+        describe_models,
+        parse_model_string,
+    )
 
     if model_string is None:
         click.echo(describe_models())
@@ -208,4 +221,3 @@ def models_command(model_string):
     click.echo(f"{spec}: {type(model).__name__}, {n_params:,} parameters")
 
 
-commands = [train, models_command]

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from filterdb.cli.options import db_option, resolve_db
+
 
 @click.group("import")
 def import_group():
@@ -13,8 +15,7 @@ def import_group():
 
 @import_group.command("cnn-filter-db")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--db", "db_path", type=click.Path(path_type=Path), default=None,
-              help="Database directory [default: $FILTERDB_DB or $FILTERDB_HOME/db].")
+@db_option
 @click.option("--force", is_flag=True, help="Import models again even if already in the database.")
 @click.option("--chunk-rows", default=1 << 20, show_default=True, help="Filters read and written at a time.")
 def cnn_filter_db(file, db_path, force, chunk_rows):
@@ -23,7 +24,7 @@ def cnn_filter_db(file, db_path, force, chunk_rows):
     One model per published model (source cnn-filter-db), one layer per /meta row, filters as
     float32. Models already in the database are skipped, so a rerun resumes an interrupted import.
     """
-    from filterdb.cli import report_build, resolve_db
+    from filterdb.cli.database import report_build
     from filterdb.sources.cnn_filter_db import import_cnn_filter_db, plan_import
     from filterdb.store import FilterDB
 
@@ -33,5 +34,3 @@ def cnn_filter_db(file, db_path, force, chunk_rows):
         report = import_cnn_filter_db(file, db, force=force, chunk_rows=chunk_rows, models=models)
     report_build(report)
 
-
-commands = [import_group]

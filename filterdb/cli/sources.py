@@ -1,15 +1,11 @@
 """Commands about where models come from: ``filterdb leaderboards`` and ``filterdb pairs``."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 import pandas as pd
 
-from filterdb import paths
-from filterdb.output import FORMATS, emit
-
-format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+from filterdb.cli.options import db_option, format_option, resolve_db
+from filterdb.output import emit
 
 
 @click.command()
@@ -80,8 +76,7 @@ def pair_table(models: pd.DataFrame) -> pd.DataFrame:
 
 
 @click.command()
-@click.option("--db", "db_path", type=click.Path(path_type=Path), default=None,
-              help="Database directory [default: $FILTERDB_DB or $FILTERDB_HOME/db].")
+@db_option
 @format_option
 def pairs(db_path, fmt):
     """For each robust model, the normal models of the same architecture, the counterparts still
@@ -93,7 +88,7 @@ def pairs(db_path, fmt):
     """
     from filterdb.store import open_database
 
-    with open_database(db_path or paths.default_db_path()) as db:
+    with open_database(resolve_db(db_path)) as db:
         table = pair_table(db.models)
     twins = int((table["twin"] != "").sum())
     emit(table, fmt, title=f"{len(table)} robust models and their normal counterparts ({twins} with a twin)")
@@ -102,4 +97,3 @@ def pairs(db_path, fmt):
         click.echo(f"{unpaired} robust model(s) have no normal counterpart in the database", err=True)
 
 
-commands = [leaderboards, pairs]

@@ -6,10 +6,19 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from filterdb.output import FORMATS, emit
-from filterdb.training.evaluation import (AMP_MODES, CPU_DEFAULT_ATTACKS, DEFAULT_ATTACKS, DEFAULT_BORDER_WIDTHS,
-                                          DEFAULT_ROTATIONS, DEFAULT_TRANSLATIONS, EvaluationConfig, evaluate_checkpoint,
-                                          evaluation_path)
+from filterdb.cli.options import format_option
+from filterdb.output import emit
+from filterdb.training.evaluation import (
+    AMP_MODES,
+    CPU_DEFAULT_ATTACKS,
+    DEFAULT_ATTACKS,
+    DEFAULT_BORDER_WIDTHS,
+    DEFAULT_ROTATIONS,
+    DEFAULT_TRANSLATIONS,
+    EvaluationConfig,
+    evaluate_checkpoint,
+    evaluation_path,
+)
 from filterdb.training.spatial import FILL_MODES
 
 
@@ -49,7 +58,7 @@ def _join(values) -> str:
               help="Mixed precision for the attacks' search (every counted prediction is float32).")
 @click.option("--channels-last", is_flag=True, help="NHWC memory format (faster convolutions on GPUs).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@format_option
 def evaluate(checkpoints, attacks, linf, l2, n_samples, batch_size, seed, border_widths, rotations, translations,
              fill, spatial_attack, no_spatial, headline, data_dir, device, amp, channels_last, no_progress, fmt):
     """Evaluate training checkpoints: clean and robust accuracy (PGD, CW, AutoAttack at Linf
@@ -74,4 +83,3 @@ def evaluate(checkpoints, attacks, linf, l2, n_samples, batch_size, seed, border
     emit(pd.concat(frames, ignore_index=True), fmt, title="evaluation")
 
 
-commands = [evaluate]

@@ -1,0 +1,43 @@
+"""The options several commands share, declared once: ``@db_option`` and friends."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from filterdb import paths
+from filterdb.output import FORMATS
+
+DB_HELP = "Database directory [default: $FILTERDB_DB, else $FILTERDB_HOME/db]."
+
+db_option = click.option("--db", "db_path", type=click.Path(path_type=Path), default=None, help=DB_HELP)
+format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+                             help="Output: a table on the terminal, or CSV / JSON on standard output.")
+jobs_option = click.option("--jobs", "-j", default=1, show_default=True, help="Worker processes.")
+scheduler_option = click.option("--scheduler", default=None, metavar="ADDRESS",
+                                help="Dask scheduler address: run the work on that cluster.")
+offline_option = click.option("--offline", is_flag=True,
+                              help="Never touch the network; a missing weights file is an error.")
+
+
+def resolve_db(db_path: Path | None) -> Path:
+    """``--db`` if given, else ``$FILTERDB_DB``, else ``$FILTERDB_HOME/db``."""
+    return db_path if db_path is not None else paths.default_db_path()
+
+
+def parse_input_shape(ctx, param, value) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in value.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise click.BadParameter(f"{value!r}: give channels, height and width as C,H,W, e.g. 3,256,256")
+    return shape  # type: ignore[return-value]
+
+
+input_shape_option = click.option(
+    "--input-shape", callback=parse_input_shape, default=None, metavar="C,H,W",
+    help="Input shape of the forward pass that orders the layers [default: the model's own: its dataset's, "
+         "or timm/torchvision's pretrained configuration].")

@@ -1,0 +1,40 @@
+"""``filterdb verify``: check a database against its checksums, and repair it (``filterdb.verify``)."""
+from __future__ import annotations
+
+import click
+
+from filterdb.cli.options import db_option, resolve_db
+from filterdb.verify import repair_database, verify_database
+
+
+@click.command()
+@db_option
+@click.option("--repair", is_flag=True, help="Move damaged or stray files aside, rebuild the master and the cache, "
+                                             "list the models to extract again.")
+def verify(db_path, repair):
+    """Check every shard, the master and the metrics cache against their checksums; exit 0 only when whole."""
+    db = resolve_db(db_path)
+    result = verify_database(db)
+    for problem in result.problems:
+        click.secho(f"problem: {problem.path}: {problem.what}", fg="red", err=True)
+    click.echo(f"{db}: {len(result.good_shards)} intact shard(s), {len(result.problems)} problem(s), "
+               f"{result.n_cache_files} cache file(s) checked", err=True)
+    if not repair:
+        if result.problems:
+            click.echo("run 'filterdb verify --repair' to move the damaged files aside and rebuild", err=True)
+            raise SystemExit(1)
+        return
+    if not result.problems:
+        return
+    lost = repair_database(result, echo=lambda line: click.echo(line, err=True))
+    after = verify_database(db)
+    for problem in after.problems:
+        click.secho(f"still: {problem.path}: {problem.what}", fg="red", err=True)
+    if lost:
+        click.echo(f"{len(lost)} model(s) to extract again ('filterdb build' / 'filterdb add' with the same "
+                   "source re-extracts them):", err=True)
+        for line in lost:
+            click.echo(f"  {line}", err=True)
+    if lost or after.problems:
+        raise SystemExit(1)
+
