@@ -161,51 +161,23 @@ def export(out, db_path, select, layer, kernel, force):
                f"read it with --db {path}", err=True)
 
 
-def database_summary(db, model_ids=None) -> dict:
-    """Counts of the database, or of the models ``model_ids`` (size on disk: always the whole database)."""
-    layers = db.layers if model_ids is None else db.layers[db.layers["model_id"].isin(model_ids)]
-    per_kernel = layers.groupby("kernel")["n_filters"].sum().to_dict() if len(layers) else {}
-    n_models = len(db.models) if model_ids is None else len(model_ids)
-    return {"path": str(db.path), "models": int(n_models), "layers": int(len(layers)),
-            "filters": int(layers["n_filters"].sum()) if len(layers) else 0,
-            "filters_per_kernel": {k: int(v) for k, v in sorted(per_kernel.items())},
-            "size_on_disk_bytes": int(db.size_on_disk())}
-
-
-INFO_COLUMNS = ["model_id", "source", "name", "dataset", "training", "architecture", "threat_model", "eps",
-                "clean_acc", "robust_acc", "n_layers", "n_filters"]
-
-
 @click.command()
 @db_option
 @select_option
 @format_option
 @click.option("--json", "as_json", is_flag=True, help="Shorthand for --format json (summary and models).")
-def info(db_path, select, fmt, as_json):
+@click.option("--all", "show_all", is_flag=True,
+              help="Every model in the table (by default the first 20; --format csv/json always give all).")
+def info(db_path, select, fmt, as_json, show_all):
     """Models, layers, filters per kernel size and size on disk of a database."""
-    import pandas as pd
-
     from filterdb.store import open_database
+    from filterdb.summary import TABLE_ROWS, print_info
 
     with open_database(resolve_db(db_path)) as db:
-        chosen = selected_models(db.models, select)
-        summary = database_summary(db, None if select is None else list(chosen.index))
-        models = chosen[INFO_COLUMNS].reset_index(drop=True)
-    if as_json and fmt not in ("table", "json"):
-        raise FilterDBError(f"--json and --format {fmt} ask for two formats; give one of them")
-    if as_json or fmt == "json":
-        records = json.loads(models.to_json(orient="records"))
-        click.echo(json.dumps({**summary, "model_table": records}, indent=2))
-        return
-    if fmt == "csv":
-        emit(models, "csv")
-        return
-    emit(models, "table", title=f"{summary['models']} models in {summary['path']}")
-    kernels = pd.DataFrame({"kernel": list(summary["filters_per_kernel"]),
-                            "filters": list(summary["filters_per_kernel"].values())})
-    emit(kernels, "table")
-    click.echo(f"{summary['models']} models, {summary['layers']} layers, {summary['filters']} filters, "
-               f"{summary['size_on_disk_bytes'] / 2**20:.1f} MiB on disk")
+        if as_json and fmt not in ("table", "json"):
+            raise FilterDBError(f"--json and --format {fmt} ask for two formats; give one of them")
+        chosen = selected_models(db.models, select) if select else None
+        print_info(db, "json" if as_json else fmt, rows=None if show_all else TABLE_ROWS, models=chosen)
 
 
 @click.command()
