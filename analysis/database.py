@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import Executor, ProcessPoolExecutor
 
+import numpy as np
 import pandas as pd
 
 from filterdb.analysis import cache
@@ -20,6 +21,7 @@ LAYER_KEY_COLUMNS = ("model_id", "layer_index")
 LAYER_INFO_COLUMNS = ("model_id", "layer_index", "member", "name", "kernel", "conv_depth", "conv_depth_norm",
                       "in_channels", "out_channels", "groups")
 EXTRA_COLUMNS = ("n_filters", "n_nonsparse", "absmax", "notes")
+MODEL_INFO_COLUMNS = ("training", "dataset", "architecture", "pair")  # carried by every metrics frame: no merge needed
 
 
 def worker_pool(jobs: int) -> ProcessPoolExecutor:
@@ -69,11 +71,11 @@ def cache_token(db, model_id: str) -> str:
 def model_metrics(db, model_id: str, eps: float = SPARSITY_EPS) -> tuple[pd.DataFrame, list[Moments]]:
     """Metrics and moments of one model's layers, from the cache when it is current."""
     token = cache_token(db, model_id)
-    cached = cache.load(db.path, model_id, token, eps)
+    cached = cache.load(db.cache_dir, model_id, token, eps)
     if cached is not None:
         return cached
     frame, moments = compute_model_metrics(db, model_id, eps)
-    cache.store(db.path, model_id, token, eps, frame, moments)
+    cache.store(db.cache_dir, model_id, token, eps, frame, moments)
     return frame, moments
 
 
@@ -106,39 +108,92 @@ def resolve_models(models: pd.DataFrame, wanted: Iterable[str] | None) -> list[s
 
 def layer_metrics_frame(db, model_ids: list[str], eps: float = SPARSITY_EPS, executor: Executor | None = None,
                         on_model=None) -> tuple[pd.DataFrame, dict[tuple[str, int], Moments]]:
-    """Per-layer metrics (and moments keyed by (model_id, layer_index)) of some models.
+    """Per-layer metrics (and moments keyed by (model_id, layer_index)) of some models, in the order of ``model_ids``.
 
-    Missing cache files are computed here, or on ``executor`` when given. ``on_model`` is
-    called once per model done (progress).
+    Current models come from the cache's snapshot (one file); the others from their cache files,
+    or computed here, or on ``executor`` when given; then the snapshot is rewritten. ``on_model``
+    is called once per model done (progress).
     """
+    snapshot = cache.load_snapshot(db.cache_dir, eps)
+    current = snapshot.current(db.cache_dir, {mid: cache_token(db, mid) for mid in model_ids})
+    rest = [m for m in model_ids if m not in current]
     if executor is not None:
-        stale = [m for m in model_ids if cache.load(db.path, m, cache_token(db, m), eps) is None]
+        stale = [m for m in rest if cache.load(db.cache_dir, m, cache_token(db, m), eps) is None]
         futures = [executor.submit(model_metrics_job, str(db.path), m, eps) for m in stale]
         for future in futures:
             future.result()
-    frames, moments = [], {}
+    fresh = {}
     for mid in model_ids:
-        frame, model_moments = model_metrics(db, mid, eps)
-        frames.append(frame)
-        moments.update({(mid, int(i)): m for i, m in zip(frame["layer_index"], model_moments)})
+        if mid not in current:
+            fresh[mid] = model_metrics(db, mid, eps)
         if on_model:
             on_model(mid)
-    if not frames:
-        return pd.DataFrame(columns=[*LAYER_KEY_COLUMNS, *METRIC_NAMES, *EXTRA_COLUMNS]), moments
-    return pd.concat(frames, ignore_index=True), moments
+    if fresh:
+        snapshot = _updated_snapshot(db, snapshot, fresh)
+        cache.store_snapshot(db.cache_dir, eps, snapshot)
+    return _select(snapshot, fresh, model_ids)
+
+
+def _updated_snapshot(db, snapshot: cache.Snapshot, fresh: dict) -> cache.Snapshot:
+    """The snapshot with the fresh models' rows (those whose cache file exists) in place of their old
+    ones, and without models no longer in the database."""
+    stats = {mid: cache.file_stat(db.cache_dir, mid) for mid in fresh}
+    written = [mid for mid in fresh if stats[mid] is not None]
+    keep = (~snapshot.frame["model_id"].isin(written) & snapshot.frame["model_id"].isin(db.models.index)
+            if len(snapshot.frame) else np.zeros(0, bool))
+    frames = [snapshot.frame[keep]] if len(snapshot.frame) else []
+    moments = [m for m, k in zip(snapshot.moments, keep) if k]
+    for mid in written:
+        frames.append(fresh[mid][0])
+        moments += fresh[mid][1]
+    files = {mid: f for mid, f in snapshot.files.items() if mid in db.models.index and mid not in written}
+    files.update({mid: (cache_token(db, mid), *stats[mid]) for mid in written})
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*LAYER_KEY_COLUMNS, *METRIC_NAMES,
+                                                                                      *EXTRA_COLUMNS])
+    return cache.Snapshot(files, frame, moments)
+
+
+def _select(snapshot: cache.Snapshot, fresh: dict, model_ids: list[str]
+            ) -> tuple[pd.DataFrame, dict[tuple[str, int], Moments]]:
+    """The rows of ``model_ids`` in their order (fresh ones from ``fresh``, the others from the snapshot)."""
+    columns = [*LAYER_KEY_COLUMNS, *METRIC_NAMES, *EXTRA_COLUMNS]
+    order = {mid: i for i, mid in enumerate(model_ids)}
+    parts, moments = [], {}
+    old = [mid for mid in model_ids if mid not in fresh]
+    if old:
+        frame = snapshot.frame
+        chosen = np.flatnonzero(frame["model_id"].isin(old).to_numpy())
+        parts.append(frame.iloc[chosen])
+        moments.update({(mid, int(i)): snapshot.moments[r] for r, mid, i in
+                        zip(chosen, frame["model_id"].to_numpy()[chosen], frame["layer_index"].to_numpy()[chosen])})
+    for mid, (frame, model_moments) in fresh.items():
+        parts.append(frame)
+        moments.update({(mid, int(i)): m for i, m in zip(frame["layer_index"], model_moments)})
+    if not parts:
+        return pd.DataFrame(columns=columns), moments
+    frame = pd.concat(parts, ignore_index=True)
+    position = frame["model_id"].map(order).to_numpy()
+    frame = frame.iloc[np.argsort(position, kind="stable")].reset_index(drop=True)
+    return frame[columns], moments
 
 
 def database_metrics(db, models: Iterable[str] | None = None, eps: float = SPARSITY_EPS,
-                     executor: Executor | None = None, progress: bool = False, kernel: str | None = None
-                     ) -> pd.DataFrame:
-    """One row per layer: layer-table identification columns, then every metric (NaN with a
-    reason in ``notes`` where undefined). ``db`` is a FilterDB or a database path; ``kernel``
+                     executor: Executor | None = None, progress: bool = False, kernel: str | None = None,
+                     select: str | None = None) -> pd.DataFrame:
+    """One row per layer: the model's name, layer-table identification columns, every metric (NaN
+    with a reason in ``notes`` where undefined), then the model columns training, dataset,
+    architecture and pair. ``db`` is a FilterDB, a database path or an exported file; ``models``
+    ids or names; ``select`` a group expression (``"robust,arch=cnn"``, ``"*resnet*"``); ``kernel``
     keeps the layers of one kernel size (``filterdb metrics`` defaults to 3x3)."""
     db, owned = _open(db)
     try:
         if kernel is not None and kernel not in set(db.layers["kernel"]):
             raise FilterDBError(f"no {kernel} layers in {db.path}; kernels present: {', '.join(db.kernels)}")
         ids = resolve_models(db.models, models)
+        if select:
+            from filterdb.analysis.groups import select_models
+            chosen = set(select_models(db.models, select).index)
+            ids = [m for m in ids if m in chosen]
         if progress:
             from filterdb.progress import progress_bar
             with progress_bar("models", transient=True) as bar:
@@ -150,9 +205,44 @@ def database_metrics(db, models: Iterable[str] | None = None, eps: float = SPARS
         if kernel is not None:
             info = info[info["kernel"] == kernel]
         merged = info.merge(frame, on=list(LAYER_KEY_COLUMNS), how="inner")
-        model_names = db.models["name"].rename("model")
-        return merged.merge(model_names, left_on="model_id", right_index=True).pipe(
+        model_info = db.models[["name", *MODEL_INFO_COLUMNS]].rename(columns={"name": "model"})
+        return merged.merge(model_info, left_on="model_id", right_index=True).pipe(
             lambda f: f[["model", *[c for c in f.columns if c != "model"]]]).reset_index(drop=True)
     finally:
         if owned:
             db.close()
+
+
+def plot_metrics(frame: pd.DataFrame, metrics: Iterable[str] | None = None, by: str = "training", path=None):
+    """A figure of a metrics frame (:func:`database_metrics`): one panel per metric, its mean over
+    the models of each value of ``by`` (a model column the frame carries) per conv_depth_norm
+    decile, the first layer on its own at 0. Saved to ``path`` when given; returns the Figure
+    (not registered with pyplot: no backend is touched)."""
+    from matplotlib.figure import Figure
+
+    from filterdb.analysis.groups import DECILE_LABELS, decile_labels
+
+    metrics = list(metrics or [m for m in METRIC_NAMES if frame[m].notna().any()])
+    if by not in frame.columns:
+        raise FilterDBError(f"the metrics frame has no column {by!r}; choose one of {', '.join(MODEL_INFO_COLUMNS)}")
+    cells = frame.assign(depth=decile_labels(frame["conv_depth"], frame["conv_depth_norm"]))
+    fig = Figure(figsize=(3.2 * len(metrics), 3.2))
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        for value, part in cells.groupby(by, sort=True):
+            per_model = part.groupby(["depth", "model_id"], observed=True)[metric].mean()
+            means = per_model.groupby(level="depth", observed=True).mean().reindex(list(DECILE_LABELS))
+            ax.plot(range(len(DECILE_LABELS)), means.to_numpy(), "o-", label=str(value) or "(none)")
+        ax.set_xticks(range(len(DECILE_LABELS)), DECILE_LABELS, rotation=60, ha="right", fontsize=6)
+        ax.set_title(metric)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"mean over models by {by}, per conv_depth_norm decile", fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        from pathlib import Path
+
+        from filterdb.atomic import atomic_path
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=120)
+    return fig

@@ -50,7 +50,8 @@ LAYERS = {
     "filterdb.store": "format",
     "filterdb.pairs": "format",
     "filterdb.evaluations": "format",
-    "filterdb.export": "format",
+    "filterdb.packed": "format",
+    "filterdb.summary": "format",
     # ingestion: models in, filters out (torch)
     "filterdb.admission": "ingestion",
     "filterdb.compat": "ingestion",
@@ -73,6 +74,7 @@ LAYERS = {
     "filterdb.analysis.compare": "analysis",
     "filterdb.analysis.database": "analysis",
     "filterdb.analysis.divergence": "analysis",
+    "filterdb.analysis.filter_plots": "analysis",
     "filterdb.analysis.groups": "analysis",
     "filterdb.analysis.layer_sums": "analysis",
     "filterdb.analysis.metrics": "analysis",
