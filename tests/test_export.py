@@ -19,6 +19,7 @@ from filterdb.errors import FilterDBError
 from filterdb.ids import model_id
 from filterdb.packed import PackedDB
 from filterdb.store import FilterDB
+from filterdb.build import add_module
 
 FIGURES = Path(__file__).resolve().parent.parent / "figures"
 
@@ -42,7 +43,7 @@ def source(tmp_path_factory):
             for training, seed, dead in (("robust", i, 2), ("normal", 10 + i, 0)):
                 name = f"{training}-{i}"
                 modules[name] = net(seed, dead)
-                db.add_module(modules[name], source="test", name=name, input_shape=(1, 8, 8),
+                add_module(db, modules[name], source="test", name=name, input_shape=(1, 8, 8),
                               record={"training": training, "dataset": "digits", "architecture": "cnn", "seed": i})
     return path, modules
 

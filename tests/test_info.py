@@ -12,6 +12,7 @@ from filterdb.cli import main
 from filterdb.output import RICH_ROWS, emit
 from filterdb.store import FilterDB
 from filterdb.summary import TABLE_ROWS, counts_table
+from filterdb.build import add_module
 
 N_MODELS = TABLE_ROWS + 5
 
@@ -24,7 +25,7 @@ def many_models(tmp_path_factory):
     with FilterDB.open(path, "a") as db, db.batch(max_delay=3600):
         for i in range(N_MODELS):
             arch = "net-a" if i < 12 else "net-b" if i < 20 else "net-c"
-            db.add_module(net, source="test", name=f"m{i:02d}", input_shape=(1, 5, 5),
+            add_module(db, net, source="test", name=f"m{i:02d}", input_shape=(1, 5, 5),
                           record={"training": "robust" if i % 3 == 0 else "normal", "architecture": arch,
                                   "dataset": "digits"})
     return path

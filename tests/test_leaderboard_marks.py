@@ -6,8 +6,9 @@ from click.testing import CliRunner
 from torch import nn
 
 from filterdb.cli import main
-from filterdb.sources import leaderboard_specs
+from filterdb.catalog import leaderboard_specs
 from filterdb.store import FilterDB
+from filterdb.build import add_module
 
 
 def run(*args):
@@ -20,7 +21,7 @@ def test_marks_models_in_the_database_and_sorts(tmp_path):
     with FilterDB.open(tmp_path / "db", "a") as db:  # stand-ins stored under the leaderboard models' identity
         for spec in chosen:
             torch.manual_seed(0)
-            db.add_module(nn.Sequential(nn.Conv2d(3, 2, 3)), source=spec.source, name=spec.name,
+            add_module(db, nn.Sequential(nn.Conv2d(3, 2, 3)), source=spec.source, name=spec.name,
                           input_shape=(3, 8, 8))
     result = run("leaderboards", "linf-cifar10", "--db", tmp_path / "db", "--sort", "robust_acc", "--format", "json")
     assert result.exit_code == 0, result.output

@@ -8,6 +8,7 @@ from torch import nn
 from filterdb.analysis import cache
 from filterdb.analysis.database import layer_metrics_frame
 from filterdb.store import FilterDB, open_database
+from filterdb.build import add_module
 
 
 @pytest.fixture
@@ -17,7 +18,7 @@ def db_path(tmp_path):
         for i in range(4):
             torch.manual_seed(i)
             net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 6, 3), nn.Conv2d(6, 2, 1))
-            db.add_module(net, source="test", name=f"m{i}", input_shape=(1, 9, 9),
+            add_module(db, net, source="test", name=f"m{i}", input_shape=(1, 9, 9),
                           record={"training": "robust" if i % 2 else "normal"})
     return path
 

@@ -6,6 +6,7 @@ import pytest
 
 from filterdb.analysis import compare_groups, database_metrics
 from filterdb.store import FilterDB
+from filterdb.build import add_module
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def db(tmp_path_factory):
                 if training == "robust":
                     with torch.no_grad():
                         net[0].weight[:2] = 0
-                fdb.add_module(net, source="nb", name=f"{training}-{i}", input_shape=(1, 8, 8),
+                add_module(fdb, net, source="nb", name=f"{training}-{i}", input_shape=(1, 8, 8),
                                record={"training": training, "dataset": "digits", "architecture": "cnn",
                                        "pair": f"run{i}@init", "pair_role": training})
     return path

@@ -11,6 +11,7 @@ from filterdb.analysis.groups import parse_group, select_models
 from filterdb.cli import main
 from filterdb.errors import FilterDBError
 from filterdb.store import FilterDB, open_database
+from filterdb.build import add_module
 
 NAMES = {"cifar/wrn-a/robust": ("robust", "cifar10", "WRN"), "cifar/wrn-a/normal": ("normal", "cifar10", "WRN"),
          "digits/cnn/robust": ("robust", "digits", "cnn"), "digits/cnn/normal": ("normal", "digits", "cnn")}
@@ -22,7 +23,7 @@ def db(tmp_path_factory):
     with FilterDB.open(path, "a") as fdb:
         for seed, (name, (training, dataset, arch)) in enumerate(NAMES.items()):
             torch.manual_seed(seed)
-            fdb.add_module(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3)), source="test", name=name,
+            add_module(fdb, nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3)), source="test", name=name,
                            input_shape=(1, 8, 8), record={"training": training, "dataset": dataset,
                                                           "architecture": arch})
     return path

@@ -13,6 +13,7 @@ from filterdb.cli import main
 from filterdb.errors import FilterDBError
 from filterdb.ids import model_id
 from filterdb.store import FilterDB, open_database
+from filterdb.build import add_module
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def db(tmp_path_factory):
                "cnn-normal-s0": nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU(), nn.Conv2d(5, 5, 5, groups=5))}
     with FilterDB.open(path, "a") as fdb:
         for name, module in modules.items():
-            fdb.add_module(module, source="test", name=name, input_shape=(3, 12, 12),
+            add_module(fdb, module, source="test", name=name, input_shape=(3, 12, 12),
                            record={"training": name.split("-")[1]})
     return path, modules
 
