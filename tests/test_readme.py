@@ -96,6 +96,7 @@ def test_the_runnable_blocks_run_as_written(demo_home, tmp_path):
     assert "Traceback" not in done.stderr
     # What the blocks say they make is there.
     assert f"The demo database is {home / 'demo-db'}" in done.stderr
+    assert f"filterdb compare robust normal --layer deciles --db {home / 'demo-db'}" in done.stderr
     assert json.loads((work / "info.json").read_text())["models"] == 32
     assert (work / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((work / "compare.json").read_text())[0]["group_a"] == "arch=resnet8-8,robust"
