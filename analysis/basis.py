@@ -12,7 +12,9 @@ Which filters define the PCA basis and the shared histogram range of the diverge
 A database or reference-group basis costs one pass over the reference filters (the range;
 the moments come from the metrics cache) and is cached in ``<db>/divergence/`` under a
 token of the reference models' shards, the sparsity eps and :data:`BASIS_VERSION`: adding,
-removing or re-extracting a model invalidates it. Deleting the folder is always safe.
+removing or re-extracting a model invalidates it. The per-layer histogram counts on such a
+basis (:func:`reference_histograms`) are cached beside it under the same token, so a repeated
+comparison reads no filters. Deleting the folder is always safe.
 
 The passes over filters (:func:`run_pass`) go layer by layer, per model, on an optional
 executor (a process pool or a Dask client's executor).
@@ -22,17 +24,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from filterdb.analysis.database import _open, cache_token, layer_metrics_frame
-from filterdb.analysis.divergence import DivergenceBasis, Histograms, PCABasis, RangeScan
+from filterdb.analysis.divergence import N_BINS, DivergenceBasis, Histograms, PCABasis, RangeScan
 from filterdb.analysis.metrics import SPARSITY_EPS, Moments
+from filterdb.atomic import atomic_path
 from filterdb.errors import FilterDBError
+from filterdb.integrity import digest, notice
 
 BASIS_VERSION = "1"
+HIST_VERSION = "1"
 BASIS_DIR = "divergence"
 DATABASE = "database"
 GROUPS = "groups"
@@ -141,17 +148,28 @@ def reference_models(db, reference: str) -> list[str]:
     return sorted(select_models(db.models, reference).index)
 
 
+def reference_layers(db, kernel: str, reference: str) -> pd.DataFrame:
+    """The layers of ``kernel`` of the reference set's models (an error if there are none)."""
+    models = reference_models(db, reference)
+    layers = db.layers[db.layers["model_id"].isin(models) & (db.layers["kernel"] == kernel)]
+    if layers.empty:
+        raise FilterDBError(f"the divergence basis {reference!r} has no {kernel} filters in {db.path}; "
+                            f"kernels present: {', '.join(db.kernels)}")
+    return layers
+
+
+def reference_token(db, kernel: str, reference: str, eps: float) -> str:
+    """The cache key of a reference basis: changes with any change of the reference models' shards."""
+    return _token(db, sorted(set(reference_layers(db, kernel, reference)["model_id"])), kernel, eps)
+
+
 def reference_basis(db, kernel: str = "3x3", reference: str = DATABASE, eps: float = SPARSITY_EPS, executor=None,
                     progress: bool = False) -> DivergenceBasis:
     """The basis and range of ``reference`` (``database`` or a group expression) for ``kernel``,
     from the cache in the database directory when it is current. ``db``: a FilterDB or a path."""
     db, owned = _open(db)
     try:
-        models = reference_models(db, reference)
-        layers = db.layers[db.layers["model_id"].isin(models) & (db.layers["kernel"] == kernel)]
-        if layers.empty:
-            raise FilterDBError(f"the divergence basis {reference!r} has no {kernel} filters in {db.path}; "
-                                f"kernels present: {', '.join(db.kernels)}")
+        layers = reference_layers(db, kernel, reference)
         ids = sorted(set(layers["model_id"]))
         token = _token(db, ids, kernel, eps)
         path = basis_path(db.path, reference, kernel)
@@ -168,9 +186,70 @@ def reference_basis(db, kernel: str = "3x3", reference: str = DATABASE, eps: flo
             db.close()
 
 
-def basis_path(db_path, reference: str, kernel: str) -> Path:
+def basis_path(db_path, reference: str, kernel: str, suffix: str = ".json") -> Path:
     slug = DATABASE if reference == DATABASE else "group-" + hashlib.sha1(reference.encode()).hexdigest()[:12]
-    return Path(db_path) / BASIS_DIR / f"{slug}-{kernel}.json"
+    return Path(db_path) / BASIS_DIR / f"{slug}-{kernel}{suffix}"
+
+
+# ---------------------------------------------------------------------------- histograms on a reference basis
+
+def reference_histograms(db, rows: list[int], absmax: dict[int, float], basis: DivergenceBasis, reference: str,
+                         kernel: str, eps: float = SPARSITY_EPS, executor=None, progress: str | None = None
+                         ) -> dict[int, np.ndarray]:
+    """Per layer row (db.layers index, all of ``kernel``): the bin counts (components x N_BINS) of
+    its non-sparse scaled filters on the reference basis. Cached beside the basis in
+    ``<db>/divergence/<reference>-<kernel>-hist.npz`` under the basis' token (a change of any
+    reference model invalidates both); layers not in the file are counted in one pass and added."""
+    token = f"{HIST_VERSION}|{reference_token(db, kernel, reference, eps)}"
+    path = basis_path(db.path, reference, kernel, "-hist.npz")
+    cached = _load_histograms(path, token)
+    keys = db.layers.loc[rows, ["model_id", "layer_index"]]
+    layer_keys = dict(zip(rows, zip(keys["model_id"], keys["layer_index"].astype(int))))
+    missing = [row for row in rows if layer_keys[row] not in cached]
+    if missing:
+        bins = (len(basis.pca.components), N_BINS)
+        counted = run_pass(db, "hist", {row: [row] for row in missing}, absmax, {row: basis for row in missing}, eps,
+                           executor, progress)
+        for row in missing:
+            found = counted.get((row, layer_keys[row][0]))
+            cached[layer_keys[row]] = found.counts if found is not None else np.zeros(bins, np.int64)
+        _store_histograms(path, token, cached)
+    return {row: cached[layer_keys[row]] for row in rows}
+
+
+def _load_histograms(path: Path, token: str) -> dict[tuple[str, int], np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["token"]) != token:
+                return {}
+            ids, index, counts = data["model_id"], data["layer_index"], data["counts"]
+            if int(data["digest"]) != _histograms_digest(ids, index, counts):
+                notice(f"{path}: the cached histograms do not match their checksum (edited or damaged); "
+                       "counting them again")
+                return {}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return {}
+    return {(str(m), int(i)): c for m, i, c in zip(ids, index.tolist(), counts)}
+
+
+def _store_histograms(path: Path, token: str, histograms: dict[tuple[str, int], np.ndarray]) -> bool:
+    keys = sorted(histograms)
+    ids = np.array([m for m, _ in keys], dtype=str)
+    index = np.array([i for _, i in keys], dtype=np.int64)
+    counts = np.stack([histograms[k] for k in keys]).astype(np.int64)
+    try:
+        path.parent.mkdir(exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, token=np.array(token), model_id=ids, layer_index=index, counts=counts,
+                     digest=np.array(_histograms_digest(ids, index, counts), dtype=np.uint64))
+    except OSError:  # a read-only database: counted again next time
+        return False
+    return True
+
+
+def _histograms_digest(ids: np.ndarray, index: np.ndarray, counts: np.ndarray) -> int:
+    return digest("\x1f".join(ids.tolist()).encode() + np.ascontiguousarray(index, np.int64).tobytes()
+                  + np.ascontiguousarray(counts, np.int64).tobytes())
 
 
 def _token(db, model_ids: list[str], kernel: str, eps: float) -> str:

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import xxhash
 
 from filterdb.analysis.metrics import Moments
 from filterdb.atomic import atomic_path
@@ -93,3 +96,136 @@ def _plain(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+# ---------------------------------------------------------------------------- the snapshot of the cache
+
+SNAPSHOT_NAME = "snapshot.npz"
+SNAPSHOT_FORMAT = "filterdb-metrics-snapshot"
+
+
+def snapshot_path(db_path) -> Path:
+    return Path(db_path) / CACHE_DIR / SNAPSHOT_NAME
+
+
+@dataclass
+class Snapshot:
+    """Every model's cache file in one file (``metrics/snapshot.npz``), so that reading the metrics of
+    thousands of models is one read, not thousands of JSON parses. A model's rows are used while its
+    token is current and its JSON file has the size and mtime recorded with them (so an edited file
+    is read, found out by its digest, and recomputed); the snapshot's own digest covers its numbers.
+    It is rewritten whenever a model had to be read from its file or computed."""
+    files: dict[str, tuple[str, int, int]]  # model_id -> (token, size, mtime_ns) of its cache file
+    frame: pd.DataFrame  # the rows of every model, as :func:`load` gives them
+    moments: list[Moments]  # one per row of frame
+
+    @classmethod
+    def empty(cls) -> "Snapshot":
+        return cls({}, pd.DataFrame(), [])
+
+    def current(self, db_path, tokens: dict[str, str]) -> set[str]:
+        """The models of ``tokens`` (model_id -> current token) whose rows here are current."""
+        return {mid for mid, token in tokens.items()
+                if mid in self.files and self.files[mid][0] == token and file_stat(db_path, mid) == self.files[mid][1:]}
+
+
+def file_stat(db_path, model_id: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(cache_path(db_path, model_id))
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def load_snapshot(db_path, eps: float) -> Snapshot:
+    """The snapshot written with ``eps`` and this METRICS_VERSION (empty if absent, stale or damaged)."""
+    path = snapshot_path(db_path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return Snapshot.empty()
+    problem = _snapshot_problem(arrays)
+    if problem == "stale":
+        return Snapshot.empty()
+    if problem:
+        notice(f"{path}: {problem}; reading the cache files instead")
+        return Snapshot.empty()
+    if str(arrays["eps"]) != repr(eps):
+        return Snapshot.empty()
+    files = {str(m): (str(t), int(s), int(n)) for m, t, s, n in
+             zip(arrays["file_model_id"], arrays["file_token"], arrays["file_size"].tolist(),
+                 arrays["file_mtime_ns"].tolist())}
+    columns = [str(c) for c in arrays["columns"]]
+    frame = pd.DataFrame({c: arrays[f"column:{c}"].astype(object) if arrays[f"column:{c}"].dtype.kind == "U"
+                          else arrays[f"column:{c}"] for c in columns})
+    return Snapshot(files, frame, _split_moments(arrays))
+
+
+def store_snapshot(db_path, eps: float, snapshot: Snapshot) -> bool:
+    """Write the snapshot atomically; False (nothing written) where the directory is read-only."""
+    arrays = {"format": np.array(SNAPSHOT_FORMAT), "metrics_version": np.array(METRICS_VERSION),
+              "eps": np.array(repr(eps)), "columns": np.array(list(snapshot.frame.columns), dtype=str)}
+    ids = sorted(snapshot.files)
+    arrays["file_model_id"] = np.array(ids, dtype=str)
+    arrays["file_token"] = np.array([snapshot.files[m][0] for m in ids], dtype=str)
+    arrays["file_size"] = np.array([snapshot.files[m][1] for m in ids], np.int64)
+    arrays["file_mtime_ns"] = np.array([snapshot.files[m][2] for m in ids], np.int64)
+    for c in snapshot.frame.columns:
+        values = snapshot.frame[c].to_numpy()
+        arrays[f"column:{c}"] = values.astype(str) if values.dtype == object else values
+    moments = snapshot.moments
+    arrays["moment_count"] = np.array([m.count for m in moments], np.int64)
+    arrays["moment_dim"] = np.array([len(m.mean) for m in moments], np.int64)
+    arrays["moment_mean"] = np.concatenate([m.mean for m in moments]) if moments else np.empty(0)
+    arrays["moment_scatter"] = np.concatenate([m.scatter.ravel() for m in moments]) if moments else np.empty(0)
+    arrays["digest"] = np.array(_arrays_digest(arrays), dtype=np.uint64)
+    path = snapshot_path(db_path)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    except OSError:
+        return False
+    return True
+
+
+def check_snapshot(path: Path) -> str:
+    """What is wrong with a snapshot file ('' if nothing or merely stale)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        return f"cannot be read ({exc})"
+    problem = _snapshot_problem(arrays)
+    return "" if problem == "stale" else problem
+
+
+def _snapshot_problem(arrays: dict) -> str:
+    if "format" not in arrays or str(arrays["format"]) != SNAPSHOT_FORMAT or "digest" not in arrays:
+        return "is not a filterdb metrics snapshot"
+    if str(arrays.get("metrics_version")) != METRICS_VERSION:
+        return "stale"
+    if int(arrays["digest"]) != _arrays_digest(arrays):
+        return "the snapshot of the metrics does not match its checksum (edited or damaged)"
+    return ""
+
+
+def _arrays_digest(arrays: dict) -> int:
+    hasher = xxhash.xxh3_64()
+    for name in sorted(arrays):
+        if name == "digest":
+            continue
+        value = np.ascontiguousarray(arrays[name])
+        hasher.update(f"{name}\x1f{value.dtype.str}\x1f{value.shape}\x1f".encode())
+        hasher.update(memoryview(value).cast("B") if value.size else b"")
+    return hasher.intdigest()
+
+
+def _split_moments(arrays: dict) -> list[Moments]:
+    dims, counts = arrays["moment_dim"].tolist(), arrays["moment_count"].tolist()
+    means, scatters = arrays["moment_mean"], arrays["moment_scatter"]
+    out, at_mean, at_scatter = [], 0, 0
+    for d, count in zip(dims, counts):
+        out.append(Moments(count, means[at_mean:at_mean + d], scatters[at_scatter:at_scatter + d * d].reshape(d, d)))
+        at_mean, at_scatter = at_mean + d, at_scatter + d * d
+    return out

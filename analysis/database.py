@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import Executor, ProcessPoolExecutor
 
+import numpy as np
 import pandas as pd
 
 from filterdb.analysis import cache
@@ -108,26 +109,73 @@ def resolve_models(models: pd.DataFrame, wanted: Iterable[str] | None) -> list[s
 
 def layer_metrics_frame(db, model_ids: list[str], eps: float = SPARSITY_EPS, executor: Executor | None = None,
                         on_model=None) -> tuple[pd.DataFrame, dict[tuple[str, int], Moments]]:
-    """Per-layer metrics (and moments keyed by (model_id, layer_index)) of some models.
+    """Per-layer metrics (and moments keyed by (model_id, layer_index)) of some models, in the order of ``model_ids``.
 
-    Missing cache files are computed here, or on ``executor`` when given. ``on_model`` is
-    called once per model done (progress).
+    Current models come from the cache's snapshot (one file); the others from their cache files,
+    or computed here, or on ``executor`` when given; then the snapshot is rewritten. ``on_model``
+    is called once per model done (progress).
     """
+    snapshot = cache.load_snapshot(db.path, eps)
+    current = snapshot.current(db.path, {mid: cache_token(db, mid) for mid in model_ids})
+    rest = [m for m in model_ids if m not in current]
     if executor is not None:
-        stale = [m for m in model_ids if cache.load(db.path, m, cache_token(db, m), eps) is None]
+        stale = [m for m in rest if cache.load(db.path, m, cache_token(db, m), eps) is None]
         futures = [executor.submit(model_metrics_job, str(db.path), m, eps) for m in stale]
         for future in futures:
             future.result()
-    frames, moments = [], {}
+    fresh = {}
     for mid in model_ids:
-        frame, model_moments = model_metrics(db, mid, eps)
-        frames.append(frame)
-        moments.update({(mid, int(i)): m for i, m in zip(frame["layer_index"], model_moments)})
+        if mid not in current:
+            fresh[mid] = model_metrics(db, mid, eps)
         if on_model:
             on_model(mid)
-    if not frames:
-        return pd.DataFrame(columns=[*LAYER_KEY_COLUMNS, *METRIC_NAMES, *EXTRA_COLUMNS]), moments
-    return pd.concat(frames, ignore_index=True), moments
+    if fresh:
+        snapshot = _updated_snapshot(db, snapshot, fresh)
+        cache.store_snapshot(db.path, eps, snapshot)
+    return _select(snapshot, fresh, model_ids)
+
+
+def _updated_snapshot(db, snapshot: cache.Snapshot, fresh: dict) -> cache.Snapshot:
+    """The snapshot with the fresh models' rows (those whose cache file exists) in place of their old
+    ones, and without models no longer in the database."""
+    stats = {mid: cache.file_stat(db.path, mid) for mid in fresh}
+    written = [mid for mid in fresh if stats[mid] is not None]
+    keep = (~snapshot.frame["model_id"].isin(written) & snapshot.frame["model_id"].isin(db.models.index)
+            if len(snapshot.frame) else np.zeros(0, bool))
+    frames = [snapshot.frame[keep]] if len(snapshot.frame) else []
+    moments = [m for m, k in zip(snapshot.moments, keep) if k]
+    for mid in written:
+        frames.append(fresh[mid][0])
+        moments += fresh[mid][1]
+    files = {mid: f for mid, f in snapshot.files.items() if mid in db.models.index and mid not in written}
+    files.update({mid: (cache_token(db, mid), *stats[mid]) for mid in written})
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*LAYER_KEY_COLUMNS, *METRIC_NAMES,
+                                                                                      *EXTRA_COLUMNS])
+    return cache.Snapshot(files, frame, moments)
+
+
+def _select(snapshot: cache.Snapshot, fresh: dict, model_ids: list[str]
+            ) -> tuple[pd.DataFrame, dict[tuple[str, int], Moments]]:
+    """The rows of ``model_ids`` in their order (fresh ones from ``fresh``, the others from the snapshot)."""
+    columns = [*LAYER_KEY_COLUMNS, *METRIC_NAMES, *EXTRA_COLUMNS]
+    order = {mid: i for i, mid in enumerate(model_ids)}
+    parts, moments = [], {}
+    old = [mid for mid in model_ids if mid not in fresh]
+    if old:
+        frame = snapshot.frame
+        chosen = np.flatnonzero(frame["model_id"].isin(old).to_numpy())
+        parts.append(frame.iloc[chosen])
+        moments.update({(mid, int(i)): snapshot.moments[r] for r, mid, i in
+                        zip(chosen, frame["model_id"].to_numpy()[chosen], frame["layer_index"].to_numpy()[chosen])})
+    for mid, (frame, model_moments) in fresh.items():
+        parts.append(frame)
+        moments.update({(mid, int(i)): m for i, m in zip(frame["layer_index"], model_moments)})
+    if not parts:
+        return pd.DataFrame(columns=columns), moments
+    frame = pd.concat(parts, ignore_index=True)
+    position = frame["model_id"].map(order).to_numpy()
+    frame = frame.iloc[np.argsort(position, kind="stable")].reset_index(drop=True)
+    return frame[columns], moments
 
 
 def database_metrics(db, models: Iterable[str] | None = None, eps: float = SPARSITY_EPS,

@@ -16,15 +16,21 @@ p = 1 with a zero-width interval.
   test, the observed labeling included), otherwise ``n_permutations`` random ones with
   p = (1 + #{T* >= T}) / (1 + N). T is |mean difference| (two-sided);
 - :func:`holm`: Holm's step-down adjustment for multiple comparisons.
+
+The p-values are scipy's. Where scipy uses the normal approximation for any input (Mann-Whitney
+with both groups over 8 models, Wilcoxon over 50 pairs) it is computed here with scipy's
+formulas, so that comparing many models does not import scipy.stats (about 1 s of CPU);
+tests/test_stats.py holds both to 1e-12.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import mannwhitneyu, wilcoxon
 
 BOOTSTRAP_RESAMPLES = 10_000
 CONFIDENCE = 0.95
@@ -40,13 +46,36 @@ def _clean(values) -> np.ndarray:
 
 
 def mann_whitney_p(a, b) -> float:
-    """Two-sided Mann-Whitney U p-value (scipy, exact for small samples without ties); NaN if a group is empty."""
+    """Two-sided Mann-Whitney U p-value, as ``scipy.stats.mannwhitneyu`` gives it (exact for small
+    samples without ties, else the normal approximation with tie and continuity corrections); NaN
+    if a group is empty."""
     a, b = _clean(a), _clean(b)
     if len(a) == 0 or len(b) == 0:
         return math.nan
     if np.ptp(np.concatenate([a, b])) == 0:
         return 1.0  # all values equal: no evidence of a difference (scipy would divide by zero)
-    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    ranks, ties = average_ranks(np.concatenate([a, b]))
+    n1, n2 = len(a), len(b)
+    if min(n1, n2) <= 8:  # scipy's exact distribution where it uses one; imported only here
+        from scipy.stats import mannwhitneyu
+        return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    u1 = ranks[:n1].sum() - n1 * (n1 + 1) / 2
+    u = max(u1, n1 * n2 - u1)
+    n = n1 + n2
+    sigma = math.sqrt(n1 * n2 / 12 * ((n + 1) - (ties ** 3 - ties).sum() / (n * (n - 1))))
+    return min(1.0, 2 * _normal_sf((u - n1 * n2 / 2 - 0.5) / sigma))
+
+
+def average_ranks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks 1..n of ``x`` (ties get the mean of their ranks) and the size of each group of ties."""
+    values, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    upper = np.cumsum(counts)
+    return ((upper - (counts - 1) / 2)[inverse]).astype(np.float64), counts.astype(np.float64)
+
+
+def _normal_sf(z: float) -> float:
+    """P(Z > z) for a standard normal Z (scipy.special.ndtr(-z))."""
+    return 0.5 * math.erfc(z / math.sqrt(2))
 
 
 def cliffs_delta(a, b) -> float:
@@ -69,12 +98,47 @@ def bootstrap_ci(a, b, confidence: float = CONFIDENCE, resamples: int = BOOTSTRA
     a, b = _clean(a), _clean(b)
     if len(a) == 0 or len(b) == 0:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means_a = a[rng.integers(0, len(a), size=(resamples, len(a)))].mean(axis=1)
-    means_b = b[rng.integers(0, len(b), size=(resamples, len(b)))].mean(axis=1)
-    tail = (1 - confidence) / 2
-    lo, hi = np.quantile(means_a - means_b, [tail, 1 - tail])
+    lo, hi = bootstrap_intervals(a[:, None], b[:, None], confidence, resamples, seed)[0]
     return float(lo), float(hi)
+
+
+def bootstrap_intervals(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE,
+                        resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """:func:`bootstrap_ci` of each column of ``a`` (n_a, m) and ``b`` (n_b, m), no NaN: (m, 2) bounds.
+    The columns share the resamples (the same models drawn), as separate calls would."""
+    counts_a, counts_b = resample_counts((len(a), len(b)), resamples, seed)
+    tail = (1 - confidence) / 2
+    return np.quantile(row_means(counts_a, a) - row_means(counts_b, b), [tail, 1 - tail], axis=0).T
+
+
+@functools.lru_cache(maxsize=4)
+def resample_counts(sizes: tuple[int, ...], resamples: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Bootstrap resamples as counts: per size n (drawn in turn from one generator seeded with
+    ``seed``, n indices per resample), a read-only (resamples, n) uint16 matrix of how often each
+    item was drawn. The same for every metric of a comparison, so drawn once (cached)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in sizes:
+        if n > np.iinfo(np.uint16).max:
+            raise ValueError(f"bootstrap of {n} values: at most 65535 supported")
+        counts = np.empty((resamples, n), np.uint16)
+        block = max(1, (1 << 17) // n)  # rows drawn and counted at once: their bins stay in cache
+        offsets = (np.arange(block) * n)[:, None]
+        for lo in range(0, resamples, block):
+            k = min(block, resamples - lo)  # numpy draws the same stream in blocks of rows as whole (tests pin it)
+            drawn = rng.integers(0, n, size=(k, n)) + offsets[:k]
+            counts[lo:lo + k] = np.bincount(drawn.ravel(), minlength=k * n).reshape(k, n)
+        counts.flags.writeable = False
+        out.append(counts)
+    return tuple(out)
+
+
+def row_means(counts: np.ndarray, x: np.ndarray, block: int = 2048) -> np.ndarray:
+    """``counts @ x / len(x)``: the mean of each resample (a row of counts) of the values ``x`` (n or (n, m))."""
+    out = np.empty((len(counts), *x.shape[1:]))
+    for lo in range(0, len(counts), block):
+        out[lo:lo + block] = counts[lo:lo + block].astype(np.float64) @ x
+    return out / len(x)
 
 
 @dataclass
@@ -103,10 +167,36 @@ def two_sample(a, b, seed: int = 0) -> TwoSample:
     return TwoSample(len(a), len(b), mean_a, mean_b, mean_a - mean_b, lo, hi, mann_whitney_p(a, b), cliffs_delta(a, b))
 
 
+def two_sample_columns(a: np.ndarray, b: np.ndarray, seed: int = 0) -> list[TwoSample]:
+    """:func:`two_sample` of each column of ``a`` (n_a, m) and ``b`` (n_b, m): the same results, with
+    the bootstrap of the columns without NaN in one pass (every metric of a comparison at once)."""
+    whole = _whole_columns(a, b)
+    bounds = iter(bootstrap_intervals(a[:, whole], b[:, whole], seed=seed) if whole.any() else [])
+    out = []
+    for j in range(a.shape[1]):
+        x, y = a[:, j], b[:, j]
+        if not whole[j]:
+            out.append(two_sample(x, y, seed))
+            continue
+        lo, hi = next(bounds)
+        out.append(TwoSample(len(x), len(y), float(x.mean()), float(y.mean()), float(x.mean()) - float(y.mean()),
+                             float(lo), float(hi), mann_whitney_p(x, y), cliffs_delta(x, y)))
+    return out
+
+
+def _whole_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Columns without NaN in either group, where both groups have at least 2 values (the batched path)."""
+    if len(a) < 2 or len(b) < 2:
+        return np.zeros(a.shape[1], bool)
+    return ~(np.isnan(a).any(axis=0) | np.isnan(b).any(axis=0))
+
+
 # ---------------------------------------------------------------------------- paired
 
 def wilcoxon_p(differences) -> float:
-    """Two-sided Wilcoxon signed-rank p-value of the per-pair differences (scipy; zeros dropped).
+    """Two-sided Wilcoxon signed-rank p-value of the per-pair differences, as ``scipy.stats.wilcoxon``
+    gives it (zeros dropped; exact or by permutation up to 50 differences, else the normal
+    approximation with the tie correction, no continuity correction).
 
     NaN for fewer than 2 differences; 1.0 if every difference is zero (no evidence either way)."""
     d = _clean(differences)
@@ -114,7 +204,15 @@ def wilcoxon_p(differences) -> float:
         return math.nan
     if not np.any(d != 0):
         return 1.0
-    return float(wilcoxon(d, alternative="two-sided").pvalue)
+    if len(d) <= 50:  # scipy's exact or permutation distribution; imported only here
+        from scipy.stats import wilcoxon
+        return float(wilcoxon(d, alternative="two-sided").pvalue)
+    d = d[d != 0]
+    n = len(d)
+    ranks, ties = average_ranks(np.abs(d))
+    r_plus = ranks[d > 0].sum()
+    se = math.sqrt((n * (n + 1) * (2 * n + 1) - (ties ** 3 - ties).sum() / 2) / 24)
+    return min(1.0, 2 * _normal_sf(abs(r_plus - n * (n + 1) / 4) / se))
 
 
 def paired_bootstrap_ci(differences, confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
@@ -123,8 +221,8 @@ def paired_bootstrap_ci(differences, confidence: float = CONFIDENCE, resamples: 
     d = _clean(differences)
     if len(d) < 2:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+    (counts,) = resample_counts((len(d),), resamples, seed)
+    means = row_means(counts, d)
     tail = (1 - confidence) / 2
     lo, hi = np.quantile(means, [tail, 1 - tail])
     return float(lo), float(hi)
@@ -167,27 +265,34 @@ class Permutation:
         return cls(math.nan, math.nan, 0, False)
 
 
+@functools.lru_cache(maxsize=4)
 def labelings(n_a: int, n_b: int, n_permutations: int = PERMUTATIONS, seed: int = 0) -> tuple[np.ndarray, bool]:
     """Boolean (K, n_a + n_b) matrix, True = in group A: every split when there are at most
-    ``n_permutations`` (exact), else ``n_permutations`` random label shuffles."""
+    ``n_permutations`` (exact), else ``n_permutations`` random label shuffles. Read-only and
+    cached: every metric and the divergence of a comparison share them."""
     n = n_a + n_b
     if math.comb(n, n_a) <= n_permutations:
         out = np.zeros((math.comb(n, n_a), n), dtype=bool)
         for k, chosen in enumerate(itertools.combinations(range(n), n_a)):
             out[k, list(chosen)] = True
-        return out, True
-    rng = np.random.default_rng(seed)
-    return rng.permuted(np.tile(np.arange(n) < n_a, (n_permutations, 1)), axis=1), False
+        exact = True
+    else:
+        rng = np.random.default_rng(seed)
+        out, exact = rng.permuted(np.tile(np.arange(n) < n_a, (n_permutations, 1)), axis=1), False
+    out.flags.writeable = False
+    return out, exact
 
 
+@functools.lru_cache(maxsize=4)
 def sign_flips(n_pairs: int, n_permutations: int = PERMUTATIONS, seed: int = 0) -> tuple[np.ndarray, bool]:
     """(K, n_pairs) matrix of +-1 (labels swapped within a pair): all 2^n when at most
-    ``n_permutations``, else random ones."""
+    ``n_permutations``, else random ones. Read-only and cached, as :func:`labelings`."""
     if 2 ** n_pairs <= n_permutations:
-        grid = np.array(list(itertools.product((1.0, -1.0), repeat=n_pairs)))
-        return grid.reshape(-1, n_pairs), True
-    rng = np.random.default_rng(seed)
-    return rng.choice((1.0, -1.0), size=(n_permutations, n_pairs)), False
+        out, exact = np.array(list(itertools.product((1.0, -1.0), repeat=n_pairs))).reshape(-1, n_pairs), True
+    else:
+        out, exact = np.random.default_rng(seed).choice((1.0, -1.0), size=(n_permutations, n_pairs)), False
+    out.flags.writeable = False
+    return out, exact
 
 
 def permutation_p(observed: float, null: np.ndarray, exact: bool) -> float:
@@ -201,11 +306,35 @@ def permutation_test(a, b, n_permutations: int = PERMUTATIONS, seed: int = 0) ->
     a, b = _clean(a), _clean(b)
     if len(a) < 2 or len(b) < 2:
         return Permutation.none()
+    return _permutation_tests(a[:, None], b[:, None], n_permutations, seed)[0]
+
+
+def permutation_test_columns(a: np.ndarray, b: np.ndarray, n_permutations: int = PERMUTATIONS, seed: int = 0
+                             ) -> list[Permutation]:
+    """:func:`permutation_test` of each column of ``a`` (n_a, m) and ``b`` (n_b, m): the same results,
+    the columns without NaN in one pass over the labelings."""
+    whole = _whole_columns(a, b)
+    batched = iter(_permutation_tests(a[:, whole], b[:, whole], n_permutations, seed) if whole.any() else [])
+    return [next(batched) if whole[j] else permutation_test(a[:, j], b[:, j], n_permutations, seed)
+            for j in range(a.shape[1])]
+
+
+def _permutation_tests(a: np.ndarray, b: np.ndarray, n_permutations: int, seed: int) -> list[Permutation]:
     x = np.concatenate([a, b])
     masks, exact = labelings(len(a), len(b), n_permutations, seed)
-    null = np.abs(masks @ x / len(a) - (~masks) @ x / len(b))
-    observed = abs(a.mean() - b.mean())
-    return Permutation(permutation_p(observed, null, exact), float(np.median(null)), len(null), exact)
+    in_a = masked_sums(masks, x)
+    null = np.abs(in_a / len(a) - (x.sum(axis=0) - in_a) / len(b))
+    observed = np.abs(a.mean(axis=0) - b.mean(axis=0))
+    return [Permutation(permutation_p(observed[j], null[:, j], exact), float(np.median(null[:, j])), len(null), exact)
+            for j in range(a.shape[1])]
+
+
+def masked_sums(masks: np.ndarray, x: np.ndarray, block: int = 1024) -> np.ndarray:
+    """``masks @ x`` for a boolean (K, n) matrix and x (n or (n, m)), in row blocks (no float copy of the whole matrix)."""
+    out = np.empty((len(masks), *x.shape[1:]))
+    for lo in range(0, len(masks), block):
+        out[lo:lo + block] = masks[lo:lo + block].astype(np.float64) @ x
+    return out
 
 
 def paired_permutation_test(a, b, n_permutations: int = PERMUTATIONS, seed: int = 0) -> Permutation:
@@ -217,6 +346,20 @@ def paired_permutation_test(a, b, n_permutations: int = PERMUTATIONS, seed: int 
     signs, exact = sign_flips(len(d), n_permutations, seed)
     null = np.abs(signs @ d / len(d))
     return Permutation(permutation_p(abs(d.mean()), null, exact), float(np.median(null)), len(null), exact)
+
+
+@contextmanager
+def one_blas_thread():
+    """BLAS on one thread within the block. The nulls are many small matrix products; on the shared
+    2-core machine they took half the CPU and half the wall time on one thread than on two
+    (divergence null of 1,000 models, 9,999 labelings: 0.46 s vs 1.05-1.33 s CPU)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn's dependency; without it, BLAS keeps its threads
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def holm(p_values) -> np.ndarray:

@@ -11,8 +11,9 @@ extraction): small models have 4 convolutions, the WRN-sized ones the 28 of a WR
 (narrow, so that 1,000 fit on disk). Then, per database, every operation runs in a fresh
 interpreter, ``--repeat`` times (median): API operations are timed inside it after the
 imports, CLI commands from outside minus a bare interpreter's start (``python -c pass``,
-measured in the same run); peak memory is the process's max RSS. The metrics cache is
-warmed once before ``compare``. Results: a table with each time against the 10-model
+measured in the same run), next to the imports every read command pays (click, h5py, numpy,
+pandas, rich); peak memory is the process's max RSS. The metrics cache, the divergence basis
+and its histograms are warmed once before ``compare`` (one ``metrics`` and one ``compare`` run). Results: a table with each time against the 10-model
 database, ``--out``/bench_scale.csv and a log-log plot of CPU time ``--out``/bench_scale.png
 (CPU rather than wall time: on a shared machine the wall time mostly measures the load).
 """
@@ -160,6 +161,8 @@ def measure(db_dir: Path, kind: str, repeat: int, bare: tuple[float, float], fil
     results = {}
     for op in [*API_OPS, *CLI_OPS]:
         walls, cpus, peaks = [], [], []
+        if op == "compare_first":  # open_write_add added models: the caches are warmed for them first
+            in_fresh_process([filterdb_bin, *CLI_OPS[op], "--db", str(db_dir)])
         for _ in range(repeat):
             if op in CLI_OPS:
                 wall, cpu, peak, _ = in_fresh_process([filterdb_bin, *CLI_OPS[op], "--db", str(db_dir)])
@@ -192,7 +195,9 @@ def main() -> None:
         print(json.dumps({"seconds": run_op(args.op, args.db, args.kind)}))
         return
     if args.build:
-        build(args.db, args.kind, args.build, workers=2 if args.build >= 5000 else 1)
+        # One writer through the batch API: worker processes write shards no faster on 2 cores, and
+        # the writer must then read every shard back (10,000 shards: 11 min to write, over 20 to adopt).
+        build(args.db, args.kind, args.build, workers=1)
         return
     if args.write_shards:
         from filterdb.shards import write_shard
@@ -203,15 +208,24 @@ def main() -> None:
         return
 
     filterdb_bin = str(Path(sys.executable).with_name("filterdb"))
+    # Byte-compile the package as pip does on install (an environment with PYTHONDONTWRITEBYTECODE
+    # would otherwise compile every module in every timed command: about 0.3 s).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(HERE.parent / "filterdb"), str(HERE.parent / "analysis"),
+                    str(HERE.parent / "training")], check=True, stdout=subprocess.DEVNULL)
     dbs = [(n, "small", args.dir / f"small-{n}") for n in map(int, args.sizes.split(","))]
     if args.wrn:
         dbs.append((args.wrn, "wrn", args.dir / f"wrn-{args.wrn}"))
     for n, kind, path in dbs:  # built in a child: this process stays small (see in_fresh_process)
         subprocess.run([sys.executable, __file__, "--build", str(n), "--db", str(path), "--kind", kind], check=True)
         in_fresh_process([filterdb_bin, "metrics", "--db", str(path), "--format", "csv"])  # warm the cache
+        in_fresh_process([filterdb_bin, *CLI_OPS["compare_first"], "--db", str(path)])  # and the divergence's
 
     runs = [in_fresh_process([sys.executable, "-c", "pass"]) for _ in range(5)]
     bare = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+    runs = [in_fresh_process([sys.executable, "-c", "import click, h5py, numpy, pandas, rich.table"]) for _ in range(5)]
+    floor = statistics.median(r[1] for r in runs) - bare[1]
+    print(f"imports every read command pays (click, h5py, numpy, pandas, rich): {floor:.3f} s CPU beyond the "
+          "interpreter", flush=True)
     runs = [in_fresh_process([filterdb_bin, "--help"]) for _ in range(5)]
     help_wall, help_cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
     print(f"bare interpreter start {bare[0]:.3f} s wall, {bare[1]:.3f} s CPU; filterdb --help {help_wall:.3f} s "

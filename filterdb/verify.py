@@ -169,6 +169,11 @@ def _verify_cache(result: Verification) -> None:
         problem = cache.check_file(path)
         if problem:
             result.add(path, f"{problem}; it is recomputed")
+    snapshot = cache.snapshot_path(result.db)
+    if snapshot.exists():
+        problem = cache.check_snapshot(snapshot)
+        if problem:
+            result.add(snapshot, f"{problem}; it is rewritten")
 
 
 def quarantine(db: Path, paths: list[Path]) -> Path:

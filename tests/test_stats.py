@@ -118,3 +118,62 @@ def test_divergence_permutation_null_is_uniform_for_one_population_and_minimal_f
     result = divergence_permutation(basis, a, b, observed, 199, 0)
     # C(12, 6) = 924 labelings > 199: sampled; none is as extreme as the observed split
     assert (result.p_value, result.n_permutations) == (1 / 200, 199) and result.null_median < observed / 5
+
+
+def test_normal_approximations_equal_scipys():
+    """Where scipy uses the normal approximation (MWU: both groups over 8; Wilcoxon: over 50 pairs)
+    the p-values are computed here without importing scipy.stats: equal to scipy's, ties included."""
+    from scipy.stats import mannwhitneyu, wilcoxon
+
+    rng = np.random.default_rng(7)
+    for n_a, n_b, ties in ((9, 9, False), (9, 40, True), (120, 80, False), (300, 301, True)):
+        a, b = rng.normal(0.2, 1, n_a), rng.normal(0, 1, n_b)
+        if ties:
+            a, b = np.round(a, 1), np.round(b, 1)
+        expected = mannwhitneyu(a, b, alternative="two-sided").pvalue
+        assert mann_whitney_p(a, b) == pytest.approx(expected, rel=1e-12, abs=1e-300)
+    for n, ties in ((51, False), (80, True), (500, True)):
+        d = rng.normal(0.1, 1, n)
+        if ties:
+            d = np.round(d, 1)  # ties and zeros
+        assert wilcoxon_p(d) == pytest.approx(wilcoxon(d).pvalue, rel=1e-12, abs=1e-300)
+
+
+def test_resamples_and_labelings_are_shared_not_redrawn():
+    """Every metric of a comparison resamples the same models: the same seeded draws, drawn once."""
+    from filterdb.analysis.stats import labelings, resample_counts
+
+    first, again = resample_counts((300, 200), 1000, 3), resample_counts((300, 200), 1000, 3)
+    assert first[0] is again[0] and first[0].sum(axis=1).tolist() == [300] * 1000 and not first[0].flags.writeable
+    rng = np.random.default_rng(3)  # the draws of the generator, whole, counted: the same as drawn in blocks
+    for counts, n in zip(first, (300, 200)):
+        drawn = rng.integers(0, n, size=(1000, n))
+        assert all(np.array_equal(counts[r], np.bincount(drawn[r], minlength=n)) for r in (0, 436, 437, 999))
+    masks, exact = labelings(30, 20, 999, 1)
+    assert masks is labelings(30, 20, 999, 1)[0] and not exact and (masks.sum(axis=1) == 30).all()
+
+
+def test_bootstrap_counts_give_the_means_of_the_drawn_resamples():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 0.1, 40), rng.normal(0.0, 0.1, 25)
+    draw = np.random.default_rng(5)  # the definition: resample each group with replacement, in turn
+    means_a = a[draw.integers(0, 40, size=(10_000, 40))].mean(axis=1)
+    means_b = b[draw.integers(0, 25, size=(10_000, 25))].mean(axis=1)
+    expected = np.quantile(means_a - means_b, [0.025, 0.975])
+    np.testing.assert_allclose(bootstrap_ci(a, b, seed=5), expected, rtol=1e-12)
+
+
+def test_columns_give_what_each_column_gives_alone():
+    """compare tests every metric of a layer group at once: the same numbers as one metric at a time."""
+    from filterdb.analysis.stats import permutation_test_columns, two_sample_columns
+
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(0.3, 1, (12, 3)), rng.normal(0, 1, (15, 3))
+    a[4, 1] = np.nan  # a metric undefined for one model: that column alone
+    for j, (s, p) in enumerate(zip(two_sample_columns(a, b, 4), permutation_test_columns(a, b, 500, 4))):
+        alone, perm = two_sample(a[:, j], b[:, j], 4), permutation_test(a[:, j], b[:, j], 500, 4)
+        assert (s.n_a, s.n_b, s.mean_a, s.mean_b, s.p_value, s.cliffs_delta) == \
+               (alone.n_a, alone.n_b, alone.mean_a, alone.mean_b, alone.p_value, alone.cliffs_delta)
+        np.testing.assert_allclose([s.ci_low, s.ci_high], [alone.ci_low, alone.ci_high], rtol=1e-12)
+        assert (p.p_value, p.n_permutations, p.exact) == (perm.p_value, perm.n_permutations, perm.exact)
+        assert p.null_median == pytest.approx(perm.null_median, rel=1e-12)

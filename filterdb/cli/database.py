@@ -153,47 +153,21 @@ def export(out, db_path):
     click.echo(f"{path}: {n_models} models, {path.stat().st_size / 2**20:.1f} MiB", err=True)
 
 
-def database_summary(db) -> dict:
-    layers = db.layers
-    per_kernel = layers.groupby("kernel")["n_filters"].sum().to_dict() if len(layers) else {}
-    return {"path": str(db.path), "models": int(len(db.models)), "layers": int(len(layers)),
-            "filters": int(layers["n_filters"].sum()) if len(layers) else 0,
-            "filters_per_kernel": {k: int(v) for k, v in sorted(per_kernel.items())},
-            "size_on_disk_bytes": int(db.size_on_disk())}
-
-
-INFO_COLUMNS = ["model_id", "source", "name", "dataset", "training", "architecture", "threat_model", "eps",
-                "clean_acc", "robust_acc", "n_layers", "n_filters"]
-
-
 @click.command()
 @db_option
 @format_option
 @click.option("--json", "as_json", is_flag=True, help="Shorthand for --format json (summary and models).")
-def info(db_path, fmt, as_json):
+@click.option("--all", "show_all", is_flag=True,
+              help="Every model in the table (by default the first 20; --format csv/json always give all).")
+def info(db_path, fmt, as_json, show_all):
     """Models, layers, filters per kernel size and size on disk of a database."""
-    import pandas as pd
-
     from filterdb.store import open_database
+    from filterdb.summary import TABLE_ROWS, print_info
 
     with open_database(resolve_db(db_path)) as db:
-        summary = database_summary(db)
-        models = db.models[INFO_COLUMNS].reset_index(drop=True)
-    if as_json and fmt not in ("table", "json"):
-        raise FilterDBError(f"--json and --format {fmt} ask for two formats; give one of them")
-    if as_json or fmt == "json":
-        records = json.loads(models.to_json(orient="records"))
-        click.echo(json.dumps({**summary, "model_table": records}, indent=2))
-        return
-    if fmt == "csv":
-        emit(models, "csv")
-        return
-    emit(models, "table", title=f"{summary['models']} models in {summary['path']}")
-    kernels = pd.DataFrame({"kernel": list(summary["filters_per_kernel"]),
-                            "filters": list(summary["filters_per_kernel"].values())})
-    emit(kernels, "table")
-    click.echo(f"{summary['models']} models, {summary['layers']} layers, {summary['filters']} filters, "
-               f"{summary['size_on_disk_bytes'] / 2**20:.1f} MiB on disk")
+        if as_json and fmt not in ("table", "json"):
+            raise FilterDBError(f"--json and --format {fmt} ask for two formats; give one of them")
+        print_info(db, "json" if as_json else fmt, rows=None if show_all else TABLE_ROWS)
 
 
 @click.command()
