@@ -172,7 +172,7 @@ def reference_basis(db, kernel: str = "3x3", reference: str = DATABASE, eps: flo
         layers = reference_layers(db, kernel, reference)
         ids = sorted(set(layers["model_id"]))
         token = _token(db, ids, kernel, eps)
-        path = basis_path(db.path, reference, kernel)
+        path = basis_path(db.cache_dir, reference, kernel)
         cached = _load(path, token)
         if cached is not None:
             return cached
@@ -201,7 +201,7 @@ def reference_histograms(db, rows: list[int], absmax: dict[int, float], basis: D
     ``<db>/divergence/<reference>-<kernel>-hist.npz`` under the basis' token (a change of any
     reference model invalidates both); layers not in the file are counted in one pass and added."""
     token = f"{HIST_VERSION}|{reference_token(db, kernel, reference, eps)}"
-    path = basis_path(db.path, reference, kernel, "-hist.npz")
+    path = basis_path(db.cache_dir, reference, kernel, "-hist.npz")
     cached = _load_histograms(path, token)
     keys = db.layers.loc[rows, ["model_id", "layer_index"]]
     layer_keys = dict(zip(rows, zip(keys["model_id"], keys["layer_index"].astype(int))))
@@ -238,7 +238,7 @@ def _store_histograms(path: Path, token: str, histograms: dict[tuple[str, int], 
     index = np.array([i for _, i in keys], dtype=np.int64)
     counts = np.stack([histograms[k] for k in keys]).astype(np.int64)
     try:
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, token=np.array(token), model_id=ids, layer_index=index, counts=counts,
                      digest=np.array(_histograms_digest(ids, index, counts), dtype=np.uint64))
@@ -273,7 +273,7 @@ def _load(path: Path, token: str) -> DivergenceBasis | None:
 def _store(path: Path, token: str, basis: DivergenceBasis) -> bool:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w") as fh:
             json.dump({"format": "filterdb-divergence-basis", "token": token, "basis": basis.to_json()}, fh)
         os.replace(tmp, path)

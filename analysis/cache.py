@@ -1,4 +1,5 @@
-"""The metrics cache: one JSON file per model under ``<db>/metrics/``.
+"""The metrics cache: one JSON file per model under ``<db.cache_dir>/metrics/`` (the database
+directory; for an exported file ``$FILTERDB_HOME/cache/<its tables digest>/``).
 
 A file holds the per-layer metrics of one model and the moments of its layers'
 L-inf-scaled non-sparse filters (the streamed covariance of the divergence). It is valid
@@ -78,7 +79,7 @@ def store(db_path, model_id: str, token: str, eps: float, frame: pd.DataFrame, m
     }
     data["digest"] = _payload_digest(data)
     try:
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp, open(tmp, "w") as fh:
             json.dump(data, fh)
     except OSError:

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from filterdb.analysis.basis import DATABASE, GROUPS, fit_bases, reference_basis, reference_histograms, run_pass, _absmax
-from filterdb.analysis.database import _open, layer_metrics_frame
+from filterdb.analysis.database import MODEL_INFO_COLUMNS, _open, layer_metrics_frame
 from filterdb.analysis.divergence import N_BINS, densities_to_probabilities, divergence_from_counts, symmetric_kl
 from filterdb.analysis.groups import ALIASES, select_layers, select_models
 from filterdb.analysis.metrics import DEFAULT_VE, METRIC_NAMES, SPARSITY_EPS
@@ -91,6 +91,38 @@ class Comparison:
         frame.insert(1, "group_b", self.group_b)
         order = ["group_a", "group_b", *keys, "metric", "kernel"]
         return frame[order + [c for c in frame.columns if c not in (*order, "cell")]]
+
+    def __repr__(self) -> str:
+        n_a = int((self.models["group"] == self.group_a).sum()) if len(self.models) else 0
+        n_b = int((self.models["group"] == self.group_b).sum()) if len(self.models) else 0
+        cells = self.tests["layers"].nunique() if len(self.tests) else 0
+        return (f"Comparison(A={self.group_a!r} ({n_a} models) vs B={self.group_b!r} ({n_b} models), layers "
+                f"{self.layer!r} ({cells} layer group(s)), kernel {self.kernel}, aggregate {self.aggregate}; "
+                ".to_frame(), .display(), .groups, .per_model, .divergence, .plot())")
+
+    def _repr_html_(self) -> str:
+        """What a notebook shows: the groups, the statistics table and the divergence, as in the terminal."""
+        from html import escape
+
+        def table(frame: pd.DataFrame) -> str:
+            return frame.to_html(index=False, na_rep="nan", float_format=lambda v: f"{v:.4g}", border=0)
+
+        groups = self.groups[[c for c in self.groups.columns if not c.endswith((" mean", " std", " median"))]]
+        parts = [f"<h4>A = {escape(self.group_a)}, B = {escape(self.group_b)}: layers {escape(self.layer)}, "
+                 f"kernel {escape(self.kernel)}, aggregate {escape(self.aggregate)}</h4>",
+                 table(groups), "<p><b>A - B</b> (unpaired: Mann-Whitney U, bootstrap CI, Cliff's delta; paired: "
+                 "Wilcoxon signed-rank; perm p: permutation null; p Holm over metrics x layer groups)</p>",
+                 table(self.display())]
+        if len(self.divergence):
+            parts += [f"<p><b>Divergence</b> of the groups' filters (basis: {escape(self.basis)})</p>",
+                      table(self.divergence.drop(columns=["perm_exact"], errors="ignore"))]
+        parts.append(f"<p><small>{escape('; '.join(self.notes))}</small></p>")
+        return "\n".join(parts)
+
+    def plot(self, path=None):
+        """A figure (one panel per metric: mean ± std of each group per layer group); saved to ``path``
+        (.png, .pdf, .svg) when given. Returns the matplotlib Figure."""
+        return plot_comparison(self, path)
 
     def display(self) -> pd.DataFrame:
         """The comparison table for people: one row per layer group, metric and test."""
@@ -204,6 +236,7 @@ def compare_groups(db, group_a: str = "robust", group_b: str = "normal", layer: 
         divergence = (_divergences(db, selected, values, moments, (group_a, group_b), basis, eps, seed, permutations,
                                    len(overlap) > 0, executor, progress, pair_of)
                       if with_divergence else pd.DataFrame(columns=["by", "layers", "kernel", "divergence"]))
+        per_model = per_model.join(db.models[list(MODEL_INFO_COLUMNS)], on="model_id")  # no merge needed later
         result = Comparison(group_a, group_b, str(layer), by, models, per_model, groups, tests, divergence, pairs,
                             notes, kernel or ALL_KERNELS, aggregate, basis, permutations)
         return _drop_by(result) if by is None else result
@@ -565,14 +598,15 @@ def print_demo_comparison(db_path, fmt: str = "table", permutations: int = PERMU
     return result, baseline
 
 
-def plot_comparison(result: Comparison, path) -> None:
-    """One panel per metric: mean ± std over models of each group, per layer group."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_comparison(result: Comparison, path=None):
+    """One panel per metric: mean ± std over models of each group, per layer group; saved to ``path``
+    (written under a temporary name) when given. Returns the Figure (a notebook shows it); it is
+    not registered with pyplot, so no backend is touched and nothing needs closing."""
+    from matplotlib.figure import Figure
     t = result.tests
     metrics = list(dict.fromkeys(t["metric"]))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+    fig = Figure(figsize=(3.2 * len(metrics), 3.2))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         rows = t[t["metric"] == metric]
         x = np.arange(len(rows))
@@ -584,5 +618,11 @@ def plot_comparison(result: Comparison, path) -> None:
     axes[0][0].legend()
     fig.suptitle(f"{result.group_a} vs {result.group_b} (each model counts once)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    if path is not None:
+        from pathlib import Path
+
+        from filterdb.atomic import atomic_path
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=120)
+    return fig

@@ -21,6 +21,7 @@ LAYER_KEY_COLUMNS = ("model_id", "layer_index")
 LAYER_INFO_COLUMNS = ("model_id", "layer_index", "member", "name", "kernel", "conv_depth", "conv_depth_norm",
                       "in_channels", "out_channels", "groups")
 EXTRA_COLUMNS = ("n_filters", "n_nonsparse", "absmax", "notes")
+MODEL_INFO_COLUMNS = ("training", "dataset", "architecture", "pair")  # carried by every metrics frame: no merge needed
 
 
 def worker_pool(jobs: int) -> ProcessPoolExecutor:
@@ -72,11 +73,11 @@ def cache_token(db, model_id: str) -> str:
 def model_metrics(db, model_id: str, eps: float = SPARSITY_EPS) -> tuple[pd.DataFrame, list[Moments]]:
     """Metrics and moments of one model's layers, from the cache when it is current."""
     token = cache_token(db, model_id)
-    cached = cache.load(db.path, model_id, token, eps)
+    cached = cache.load(db.cache_dir, model_id, token, eps)
     if cached is not None:
         return cached
     frame, moments = compute_model_metrics(db, model_id, eps)
-    cache.store(db.path, model_id, token, eps, frame, moments)
+    cache.store(db.cache_dir, model_id, token, eps, frame, moments)
     return frame, moments
 
 
@@ -115,11 +116,11 @@ def layer_metrics_frame(db, model_ids: list[str], eps: float = SPARSITY_EPS, exe
     or computed here, or on ``executor`` when given; then the snapshot is rewritten. ``on_model``
     is called once per model done (progress).
     """
-    snapshot = cache.load_snapshot(db.path, eps)
-    current = snapshot.current(db.path, {mid: cache_token(db, mid) for mid in model_ids})
+    snapshot = cache.load_snapshot(db.cache_dir, eps)
+    current = snapshot.current(db.cache_dir, {mid: cache_token(db, mid) for mid in model_ids})
     rest = [m for m in model_ids if m not in current]
     if executor is not None:
-        stale = [m for m in rest if cache.load(db.path, m, cache_token(db, m), eps) is None]
+        stale = [m for m in rest if cache.load(db.cache_dir, m, cache_token(db, m), eps) is None]
         futures = [executor.submit(model_metrics_job, str(db.path), m, eps) for m in stale]
         for future in futures:
             future.result()
@@ -131,14 +132,14 @@ def layer_metrics_frame(db, model_ids: list[str], eps: float = SPARSITY_EPS, exe
             on_model(mid)
     if fresh:
         snapshot = _updated_snapshot(db, snapshot, fresh)
-        cache.store_snapshot(db.path, eps, snapshot)
+        cache.store_snapshot(db.cache_dir, eps, snapshot)
     return _select(snapshot, fresh, model_ids)
 
 
 def _updated_snapshot(db, snapshot: cache.Snapshot, fresh: dict) -> cache.Snapshot:
     """The snapshot with the fresh models' rows (those whose cache file exists) in place of their old
     ones, and without models no longer in the database."""
-    stats = {mid: cache.file_stat(db.path, mid) for mid in fresh}
+    stats = {mid: cache.file_stat(db.cache_dir, mid) for mid in fresh}
     written = [mid for mid in fresh if stats[mid] is not None]
     keep = (~snapshot.frame["model_id"].isin(written) & snapshot.frame["model_id"].isin(db.models.index)
             if len(snapshot.frame) else np.zeros(0, bool))
@@ -179,16 +180,22 @@ def _select(snapshot: cache.Snapshot, fresh: dict, model_ids: list[str]
 
 
 def database_metrics(db, models: Iterable[str] | None = None, eps: float = SPARSITY_EPS,
-                     executor: Executor | None = None, progress: bool = False, kernel: str | None = None
-                     ) -> pd.DataFrame:
-    """One row per layer: layer-table identification columns, then every metric (NaN with a
-    reason in ``notes`` where undefined). ``db`` is a FilterDB or a database path; ``kernel``
+                     executor: Executor | None = None, progress: bool = False, kernel: str | None = None,
+                     select: str | None = None) -> pd.DataFrame:
+    """One row per layer: the model's name, layer-table identification columns, every metric (NaN
+    with a reason in ``notes`` where undefined), then the model columns training, dataset,
+    architecture and pair. ``db`` is a FilterDB, a database path or an exported file; ``models``
+    ids or names; ``select`` a group expression (``"robust,arch=cnn"``, ``"*resnet*"``); ``kernel``
     keeps the layers of one kernel size (``filterdb metrics`` defaults to 3x3)."""
     db, owned = _open(db)
     try:
         if kernel is not None and kernel not in set(db.layers["kernel"]):
             raise FilterDBError(f"no {kernel} layers in {db.path}; kernels present: {', '.join(db.kernels)}")
         ids = resolve_models(db.models, models)
+        if select:
+            from filterdb.analysis.groups import select_models
+            chosen = set(select_models(db.models, select).index)
+            ids = [m for m in ids if m in chosen]
         if progress:
             from filterdb.progress import progress_bar
             with progress_bar("models", transient=True) as bar:
@@ -200,9 +207,44 @@ def database_metrics(db, models: Iterable[str] | None = None, eps: float = SPARS
         if kernel is not None:
             info = info[info["kernel"] == kernel]
         merged = info.merge(frame, on=list(LAYER_KEY_COLUMNS), how="inner")
-        model_names = db.models["name"].rename("model")
-        return merged.merge(model_names, left_on="model_id", right_index=True).pipe(
+        model_info = db.models[["name", *MODEL_INFO_COLUMNS]].rename(columns={"name": "model"})
+        return merged.merge(model_info, left_on="model_id", right_index=True).pipe(
             lambda f: f[["model", *[c for c in f.columns if c != "model"]]]).reset_index(drop=True)
     finally:
         if owned:
             db.close()
+
+
+def plot_metrics(frame: pd.DataFrame, metrics: Iterable[str] | None = None, by: str = "training", path=None):
+    """A figure of a metrics frame (:func:`database_metrics`): one panel per metric, its mean over
+    the models of each value of ``by`` (a model column the frame carries) per conv_depth_norm
+    decile, the first layer on its own at 0. Saved to ``path`` when given; returns the Figure
+    (not registered with pyplot: no backend is touched)."""
+    from matplotlib.figure import Figure
+
+    from filterdb.analysis.groups import DECILE_LABELS, decile_labels
+
+    metrics = list(metrics or [m for m in METRIC_NAMES if frame[m].notna().any()])
+    if by not in frame.columns:
+        raise FilterDBError(f"the metrics frame has no column {by!r}; choose one of {', '.join(MODEL_INFO_COLUMNS)}")
+    cells = frame.assign(depth=decile_labels(frame["conv_depth"], frame["conv_depth_norm"]))
+    fig = Figure(figsize=(3.2 * len(metrics), 3.2))
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        for value, part in cells.groupby(by, sort=True):
+            per_model = part.groupby(["depth", "model_id"], observed=True)[metric].mean()
+            means = per_model.groupby(level="depth", observed=True).mean().reindex(list(DECILE_LABELS))
+            ax.plot(range(len(DECILE_LABELS)), means.to_numpy(), "o-", label=str(value) or "(none)")
+        ax.set_xticks(range(len(DECILE_LABELS)), DECILE_LABELS, rotation=60, ha="right", fontsize=6)
+        ax.set_title(metric)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"mean over models by {by}, per conv_depth_norm decile", fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        from pathlib import Path
+
+        from filterdb.atomic import atomic_path
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=120)
+    return fig

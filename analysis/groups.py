@@ -3,7 +3,11 @@
 Group expressions select models by model-table columns, conditions joined by ``,`` (AND):
 ``robust`` (training = robust), ``normal`` (training = normal), ``COLUMN=VALUE`` for any
 column of :data:`filterdb.schema.MODEL_COLUMNS` (``arch`` is short for ``architecture``),
-``COLUMN=V1|V2`` for any of several values. String values match case-insensitively.
+``COLUMN=V1|V2`` for any of several values. String values match case-insensitively, and a
+value with a glob character (``*``, ``?``, ``[``) is a glob: ``name=cifar10/*``. A bare
+glob is a glob on the name: ``*resnet*`` is ``name=*resnet*``. This one grammar selects
+models everywhere: the groups of ``compare`` and ``--select`` of info, metrics, export,
+show and pairs (:func:`select_models`).
 
 Layer selectors: ``first``, ``last``, ``all``, an INDEX into the reached convolutions of
 each network (negative counts from the end) among the layers given (so, after a kernel
@@ -13,6 +17,7 @@ conv_depth_norm, (0, 0.1], ..., (0.9, 1].
 """
 from __future__ import annotations
 
+import fnmatch
 import math
 import re
 
@@ -40,8 +45,12 @@ def parse_group(expression: str) -> list[tuple[str, str]]:
         if term.lower() in KEYWORDS:
             conditions.append(KEYWORDS[term.lower()])
             continue
+        if "=" not in term and _is_glob(term):
+            conditions.append(("name", term))
+            continue
         if "=" not in term:
-            raise FilterDBError(f"group condition {term!r} is neither a keyword ({', '.join(KEYWORDS)}) nor COLUMN=VALUE; "
+            raise FilterDBError(f"group condition {term!r} is neither a keyword ({', '.join(KEYWORDS)}), COLUMN=VALUE "
+                                "nor a name glob (e.g. '*resnet*'); "
                                 f"columns: {', '.join(valid_columns())}")
         column, value = (s.strip() for s in term.split("=", 1))
         column = ALIASES.get(column.lower(), column.lower())
@@ -50,6 +59,10 @@ def parse_group(expression: str) -> list[tuple[str, str]]:
                                 f"valid: {', '.join(valid_columns())}")
         conditions.append((column, value))
     return conditions
+
+
+def _is_glob(value: str) -> bool:
+    return any(ch in value for ch in "*?[")
 
 
 def valid_columns() -> list[str]:
@@ -64,6 +77,9 @@ def _matches(series: pd.Series, column: str, value: str) -> pd.Series:
         return mask
     kind = _KINDS[column]
     if kind == "str":
+        if _is_glob(value):
+            pattern = value.lower()
+            return series.astype(str).str.lower().map(lambda v: fnmatch.fnmatchcase(v, pattern)).astype(bool)
         return series.astype(str).str.lower() == value.lower()
     if kind == "bool":
         if value.lower() not in _TRUE | _FALSE:
@@ -150,3 +166,35 @@ def decile_labels(conv_depth: pd.Series, conv_depth_norm: pd.Series) -> pd.Categ
     bins = np.clip(np.ceil(np.round(norm * 10, 9)).astype(int) - 1, 0, 9)
     labels = np.where(conv_depth.to_numpy() == 0, "0", np.array(DECILE_LABELS[1:], dtype=object)[bins])
     return pd.Categorical(labels, categories=DECILE_LABELS, ordered=True)
+
+
+# ---------------------------------------------------------------------------- one model
+
+def find_model(models: pd.DataFrame, query: str) -> str:
+    """The model_id of the one model whose id, key or name is ``query`` (exactly, else ignoring case),
+    or that the group expression ``query`` selects (``"robust,*wrn*"``: it must select exactly one).
+
+    No match, or several: a FilterDBError listing the nearest names (difflib, then substrings).
+    """
+    for column in ("model_id", "key", "name"):
+        for exact in (True, False):
+            values = models[column].astype(str)
+            hits = models.index[values == query] if exact else models.index[values.str.lower() == query.lower()]
+            if len(hits) == 1:
+                return str(hits[0])
+            if len(hits) > 1:
+                shown = ", ".join(f"{h} ({models.loc[h, 'key']})" for h in hits[:10])
+                raise FilterDBError(f"{query!r} names {len(hits)} models: {shown}; give a model id or key")
+    if "=" in query or "," in query or _is_glob(query) or query.lower() in KEYWORDS:
+        chosen = select_models(models, query)
+        if len(chosen) == 1:
+            return str(chosen.index[0])
+        shown = ", ".join(map(str, chosen["name"][:10])) + (" ..." if len(chosen) > 10 else "")
+        raise FilterDBError(f"{query!r} selects {len(chosen)} models ({shown}); narrow it to one")
+    import difflib
+
+    names = list(models["name"].astype(str))
+    near = difflib.get_close_matches(query, names, n=5, cutoff=0.5)
+    near += [n for n in names if query.lower() in n.lower() and n not in near][:5 - len(near)]
+    hint = f"near matches: {', '.join(near)}" if near else "'filterdb info' lists the models"
+    raise FilterDBError(f"no model {query!r} (by id, key or name) in the database; {hint}")

@@ -102,7 +102,8 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=(doc or "").strip().split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", type=Path, default=None,
-                   help="filter database directory [default: the demo database, $FILTERDB_HOME/demo-db]")
+                   help="filter database directory or exported .h5 file "
+                        "[default: the demo database, $FILTERDB_HOME/demo-db]")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory [default: {DEFAULT_OUT}]")
     return p
 

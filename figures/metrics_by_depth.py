@@ -41,7 +41,7 @@ def model_means(db) -> pd.DataFrame:
     """Each model's mean per dataset and depth group (long format: one row per model, group and metric)."""
     result = compare_groups(db, "robust", "normal", layer="deciles", by="dataset", kernel="3x3",
                             metrics=list(METRICS), aggregate=AGGREGATE, with_divergence=False)
-    per_model = result.per_model.rename(columns={"group": "training", "by": "dataset"})
+    per_model = result.per_model  # carries the model columns training and dataset (= group and by here)
     long = per_model.melt(id_vars=["model_id", "training", "dataset", "layers"], value_vars=list(METRICS),
                           var_name="metric", value_name="value")
     long["position"] = long["layers"].astype(str).map({label: i for i, label in enumerate(DECILE_LABELS)})

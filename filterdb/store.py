@@ -13,7 +13,9 @@ most the model in flight and readers always see a complete file. The master pres
 filters of all shards as one dataset per kernel size through HDF5 virtual datasets, so
 ``h5py.File("<db>/filterdb.h5")["filters/3x3"]`` is every 3x3 filter of every model,
 (N, 3, 3) float32, a layer's rows at ``[start:stop]``. This module imports neither torch
-nor the extraction code: reading a database needs h5py, numpy and pandas only.
+nor the extraction code: reading a database needs h5py, numpy and pandas only. A file that
+``filterdb export`` wrote is one read-only file instead (:mod:`filterdb.packed`); ``open_database``
+opens either.
 
 Integrity (:mod:`filterdb.integrity`): every shard records the digests of its tables and of
 each layer's filters, the master's index records each shard's digest and the master the
@@ -38,12 +40,12 @@ import numpy as np
 import pandas as pd
 
 from filterdb import integrity, schema
-from filterdb.atomic import atomic_path, io_failure, remove_stale_temps
+from filterdb.atomic import remove_stale_temps
 from filterdb.errors import FilterDBError
 from filterdb.integrity import DamagedDatabaseError, MasterDamaged
-from filterdb.h5table import read_table, write_table
+from filterdb.h5table import read_table
 from filterdb.lock import WriterLock
-from filterdb.master import (DATABASE_ENCODING, INDEX_COLUMNS, MASTER_NAME, MASTER_VERSION, SPAN_COLUMNS, MasterState,
+from filterdb.master import (INDEX_COLUMNS, MASTER_NAME, MASTER_VERSION, SPAN_COLUMNS, MasterState,
                              append_master, check_tables, empty_frame, global_rows, is_current, read_spans, read_state,
                              spans, write_master)
 from filterdb.shards import (FILTERS_ENCODING, SHARD_DIR, SHARD_ENCODING, TMP_SUFFIX, filter_offsets,  # noqa: F401
@@ -109,7 +111,11 @@ class FilterDB:
             raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
         path = Path(path).expanduser()
         if path.exists() and not path.is_dir():
-            raise FilterDBError(f"{path} is a file, not a filterdb database directory; choose another --db path")
+            if mode == "r":
+                from filterdb.packed import PackedDB
+                return PackedDB(path)  # type: ignore[return-value]
+            raise FilterDBError(f"{path} is a file, not a filterdb database directory (an export is read only); "
+                                "choose another --db path")
         if mode == "r" and not (path / MASTER_NAME).exists() and not (path / SHARD_DIR).is_dir():
             from filterdb.paths import demo_db_path
 
@@ -532,35 +538,20 @@ class FilterDB:
     def size_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
-    def export(self, out: str | os.PathLike, chunk_rows: int = 1 << 20) -> Path:
-        """Pack the database into one self-contained HDF5 file for publication: the master's
-        tables (root attributes, /models, /layers, /filters/<kernel>) with the filters copied
-        in (no virtual datasets, no shards beside it). Written under a temporary name."""
-        out = Path(out).expanduser()
-        if out.is_dir():
-            raise FilterDBError(f"{out} is a directory; give the path of the .h5 file to write")
-        try:
-            with atomic_path(out) as tmp, h5py.File(tmp, "w", libver="latest") as f:
-                root_attrs(f, DATABASE_ENCODING)
-                f.attrs["n_models"] = len(self.models)
-                f.attrs["packed"] = True
-                write_table(f, "models", self.models, schema.MODEL_COLUMNS, index="model_id")
-                write_table(f, "layers", self.layers, schema.LAYER_COLUMNS)
-                group = f.create_group("filters")
-                layers = self.layers.sort_values("start", kind="stable")
-                for kernel in self.kernels:
-                    rows = layers[layers["kernel"] == kernel]
-                    kh, kw = map(int, kernel.split("x"))
-                    target = group.create_dataset(kernel, shape=(int(rows["stop"].max()), kh, kw), dtype=np.float32)
-                    target.attrs["encoding-type"] = FILTERS_ENCODING
-                    target.attrs["encoding-version"] = schema.FORMAT_VERSION
-                    at = 0
-                    for chunk in self.iter_filter_chunks(kernel, rows, chunk_rows):  # through the shards, verified
-                        target[at:at + len(chunk)] = chunk
-                        at += len(chunk)
-        except (OSError, RuntimeError) as exc:
-            raise FilterDBError(f"{out}: cannot write the export ({io_failure(exc)}); choose a writable path") from None
-        return out
+    @property
+    def cache_dir(self) -> Path:
+        """Where derived data (the metrics cache, the divergence basis) lives: the database directory."""
+        return self.path
+
+    def export(self, out: str | os.PathLike, models: list[str] | None = None, layers: pd.DataFrame | None = None,
+               *, force: bool = False, selection: str = "", layer_selector: str = "") -> Path:
+        """Pack the database (or the ``models`` ids, and of them the ``layers`` rows given) into one
+        self-contained HDF5 file that ``open_database`` reads (:mod:`filterdb.packed`): the tables with
+        the filters copied in (no virtual datasets, no shards beside it). Written under a temporary name;
+        an existing file is replaced only with ``force``."""
+        from filterdb.packed import write_packed
+        return write_packed(self, out, models, layers, force=force, selection=selection,
+                            layer_selector=layer_selector)
 
     # ---------------------------------------------------------------- writing
 
@@ -725,6 +716,7 @@ def _index_rows(models: pd.DataFrame, layers: pd.DataFrame, stats: dict[str, tup
     })
 
 
-def open_database(path: str | os.PathLike, mode: str = "r") -> FilterDB:
-    """Open a filter database directory (see ``FilterDB.open``)."""
+def open_database(path: str | os.PathLike, mode: str = "r"):
+    """Open a filter database: a directory (``FilterDB``, see ``FilterDB.open``) or, for reading, a
+    file written by ``filterdb export`` (``filterdb.packed.PackedDB``, the same reading API)."""
     return FilterDB.open(path, mode)

@@ -22,15 +22,17 @@ TABLE_ROWS = 20  # model rows shown on a terminal without --all
 TOP_VALUES = 10  # values listed per column in the counts; the rest are summed in one row
 
 
-def database_summary(db) -> dict:
-    """Totals of an open database: models, layers, filters (per kernel size), bytes on disk, counts by column."""
-    layers = db.layers
+def database_summary(db, models: pd.DataFrame | None = None) -> dict:
+    """Totals of an open database, or of the rows ``models`` of its model table (``--select``): models,
+    layers, filters (per kernel size), counts by column; bytes on disk always of the whole database."""
+    layers = db.layers if models is None else db.layers[db.layers["model_id"].isin(models.index)]
+    models = db.models if models is None else models
     per_kernel = layers.groupby("kernel")["n_filters"].sum().to_dict() if len(layers) else {}
-    return {"path": str(db.path), "models": int(len(db.models)), "layers": int(len(layers)),
+    return {"path": str(db.path), "models": int(len(models)), "layers": int(len(layers)),
             "filters": int(layers["n_filters"].sum()) if len(layers) else 0,
             "filters_per_kernel": {k: int(v) for k, v in sorted(per_kernel.items())},
             "size_on_disk_bytes": int(db.size_on_disk()),
-            "models_by": {c: value_counts(db.models[c]) for c in COUNT_COLUMNS}}
+            "models_by": {c: value_counts(models[c]) for c in COUNT_COLUMNS}}
 
 
 def value_counts(column: pd.Series) -> dict[str, int]:
@@ -59,12 +61,14 @@ def more_rows_line(total: int, shown: int) -> str:
     return f"... and {total - shown} more models; use --all for every row, or --format csv / --format json"
 
 
-def print_info(db, fmt: str = "table", rows: int | None = TABLE_ROWS, file=None) -> None:
+def print_info(db, fmt: str = "table", rows: int | None = TABLE_ROWS, file=None,
+               models: pd.DataFrame | None = None) -> None:
     """Print what ``filterdb info`` shows: JSON (summary + every model), CSV (every model) or tables
-    on the terminal (counts, the first ``rows`` models, or all when None, kernels, totals)."""
+    on the terminal (counts, the first ``rows`` models, or all when None, kernels, totals); of the
+    rows ``models`` of the model table only, when given."""
     file = file or sys.stdout
-    summary = database_summary(db)
-    models = db.models[INFO_COLUMNS].reset_index(drop=True)
+    summary = database_summary(db, models)
+    models = (db.models if models is None else models)[INFO_COLUMNS].reset_index(drop=True)
     if fmt == "json":
         records = json.loads(models.to_json(orient="records"))
         file.write(json.dumps({**summary, "model_table": records}, indent=2) + "\n")

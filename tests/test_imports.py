@@ -52,7 +52,11 @@ def test_read_path_imports_no_torch(small_db, tmp_path):
             assert db.filters("3x3")[0:8].shape == (8, 3, 3)
         for args in (["info", "--db", db_path], ["metrics", "--db", db_path],
                      ["compare", "robust", "normal", "--layer", "first", "--db", db_path],
-                     ["export", {str(tmp_path / "out.h5")!r}, "--db", db_path]):
+                     ["export", {str(tmp_path / "out.h5")!r}, "--db", db_path],
+                     ["info", "--db", {str(tmp_path / "out.h5")!r}],
+                     ["compare", "robust", "normal", "--db", {str(tmp_path / "out.h5")!r}],
+                     ["show", "m0", "0", "--db", db_path, "--npy", {str(tmp_path / "m0.npy")!r}],
+                     ["pairs", "--select", "robust", "--db", db_path]):
             try:
                 main(args, standalone_mode=False)
             except SystemExit as exc:
@@ -61,7 +65,7 @@ def test_read_path_imports_no_torch(small_db, tmp_path):
         print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})))
     """, tmp_path)
     assert loaded == []
-    assert (tmp_path / "out.h5").exists()
+    assert (tmp_path / "out.h5").exists() and (tmp_path / "m0.npy").exists()
 
 
 def test_help_imports_no_numerics(tmp_path):

@@ -36,7 +36,7 @@ COMMANDS = {
         "budgets), where the perturbations sit (border vs interior) and the fooling rate under rotations and "
         "translations."),
     "export": ("filterdb.cli.database", "export",
-        "Pack the database into one self-contained .h5 file (same layout as filterdb.h5, filters copied in)."),
+        "Pack the database into one self-contained .h5 file that every read-only command opens with --db."),
     "import": ("filterdb.cli.importing", "import_group",
         "Import a published filter database into a filterdb database."),
     "info": ("filterdb.cli.database", "info",
@@ -51,6 +51,8 @@ COMMANDS = {
         "For each robust model, the normal models of the same architecture, the counterparts still missing, "
         "and its twin: the normal model trained with it as a matched pair (same seed, initial weights and "
         "data order; the paired statistics compare twins)."),
+    "show": ("filterdb.cli.analysis", "show",
+        "A model's layers with their metrics; a layer's filters as a picture or a .npy."),
     "train": ("filterdb.cli.training", "train",
         "Train models: one run, a matched normal/robust pair, or a RobustBench counterpart."),
     "verify": ("filterdb.cli.verify", "verify",

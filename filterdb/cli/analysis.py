@@ -2,18 +2,23 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
 from filterdb.analysis.metrics import METRIC_DOCS, METRIC_NAMES
 from filterdb.cli.options import (
+    check_output_file,
     db_option,
     format_option,
     jobs_option,
     plot_option,
     resolve_db,
     scheduler_option,
+    select_option,
+    selected_models,
 )
+from filterdb.errors import FilterDBError
 from filterdb.output import emit
 
 _TABLE_COLUMNS = ("model", "name", "kernel", "conv_depth_norm", "n_filters", *METRIC_NAMES, "notes")
@@ -49,7 +54,8 @@ def _split(values: tuple[str, ...]) -> list[str]:
 
 _METRICS_HELP = """Per-layer metrics of the filters in the database.
 
-Computed one layer at a time and cached in <db>/metrics/ (recomputed when a model is
+Computed one layer at a time and cached in <db>/metrics/ (for a file from 'filterdb
+export': $FILTERDB_HOME/cache/<its digest>/metrics/; recomputed when a model is
 re-extracted or a metric's definition changes). NaN marks an undefined value; the notes
 column says why.
 
@@ -61,15 +67,23 @@ column says why.
 @db_option
 @click.option("--models", "-m", multiple=True, metavar="ID|NAME",
               help="Models to report, by model id or name (repeat or separate with commas) [default: all].")
+@select_option
 @format_option
 @jobs_option
 @click.option("--kernel", default="3x3", show_default=True, metavar="KxK|all",
               help="Only layers of this kernel size; 'all' for every size.")
 @scheduler_option
-def metrics(db_path, models, fmt, jobs, kernel, scheduler):
-    from filterdb.analysis.database import database_metrics
-    with _executor(jobs, scheduler) as executor:
-        frame = database_metrics(resolve_db(db_path), _split(models), executor=executor,
+def metrics(db_path, models, select, fmt, jobs, kernel, scheduler):
+    from filterdb.analysis.database import database_metrics, resolve_models
+    from filterdb.store import open_database
+    with open_database(resolve_db(db_path)) as db, _executor(jobs, scheduler) as executor:
+        wanted = resolve_models(db.models, _split(models)) if models else list(db.models.index)
+        if select:
+            chosen = set(selected_models(db.models, select).index)
+            wanted = [m for m in wanted if m in chosen]
+            if not wanted:
+                raise FilterDBError(f"none of the models given with --models is in --select {select!r}")
+        frame = database_metrics(db, wanted, executor=executor,
                                  progress=fmt == "table", kernel=None if kernel == "all" else kernel)
     if fmt == "table":
         frame = frame[list(_TABLE_COLUMNS)].rename(columns={"name": "layer"})
@@ -166,3 +180,72 @@ def compare(group_a, group_b, layer, by, metric_names, kernel, aggregate, basis,
         click.echo(f"plot written to {plot}", err=True)
 
 
+
+
+SHOW_COLUMNS = ("layer_index", "name", "kernel", "conv_depth_norm", "in_channels", "out_channels", "n_filters",
+                *METRIC_NAMES, "notes")
+MODEL_FACTS = ("model_id", "key", "training", "dataset", "architecture", "threat_model", "eps", "clean_acc",
+               "robust_acc", "pair")
+
+
+def find_layer(layers, query: str):
+    """The row of a model's layer table named ``query`` (module name), or at layer_index ``query``."""
+    hits = layers[layers["name"] == query]
+    if hits.empty and query.lstrip("-").isdigit():
+        hits = layers[layers["layer_index"] == int(query)]
+    if hits.empty:
+        names = ", ".join(f"{i}:{n}" for i, n in zip(layers["layer_index"], layers["name"]))
+        raise FilterDBError(f"no layer {query!r} in this model; give a module name or a layer index "
+                            f"(index:name): {names[:600]}")
+    return hits.iloc[0]
+
+
+@click.command(short_help="A model's layers with their metrics; a layer's filters as a picture or a .npy.")
+@click.argument("model")
+@click.argument("layer", required=False)
+@db_option
+@click.option("--plot", type=click.Path(path_type=Path), default=None,
+              help="With LAYER: draw its filters into this file (.png, .pdf or .svg).")
+@click.option("--npy", type=click.Path(path_type=Path), default=None,
+              help="With LAYER: save its filters, float32 (n, kh, kw) exactly as stored, to this .npy file.")
+@format_option
+def show(model, layer, db_path, plot, npy, fmt):
+    """A model's layers with their metrics; a layer's filters as a picture or a .npy.
+
+    MODEL is a model id, key or name, or a selection that picks one model ('robust,*wrn*',
+    the grammar of compare's groups); near matches are suggested. LAYER is a
+    module name or a layer index ('filterdb show MODEL' lists them): its metrics, and with
+    --plot / --npy its filters. The metrics come from the metrics cache (computed once).
+    """
+    from filterdb.analysis.filter_plots import PLOT_SUFFIXES, plot_layer
+
+    if layer is None and (plot or npy):
+        raise FilterDBError("--plot and --npy draw or save one layer's filters: give MODEL LAYER")
+    check_output_file(plot, PLOT_SUFFIXES, "--plot")
+    check_output_file(npy, ("npy",), "--npy")
+    from filterdb.analysis.database import database_metrics
+    from filterdb.analysis.groups import find_model
+    from filterdb.store import open_database
+
+    with open_database(resolve_db(db_path)) as db:
+        mid = find_model(db.models, model)
+        facts = db.models.loc[mid]
+        layers = db.layers[db.layers["model_id"] == mid]
+        row = find_layer(layers, layer) if layer is not None else None
+        frame = database_metrics(db, [mid])[list(SHOW_COLUMNS)]
+        if row is not None:
+            frame = frame[frame["layer_index"] == int(row["layer_index"])]
+            filters = db.read_layer(row) if plot or npy else None
+    title = f"{facts['name']}: " + ", ".join(f"{c}={facts[c]}" for c in MODEL_FACTS if str(facts[c]) not in ("", "nan"))
+    emit(frame.reset_index(drop=True), fmt, title=title)
+    if npy:
+        import numpy as np
+
+        from filterdb.atomic import atomic_path
+        with atomic_path(npy) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, filters)
+        click.echo(f"{npy}: {filters.shape[0]} filters {row['kernel']}, float32", err=True)
+    if plot:
+        plot_layer(filters, int(row["out_channels"]), f"{facts['name']}, layer {row['name']} ({row['kernel']}, "
+                   f"{row['out_channels']} x {int(row['in_channels']) // int(row['groups'])} filters)", plot)
+        click.echo(f"plot written to {plot}", err=True)

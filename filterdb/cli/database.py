@@ -19,6 +19,8 @@ from filterdb.cli.options import (
     offline_option,
     resolve_db,
     scheduler_option,
+    select_option,
+    selected_models,
 )
 from filterdb.errors import FilterDBError
 from filterdb.output import emit
@@ -143,23 +145,46 @@ def add(models, db_path, force, offline, input_shape):
 @click.command()
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @db_option
-def export(out, db_path):
-    """Pack the database into one self-contained .h5 file (same layout as filterdb.h5, filters copied in)."""
+@select_option
+@click.option("--layer", default=None, metavar="SELECTOR",
+              help="Only these layers of each model, as compare's --layer: first, last, all, an INDEX, a "
+                   "conv_depth_norm range LO-HI, deciles [default: all].")
+@click.option("--kernel", default="all", show_default=True, metavar="KxK|all",
+              help="Only layers of this kernel size.")
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def export(out, db_path, select, layer, kernel, force):
+    """Pack the database into one self-contained .h5 file that every read-only command opens with --db."""
     from filterdb.store import open_database
 
+    if out.exists() and not out.is_dir() and not force:
+        raise FilterDBError(f"{out} exists; pass --force to overwrite it, or choose another path")
     with open_database(resolve_db(db_path)) as db:
-        path = db.export(out)
-        n_models = len(db.models)
-    click.echo(f"{path}: {n_models} models, {path.stat().st_size / 2**20:.1f} MiB", err=True)
+        models = selected_models(db.models, select)
+        layers = db.layers[db.layers["model_id"].isin(models.index)]
+        if kernel != "all":
+            if kernel not in set(layers["kernel"]):
+                raise FilterDBError(f"no {kernel} layers among the selected models of {db.path}; kernels there: "
+                                    f"{', '.join(sorted(set(layers['kernel']))) or 'none'}")
+            layers = layers[layers["kernel"] == kernel]
+        if layer is not None:
+            from filterdb.analysis.groups import select_layers
+            layers = select_layers(layers, layer).drop(columns="layers")
+            if layers.empty:
+                raise FilterDBError(f"--layer {layer} selects no layers of the selected models; try --layer all")
+        path = db.export(out, list(models.index), layers, force=force, selection=select or "",
+                         layer_selector=layer or "")
+    click.echo(f"{path}: {len(models)} models, {len(layers)} layers, {path.stat().st_size / 2**20:.1f} MiB; "
+               f"read it with --db {path}", err=True)
 
 
 @click.command()
 @db_option
+@select_option
 @format_option
 @click.option("--json", "as_json", is_flag=True, help="Shorthand for --format json (summary and models).")
 @click.option("--all", "show_all", is_flag=True,
               help="Every model in the table (by default the first 20; --format csv/json always give all).")
-def info(db_path, fmt, as_json, show_all):
+def info(db_path, select, fmt, as_json, show_all):
     """Models, layers, filters per kernel size and size on disk of a database."""
     from filterdb.store import open_database
     from filterdb.summary import TABLE_ROWS, print_info
@@ -167,7 +192,8 @@ def info(db_path, fmt, as_json, show_all):
     with open_database(resolve_db(db_path)) as db:
         if as_json and fmt not in ("table", "json"):
             raise FilterDBError(f"--json and --format {fmt} ask for two formats; give one of them")
-        print_info(db, "json" if as_json else fmt, rows=None if show_all else TABLE_ROWS)
+        chosen = selected_models(db.models, select) if select else None
+        print_info(db, "json" if as_json else fmt, rows=None if show_all else TABLE_ROWS, models=chosen)
 
 
 @click.command()

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from filterdb import paths
+from filterdb.errors import FilterDBError
 from filterdb.output import FORMATS
 
 DB_HELP = "Database directory [default: $FILTERDB_DB, else $FILTERDB_HOME/db]."
@@ -70,3 +71,29 @@ def check_plot_path(ctx, param, value: Path | None) -> Path | None:
 plot_option = click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
                            callback=check_plot_path,
                            help="Also save a figure (mean ± std per group and layer group) to this file (.png, .pdf, .svg, ...).")
+
+
+SELECT_HELP = ("Only the models this expression selects (the group grammar of 'compare': robust, normal, "
+               "COLUMN=VALUE[|VALUE], name globs such as '*resnet*', joined with commas) [default: all].")
+select_option = click.option("--select", "select", default=None, metavar="EXPR", help=SELECT_HELP)
+
+
+def selected_models(models, select: str | None):
+    """The rows of the model table that ``--select`` keeps (all of them without it)."""
+    if not select:
+        return models
+    from filterdb.analysis.groups import select_models
+    return select_models(models, select)
+
+
+def check_output_file(path: Path | None, suffixes: tuple[str, ...], option: str) -> None:
+    """Before any work: ``path`` ends in one of ``suffixes`` and its folder exists (one-line errors)."""
+    if path is None:
+        return
+    if path.suffix.lower().lstrip(".") not in suffixes:
+        raise FilterDBError(f"{option} {path}: give a file ending in {', '.join('.' + s for s in suffixes)}")
+    if path.is_dir():
+        raise FilterDBError(f"{option} {path} is a directory; give the path of the file to write")
+    if not path.parent.is_dir():
+        raise FilterDBError(f"{option} {path}: the folder {path.parent} does not exist; create it or choose "
+                            "another path")

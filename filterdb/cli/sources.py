@@ -1,17 +1,27 @@
 """Commands about where models come from: ``filterdb leaderboards`` and ``filterdb pairs``."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 import pandas as pd
 
-from filterdb.cli.options import db_option, format_option, resolve_db
+from filterdb.cli.options import db_option, format_option, resolve_db, select_option, selected_models
 from filterdb.output import emit
+
+
+LEADERBOARD_SORTS = ("board", "robust_acc", "clean_acc", "name")
 
 
 @click.command()
 @click.argument("name", required=False)
+@click.option("--db", "db_path", type=click.Path(path_type=Path), default=None,
+              help="With NAME: mark the models already in this database (column in_db) [default: $FILTERDB_DB, "
+                   "else $FILTERDB_HOME/db, where it exists].")
+@click.option("--sort", "sort_by", type=click.Choice(LEADERBOARD_SORTS), default="board", show_default=True,
+              help="With NAME: order of the models (accuracies highest first; board: the leaderboard's own order).")
 @format_option
-def leaderboards(name, fmt):
+def leaderboards(name, db_path, sort_by, fmt):
     """List the leaderboards that 'filterdb build --leaderboard' accepts, with model counts; or the models of NAME."""
     from filterdb.errors import FilterDBError
     from filterdb.sources import leaderboards as all_boards
@@ -29,9 +39,23 @@ def leaderboards(name, fmt):
     if name not in boards:
         raise FilterDBError(f"unknown leaderboard {name!r}; valid: {', '.join(sorted(boards))}")
     columns = ["architecture", "training", "clean_acc", "robust_acc", "extra_data"]
-    rows = [{"model": s.name.rsplit("/", 1)[-1], **{c: s.record.get(c, "") for c in columns}}
-            for s in boards[name].specs()]
-    emit(pd.DataFrame(rows, columns=["model", *columns]), fmt, title=f"{name}: {len(rows)} models")
+    specs = boards[name].specs()
+    rows = [{"model": s.name.rsplit("/", 1)[-1], **{c: s.record.get(c, "") for c in columns}} for s in specs]
+    frame = pd.DataFrame(rows, columns=["model", *columns])
+    title = f"{name}: {len(rows)} models"
+    db_dir = resolve_db(db_path)
+    if db_path is not None or db_dir.exists():
+        from filterdb.store import open_database
+        with open_database(db_dir) as db:
+            present = set(db.models.index)
+        frame.insert(1, "in_db", [s.model_id in present for s in specs])
+        title += f", {int(frame['in_db'].sum())} of them in {db_dir}"
+    if sort_by == "name":
+        frame = frame.sort_values("model", key=lambda v: v.str.lower(), kind="stable")
+    elif sort_by != "board":
+        frame[sort_by] = pd.to_numeric(frame[sort_by], errors="coerce")
+        frame = frame.sort_values(sort_by, ascending=False, na_position="last", kind="stable")
+    emit(frame.reset_index(drop=True), fmt, title=title)
 
 
 def counterpart_candidates(dataset: str, architecture: str) -> list[str]:
@@ -77,8 +101,9 @@ def pair_table(models: pd.DataFrame) -> pd.DataFrame:
 
 @click.command()
 @db_option
+@select_option
 @format_option
-def pairs(db_path, fmt):
+def pairs(db_path, select, fmt):
     """For each robust model, the normal models of the same architecture, the counterparts still
     missing, and its twin: the normal model trained with it as a matched pair (same seed,
     initial weights and data order; the paired statistics compare twins).
@@ -90,6 +115,8 @@ def pairs(db_path, fmt):
 
     with open_database(resolve_db(db_path)) as db:
         table = pair_table(db.models)
+        if select:  # the robust models of the selection; their counterparts come from the whole database
+            table = table[table["robust_model"].isin(set(selected_models(db.models, select)["key"]))]
     twins = int((table["twin"] != "").sum())
     emit(table, fmt, title=f"{len(table)} robust models and their normal counterparts ({twins} with a twin)")
     unpaired = int((table["normal_models"] == "").sum())

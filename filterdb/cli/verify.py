@@ -14,6 +14,9 @@ from filterdb.verify import repair_database, verify_database
 def verify(db_path, repair):
     """Check every shard, the master and the metrics cache against their checksums; exit 0 only when whole."""
     db = resolve_db(db_path)
+    if db.is_file():
+        verify_export(db, repair)
+        return
     result = verify_database(db)
     for problem in result.problems:
         click.secho(f"problem: {problem.path}: {problem.what}", fg="red", err=True)
@@ -38,3 +41,18 @@ def verify(db_path, repair):
     if lost or after.problems:
         raise SystemExit(1)
 
+
+
+def verify_export(path, repair: bool) -> None:
+    """An exported file: its tables (on open) and every layer's filters against their digests."""
+    from filterdb.errors import FilterDBError
+    from filterdb.packed import PackedDB
+
+    if repair:
+        raise FilterDBError(f"{path} is an export: it cannot be repaired in place; export it again from its "
+                            "database directory")
+    with PackedDB(path) as packed:
+        for _ in packed.iter_layers():
+            pass
+        click.echo(f"{path}: export whole, {len(packed.models)} model(s), {len(packed.layers)} layer(s) checked",
+                   err=True)
