@@ -55,6 +55,11 @@ DEFAULT_KERNEL = "3x3"
 ALL_KERNELS = "all"
 
 
+# Columns of Comparison.to_frame() that count something (integers, also in CSV and JSON).
+COUNT_COLUMNS = {"n_a", "n_b", "n_pairs", "n_permutations", "paired_n_permutations",
+                 "models_a", "models_b", "filters_a", "filters_b"}
+
+
 @dataclass
 class Comparison:
     """The result of :func:`compare_groups`; every part is a DataFrame."""
@@ -80,8 +85,12 @@ class Comparison:
         keys = (["by"] if self.by else []) + ["layers"]
         div = self.divergence.assign(metric="divergence")
         frame = pd.concat([self.tests.assign(kernel=self.kernel), div], ignore_index=True)
-        order = keys + ["metric", "kernel"] + [c for c in frame.columns if c not in (*keys, "metric", "kernel", "cell")]
-        return frame[order]
+        for column in COUNT_COLUMNS & set(frame.columns):  # counts stay integers; blank where a row has none
+            frame[column] = frame[column].astype("Int64")
+        frame.insert(0, "group_a", self.group_a)
+        frame.insert(1, "group_b", self.group_b)
+        order = ["group_a", "group_b", *keys, "metric", "kernel"]
+        return frame[order + [c for c in frame.columns if c not in (*order, "cell")]]
 
     def __repr__(self) -> str:
         n_a = int((self.models["group"] == self.group_a).sum()) if len(self.models) else 0
@@ -173,6 +182,9 @@ def compare_groups(db, group_a: str = "robust", group_b: str = "normal", layer: 
         raise FilterDBError(f"--permutations must be at least 1, got {permutations}")
     kernel = None if kernel in (None, ALL_KERNELS) else kernel
     by = ALIASES.get(by, by) if by else None
+    if group_a == group_b:
+        raise FilterDBError(f"both groups are {group_a!r}: every difference would be 0; to see what models trained "
+                            "alike give, compare two halves of it, e.g. 'normal,seed=0|1|2|3' 'normal,seed=4|5|6|7'")
     db, owned = _open(db)
     try:
         by_key = db.models.sort_values("key")  # results (permutation nulls) independent of the order models were added
@@ -310,6 +322,8 @@ def _group_summary(per_model: pd.DataFrame, metrics, group_a, group_b) -> pd.Dat
             row.update({f"{m} mean": frame[m].mean(), f"{m} std": frame[m].std(ddof=1), f"{m} median": frame[m].median()})
         rows.append(row)
     out = pd.DataFrame(rows)
+    if isinstance(per_model["layers"].dtype, pd.CategoricalDtype):  # deciles: "0" first, then (0, 0.1], ...
+        out["layers"] = pd.Categorical(out["layers"], categories=per_model["layers"].cat.categories, ordered=True)
     order = {group_a: 0, group_b: 1}
     return out.sort_values(["by", "layers", "group"], key=lambda s: s.map(order) if s.name == "group" else s,
                            kind="stable").reset_index(drop=True)

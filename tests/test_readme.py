@@ -1,4 +1,5 @@
 """The README stays true: its format tables are the schema's, its commands exist, its setup is two lines."""
+import json
 import re
 from pathlib import Path
 
@@ -40,3 +41,66 @@ def test_every_dependency_is_explained():
     why = README.split("## Dependencies, and why", 1)[1].split("\n## ", 1)[0]
     missing = [n for n in names if n not in why]
     assert not missing, f"README does not say why these dependencies are there: {missing}"
+
+
+# ------------------------------------------------------------------ the README's code blocks run
+
+MARKER = re.compile(r"<!-- (runnable|not run by tests/test_readme\.py: [^>]+) -->\n```(bash|python)\n(.*?)```", re.S)
+
+
+def readme_blocks() -> list[tuple[str, str, str]]:
+    """(marker, language, code) of every ```bash and ```python block, in order."""
+    return MARKER.findall(README)
+
+
+def test_every_code_block_says_whether_it_runs():
+    fences = re.findall(r"^```(bash|python)$", README, re.M)
+    assert len(readme_blocks()) == len(fences), (
+        "every ```bash / ```python block of README.md needs a marker line right above it: "
+        "'<!-- runnable -->' or '<!-- not run by tests/test_readme.py: WHY -->'")
+    assert sum(marker == "runnable" for marker, _, _ in readme_blocks()) >= 6
+
+
+def readme_script() -> str:
+    """The runnable blocks as one bash script: bash verbatim, python through a here-document."""
+    parts = ["set -euo pipefail"]
+    for marker, language, code in readme_blocks():
+        if marker != "runnable":
+            continue
+        parts.append(code if language == "bash" else f"python - <<'PYTHON'\n{code}PYTHON\n")
+    return "\n".join(parts)
+
+
+def test_the_runnable_blocks_run_as_written(demo_home, tmp_path):
+    """After the setup commands (here: the suite's demo checkpoints and database in FILTERDB_HOME, so
+    'filterdb demo' finds them built), in a fresh working folder holding the repository's figures/."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import h5py
+
+    home = tmp_path / "home"
+    for part in ("demo-checkpoints", "demo-db"):
+        shutil.copytree(demo_home / part, home / part)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "figures").symlink_to(Path(__file__).resolve().parents[1] / "figures")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FILTERDB_")}
+    env.update(FILTERDB_HOME=str(home), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+               MPLBACKEND="Agg")
+    done = subprocess.run(["bash", "-c", readme_script()], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=1500)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stderr[-4000:]}"
+    assert "Traceback" not in done.stderr
+    # What the blocks say they make is there.
+    assert f"The demo database is {home / 'demo-db'}" in done.stderr
+    assert f"filterdb compare robust normal --layer deciles --db {home / 'demo-db'}" in done.stderr
+    assert json.loads((work / "info.json").read_text())["models"] == 32
+    assert (work / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((work / "compare.json").read_text())[0]["group_a"] == "arch=resnet8-8,robust"
+    assert sorted(p.parent.name for p in (work / "runs" / "pair").glob("*/last.pt")) == ["normal", "pgd"]
+    with h5py.File(work / "my-db" / "filterdb.h5", "r") as f:
+        assert len(f["models/model_id"]) == 2
+    assert any((work / "figs").glob("*.png"))

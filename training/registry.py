@@ -92,6 +92,14 @@ class Family:
     summary: str
     build: Callable[[ArchSpec, int, int], nn.Module]  # (spec, num_classes, in_chans) -> model
     check: Callable[[ArchSpec], str | None] = lambda spec: None  # an error message, or None
+    title: str = "{name}"  # str.format template of the architecture's name, e.g. WideResNet-{depth}-{width}
+    examples: tuple[str, ...] = ()  # common heads, offered as near matches of an unknown name
+
+
+def architecture_title(spec: ArchSpec) -> str:
+    """The architecture a model string builds, by its usual name: wrn28-10 -> WideResNet-28-10."""
+    return FAMILIES[spec.family].title.format(name=spec.family, depth=spec.depth, width=spec.width,
+                                              variant=(spec.variant or "").upper(), id=spec.variant)
 
 
 def _captured(value: _T | None) -> _T:
@@ -115,27 +123,33 @@ _VARIANTS = "|".join(ROBUST_RESNETS)
 FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("cnn", rf"cnn(?P<depth>{_N})-(?P<width>{_N})", "cnn{depth}-{width}",
            "plain CNN: <depth> conv layers of width <width>, stride 1 (for the 8x8 digits)",
-           lambda s, n, c: PlainCNN(_captured(s.depth), _captured(s.width), n, c, s.layer_options)),
+           lambda s, n, c: PlainCNN(_captured(s.depth), _captured(s.width), n, c, s.layer_options),
+           title="PlainCNN-{depth}-{width}", examples=("cnn4-16",)),
     Family("resnet", rf"resnet(?P<depth>{_N})-(?P<width>{_N})", "resnet{depth}-{width}",
            "open_lth CIFAR ResNet, depth 6n+2, stage widths W, 2W, 4W (resnet8-8 fits 8x8 digits)",
-           lambda s, n, c: CifarResNet(_captured(s.depth), _captured(s.width), n, c, s.layer_options), _depth_rule(6, 2, 8)),
+           lambda s, n, c: CifarResNet(_captured(s.depth), _captured(s.width), n, c, s.layer_options), _depth_rule(6, 2, 8),
+           title="ResNet-{depth}-{width} (open_lth CIFAR)", examples=("resnet8-8", "resnet20-16", "resnet56-16")),
     Family("preactresnet", rf"preactresnet(?P<depth>{_N})", "preactresnet{depth}",
            "PreActResNet-18/34 (He et al. 2016, as in RobustBench), widths 64..512",
            lambda s, n, c: preact_resnet(_captured(s.depth), n, c, s.layer_options),
-           lambda s: None if s.depth in (18, 34) else f"depth must be 18 or 34, got {s.depth}"),
+           lambda s: None if s.depth in (18, 34) else f"depth must be 18 or 34, got {s.depth}",
+           title="PreActResNet-{depth}", examples=("preactresnet18", "preactresnet34")),
     Family("wrn", rf"wrn(?P<depth>{_N})-(?P<width>{_N})", "wrn{depth}-{width}",
            "WideResNet-<depth>-<width> (Zagoruyko & Komodakis), depth 6n+4",
-           lambda s, n, c: wide_resnet(_captured(s.depth), _captured(s.width), n, c, s.layer_options), _depth_rule(6, 4, 10)),
+           lambda s, n, c: wide_resnet(_captured(s.depth), _captured(s.width), n, c, s.layer_options), _depth_rule(6, 4, 10),
+           title="WideResNet-{depth}-{width}", examples=("wrn28-10", "wrn34-10", "wrn70-16")),
     Family("robustresnet", rf"robustresnet-(?P<variant>{_VARIANTS})", "robustresnet-{variant}",
            "RobustResNet-A1..A4: RobustResBlocks with compound scaling (Huang et al., CVPR 2023)",
-           lambda s, n, c: robust_resnet(_captured(s.variant), n, c, s.layer_options)),
+           lambda s, n, c: robust_resnet(_captured(s.variant), n, c, s.layer_options),
+           title="RobustResNet-{variant}", examples=tuple(f"robustresnet-{v}" for v in ROBUST_RESNETS)),
     Family("wrn-a", rf"wrn-(?P<variant>{_VARIANTS})", "wrn-{variant}",
            "WRN-A1..A4: WRN basic blocks with the RobustResNet-A1..A4 depths and widths",
-           lambda s, n, c: wrn_a(_captured(s.variant), n, c, s.layer_options)),
+           lambda s, n, c: wrn_a(_captured(s.variant), n, c, s.layer_options),
+           title="WRN-{variant}", examples=tuple(f"wrn-{v}" for v in ROBUST_RESNETS)),
     Family("robustbench", r"robustbench:(?P<variant>.+)", ROBUSTBENCH_PREFIX + "{variant}",
            "any RobustBench model id <dataset>/<threat model>/<name>, built with random weights",
            lambda s, n, c: _build_robustbench(_captured(s.variant), n, c),
-           lambda s: robustbench_ids.check(_captured(s.variant))),
+           lambda s: robustbench_ids.check(_captured(s.variant)), title="RobustBench {id}"),
 ]}
 
 
@@ -194,7 +208,11 @@ def parse_model_string(model_string: str) -> ArchSpec:
         if m := re.fullmatch(family.pattern, head):
             break
     else:
-        raise ModelStringError(f"unknown model {head!r}; valid models: {_families_help()}")
+        import difflib
+
+        near = difflib.get_close_matches(head, [e for f in FAMILIES.values() for e in f.examples], n=4, cutoff=0.6)
+        hint = f"did you mean {' or '.join(near)}? " if near else ""
+        raise ModelStringError(f"unknown model {head!r}; {hint}valid models: {_families_help()}")
     groups: dict[str, Any] = {k: (int(v) if k in ("depth", "width") else v) for k, v in m.groupdict().items()}
     found: dict = {}
     for option in options:

@@ -12,6 +12,7 @@ from filterdb.cli.options import (
     db_option,
     format_option,
     jobs_option,
+    plot_option,
     resolve_db,
     scheduler_option,
     select_option,
@@ -156,8 +157,7 @@ Divergence of the groups' filters (the robustness paper's, natural log):
 @click.option("--no-divergence", is_flag=True, help="Skip the divergence (it reads the selected filters once).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap intervals and permutations.")
 @format_option
-@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Also save a figure (mean ± std per group and layer group) to this file.")
+@plot_option
 @db_option
 @jobs_option
 @scheduler_option

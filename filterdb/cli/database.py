@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -36,6 +38,18 @@ def report_build(report, fmt: str = "table") -> None:
                f"{report.count('failed')} failed", err=True)
     if report.failed:
         sys.exit(1)
+
+
+@contextmanager
+def removed_if_left_empty(db_dir: Path):
+    """A database directory this command creates is removed again if no model got committed
+    into it (a failed ``add``/``build`` into a new path leaves nothing behind)."""
+    created = not db_dir.exists()
+    try:
+        yield
+    finally:
+        if created and db_dir.is_dir() and not any((db_dir / "shards").glob("*.h5")):
+            shutil.rmtree(db_dir, ignore_errors=True)
 
 
 def report_skipped_convs(db, report) -> None:
@@ -86,7 +100,8 @@ def build(leaderboard, checkpoints, models, db_path, force, jobs, scheduler, off
         from filterdb.training.checkpoint_source import checkpoint_dir_specs
         specs = select_specs(checkpoint_dir_specs(checkpoints), models, where=str(checkpoints))
     specs = with_input_shape(specs, input_shape)
-    with FilterDB.open(resolve_db(db_path), "a") as db:
+    db_dir = resolve_db(db_path)
+    with removed_if_left_empty(db_dir), FilterDB.open(db_dir, "a") as db:
         click.echo(f"database {db.path}: {len(specs)} model(s) to check", err=True)
         if scheduler:
             from filterdb.distributed import build_on_dask
@@ -116,14 +131,15 @@ def add(models, db_path, force, offline, input_shape):
 
     db_dir = resolve_db(db_path)
     db = FilterDB.open(db_dir, "a") if db_dir.exists() else None  # a damaged database is named first
-    try:
-        specs = with_input_shape([spec_for_argument(m) for m in models], input_shape)
-        db = db or FilterDB.open(db_dir, "a")
-        report = run_build(db, specs, force=force, description="add")
-        report_skipped_convs(db, report)
-    finally:
-        if db is not None:
-            db.close()
+    with removed_if_left_empty(db_dir):
+        try:
+            specs = with_input_shape([spec_for_argument(m) for m in models], input_shape)
+            db = db or FilterDB.open(db_dir, "a")
+            report = run_build(db, specs, force=force, description="add")
+            report_skipped_convs(db, report)
+        finally:
+            if db is not None:
+                db.close()
     report_build(report)
 
 
@@ -203,3 +219,17 @@ def demo(db_path, fmt):
         report_build(report)
     from filterdb.analysis.compare import print_demo_comparison
     print_demo_comparison(db_path, fmt)
+    click.echo(demo_next_steps(db_path), err=True)
+
+
+def demo_next_steps(db_path: Path) -> str:
+    """Where the demo database is and what to try on it (the other commands do not open it by default)."""
+    import shlex
+
+    db = shlex.quote(str(db_path))
+    return (f"\nThe demo database is {db_path}. Other commands open --db, else $FILTERDB_DB, else "
+            f"$FILTERDB_HOME/db; next, try:\n"
+            f"  filterdb info --db {db}\n"
+            f"  filterdb compare robust normal --layer deciles --db {db}\n"
+            f"  filterdb metrics --db {db}\n"
+            f"  export FILTERDB_DB={db}   # then --db is not needed")

@@ -44,6 +44,35 @@ input_shape_option = click.option(
          "or timm/torchvision's pretrained configuration].")
 
 
+# What matplotlib's Agg canvas writes (FigureCanvasBase.get_supported_filetypes), without importing it.
+PLOT_FORMATS = ("eps", "jpeg", "jpg", "pdf", "pgf", "png", "ps", "raw", "rgba", "svg", "svgz", "tif", "tiff", "webp")
+
+
+def check_plot_path(ctx, param, value: Path | None) -> Path | None:
+    """A ``--plot`` file is checked when the command line is read, before any work: its folder
+    must exist and be writable, its suffix a format matplotlib writes."""
+    from filterdb.errors import FilterDBError
+
+    if value is None:
+        return None
+    suffix = value.suffix.lower().lstrip(".")
+    if suffix not in PLOT_FORMATS:
+        raise FilterDBError(f"--plot {value}: {'no file extension' if not suffix else f'.{suffix} is not an image format'}"
+                            f"; end the name with one of {', '.join('.' + f for f in PLOT_FORMATS)}")
+    folder = value.parent if str(value.parent) else Path(".")
+    if not folder.is_dir():
+        raise FilterDBError(f"--plot {value}: the folder {folder} does not exist; create it or choose another path")
+    import os
+    if not os.access(folder, os.W_OK):
+        raise FilterDBError(f"--plot {value}: the folder {folder} is not writable; choose another path")
+    return value
+
+
+plot_option = click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                           callback=check_plot_path,
+                           help="Also save a figure (mean ± std per group and layer group) to this file (.png, .pdf, .svg, ...).")
+
+
 SELECT_HELP = ("Only the models this expression selects (the group grammar of 'compare': robust, normal, "
                "COLUMN=VALUE[|VALUE], name globs such as '*resnet*', joined with commas) [default: all].")
 select_option = click.option("--select", "select", default=None, metavar="EXPR", help=SELECT_HELP)

@@ -168,16 +168,39 @@ def pair_command(model_string, robust_method, **o):
 @click.argument("robustbench_id")
 @click.option("--threat-model", default="Linf", show_default=True, help="Threat model of the RobustBench id.")
 @training_options
-def counterpart_command(robustbench_id, threat_model, **o):
-    """Train a normal model of ROBUSTBENCH_ID's architecture (e.g. Carmon2019Unlabeled with
-    --dataset cifar10), the counterpart to compare the robust model with."""
+@click.pass_context
+def counterpart_command(ctx, robustbench_id, threat_model, **o):
+    """Train a normal model of ROBUSTBENCH_ID's architecture (e.g. Carmon2019Unlabeled), the
+    counterpart to compare the robust model with; on the id's dataset unless --dataset says otherwise."""
     from filterdb.training.pairs import counterpart_model_string
 
+    if ctx.get_parameter_source("dataset") == click.core.ParameterSource.DEFAULT:
+        o["dataset"] = _robustbench_dataset(robustbench_id, threat_model)
     model_string = counterpart_model_string(robustbench_id, o["dataset"], threat_model)
     config = _config(model_string, "standard", o)
     out = _run_dir(o, f"counterpart-{model_string}-s{config.seed}")
     result = _fit(config, out, o, pairing={"counterpart_of": model_string})
     emit(pd.DataFrame([_row(result, config)]), o["fmt"], title="normal counterpart")
+
+
+def _robustbench_dataset(robustbench_id: str, threat_model: str) -> str:
+    """The dataset a RobustBench id was trained on: from a full id, else from the model table."""
+    parts = robustbench_id.removeprefix("robustbench:").split("/")
+    if len(parts) == 3:
+        dataset = parts[0]
+    else:
+        from filterdb.sources.robustbench import datasets_of
+
+        found = datasets_of(robustbench_id, threat_model)
+        if len(found) != 1:
+            why = (f"is on the {threat_model} leaderboards of {', '.join(found)}" if found
+                   else f"is not in the {threat_model} RobustBench model table ('filterdb leaderboards' lists them)")
+            raise FilterDBError(f"{robustbench_id} {why}; give --dataset")
+        dataset = found[0]
+    if dataset not in DATASETS:
+        raise FilterDBError(f"{robustbench_id}: its dataset {dataset} cannot be trained on here; "
+                            f"give --dataset (one of {', '.join(DATASETS)})")
+    return dataset
 
 
 @train.command("show")
@@ -204,6 +227,7 @@ def show_command(checkpoints, fmt):
 def models_command(model_string):
     """The model-string grammar; with MODEL_STRING, check it and show what it builds (on the meta device)."""
     from filterdb.training.registry import (
+        architecture_title,
         create_model,
         describe_models,
         parse_model_string,
@@ -218,6 +242,6 @@ def models_command(model_string):
     with torch.device("meta"):
         model = create_model(model_string)
     n_params = sum(p.numel() for p in model.parameters())
-    click.echo(f"{spec}: {type(model).__name__}, {n_params:,} parameters")
+    click.echo(f"{spec}: {architecture_title(spec)}, {n_params:,} parameters")
 
 

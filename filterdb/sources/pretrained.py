@@ -78,24 +78,54 @@ def torchvision_input_shape(weights) -> tuple[int, int, int]:
     return (3, int(crop), int(crop)) if crop else INPUT_SHAPE
 
 
-def _fetch(spec: ModelSpec, cached: Path | None, fetch) -> Path:
-    """The cached weights file, fetched into the library's cache when missing (never when offline)."""
+# Seconds to wait for the weights' server to accept a connection before saying there is no network
+# (the libraries' own downloads retry for half a minute first).
+CONNECT_TIMEOUT = 5.0
+
+
+def _fetch(spec: ModelSpec, cached: Path | None, fetch, url: str) -> Path:
+    """The cached weights file, fetched into the library's cache when missing (never when offline;
+    at once an error when ``url``'s server cannot be reached)."""
     if cached is not None and cached.is_file():
         return cached
     if offline():
         raise FilterDBError(f"{spec.key}: pretrained weights are not in the local cache"
                             f"{f' ({cached})' if cached else ''} and offline mode forbids downloading them; "
                             "run once with network access (unset FILTERDB_OFFLINE) to fill the cache")
+    _check_reachable(spec, url)
     try:
-        return Path(fetch())
+        import warnings
+
+        with warnings.catch_warnings():  # the hub's deprecation notices are not the user's business
+            warnings.simplefilter("ignore", FutureWarning)
+            return Path(fetch())
     except Exception as exc:  # noqa: BLE001 - network, hub or HTTP errors all mean the same to the user
         raise FilterDBError(f"{spec.key}: could not download pretrained weights ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); check the network") from exc
 
 
+def _check_reachable(spec: ModelSpec, url: str) -> None:
+    """One quick connection to the server of ``url``; a clear error if there is none."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise FilterDBError(f"{spec.key}: pretrained weights are not in the local cache and {parsed.hostname}:{port} "
+                            f"cannot be reached ({exc.strerror or type(exc).__name__}); connect to the network "
+                            "once to fill the cache, or pass --offline to use cached weights only") from None
+
+
 def _load_timm(spec: ModelSpec):
-    import timm
+    import warnings
+
     import torch
+    with warnings.catch_warnings():  # timm's import trips torch.jit's deprecation notice
+        warnings.simplefilter("ignore", FutureWarning)
+        import timm
 
     if not timm.is_model(spec.name.split(".", 1)[0]):
         raise FilterDBError(f"{spec.key}: timm has no model {spec.name!r}; 'timm.list_models(pretrained=True)' "
@@ -109,10 +139,12 @@ def _load_timm(spec: ModelSpec):
         filenames = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
         cached = next((Path(p) for f in filenames
                        if isinstance(p := try_to_load_from_cache(cfg.hf_hub_id, f), str)), None)
-        path = _fetch(spec, cached, lambda: hf_hub_download(cfg.hf_hub_id, filenames[0]))
+        from huggingface_hub import constants
+
+        path = _fetch(spec, cached, lambda: hf_hub_download(cfg.hf_hub_id, filenames[0]), constants.ENDPOINT)
     else:
         cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
-        path = _fetch(spec, cached, lambda: _torch_hub_download(cfg.url, cached))
+        path = _fetch(spec, cached, lambda: _torch_hub_download(cfg.url, cached), cfg.url)
     model = timm.create_model(spec.name, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
     return model, path, timm_input_shape(cfg)
 
@@ -133,7 +165,7 @@ def _load_torchvision(spec: ModelSpec):
         raise FilterDBError(f"{spec.key}: no weights {tag!r} for {base}; valid: "
                             f"{', '.join(w.name for w in enum)}") from exc
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-    path = _fetch(spec, cached, lambda: _torch_hub_download(weights.url, cached))
+    path = _fetch(spec, cached, lambda: _torch_hub_download(weights.url, cached), weights.url)
     model = torchvision.models.get_model(base, weights=None)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model, path, torchvision_input_shape(weights)

@@ -58,6 +58,13 @@ def model_table() -> pd.DataFrame:
     return table
 
 
+def datasets_of(name: str, threat_model: str) -> list[str]:
+    """The datasets whose RobustBench leaderboard of this threat model lists ``name`` (in table order)."""
+    table = model_table()
+    rows = table[(table["name"] == name) & (table["threat_model"].str.lower() == threat_model.lower())]
+    return list(dict.fromkeys(rows["dataset"]))
+
+
 def board_models(board: str) -> pd.DataFrame:
     dataset, threat, convolutional_only = BOARDS[board]
     table = model_table()

@@ -1,0 +1,195 @@
+"""User errors of the CLI are one line and an exit code, found before the work starts (#16):
+the plot path, Ctrl-C at start-up, model names, a failed add into a new path; and the
+comparison's machine output keeps counts as integers and names its groups."""
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from filterdb.cli import main
+from filterdb.store import FilterDB
+from filterdb.build import add_module
+
+FILTERDB = Path(sys.executable).parent / "filterdb"
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(6, 6, 3, padding=1))
+
+
+@pytest.fixture
+def small_db(tmp_path) -> Path:
+    """Three robust and three normal three-layer models."""
+    path = tmp_path / "db"
+    with FilterDB.open(path, "a") as db:
+        for i in range(6):
+            training = "robust" if i % 2 else "normal"
+            add_module(db, net(i), source="test", name=f"{training}-{i}", input_shape=(1, 8, 8),
+                          record={"training": training, "architecture": "cnn3"})
+    return path
+
+
+def one_error_line(result, code: int) -> str:
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("plot, words", [
+    ("no-such-dir/x.png", "the folder no-such-dir does not exist"),
+    ("x.jpgg", ".jpgg is not an image format"),
+    ("x", "no file extension"),
+])
+def test_compare_plot_path_is_refused_before_the_comparison(small_db, tmp_path, monkeypatch, plot, words):
+    monkeypatch.chdir(tmp_path)
+    result = run("compare", "robust", "normal", "--db", small_db, "--plot", plot)
+    line = one_error_line(result, 1)
+    assert words in line and plot in line
+    assert not (small_db / "metrics").exists() or not any((small_db / "metrics").iterdir())  # no work was done
+
+
+def test_compare_plot_into_an_existing_folder_is_written(small_db, tmp_path):
+    out = tmp_path / "figs" / "c.png"
+    out.parent.mkdir()
+    result = run("compare", "robust", "normal", "--db", small_db, "--plot", out, "--permutations", 9,
+                 "--no-divergence", "--metric", "ve_linf")
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_a_group_with_itself_is_an_error_naming_a_baseline(small_db):
+    line = one_error_line(run("compare", "normal", "normal", "--db", small_db), 1)
+    assert "both groups are 'normal'" in line and "seed=" in line
+
+
+def test_machine_output_names_the_groups_and_counts_in_integers(small_db):
+    result = run("compare", "robust", "normal", "--db", small_db, "--permutations", 9, "--format", "json",
+                 "--metric", "ve_linf", "--layer", "all")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output[result.output.index("["):])
+    tests, divergence = rows[0], rows[-1]
+    assert (tests["group_a"], tests["group_b"]) == ("robust", "normal")
+    assert tests["n_a"] == 3 and tests["n_b"] == 3 and isinstance(tests["n_a"], int)
+    assert tests["n_permutations"] == 9 or tests["n_permutations"] == 20  # exact (C(6,3)) or random
+    assert divergence["metric"] == "divergence" and divergence["models_a"] == 3 and divergence["n_a"] is None
+    assert divergence["filters_a"] == 3 * (4 + 24 + 36)
+    csv = run("compare", "robust", "normal", "--db", small_db, "--permutations", 9, "--format", "csv",
+              "--metric", "ve_linf", "--layer", "all")
+    frame = pd.read_csv(io.StringIO(csv.output[csv.output.index("group_a"):]))
+    header, first = csv.output[csv.output.index("group_a"):].splitlines()[:2]
+    assert ",3,3," in first  # n_a, n_b written as 3, not 3.0
+    assert frame.loc[1, "filters_b"] == 3 * (4 + 24 + 36)
+
+
+def test_deciles_groups_table_puts_the_first_layer_first(small_db):
+    from filterdb.analysis.compare import compare_groups
+
+    result = compare_groups(small_db, "robust", "normal", layer="deciles", permutations=9, with_divergence=False)
+    layers = [str(v) for v in result.groups["layers"]]
+    assert layers[:2] == ["0", "0"] and layers[-1] == "(0.9, 1]"
+    assert list(result.groups["group"][:2]) == ["robust", "normal"]
+    assert list(result.groups["models"]) == [3] * len(layers)
+
+
+def test_models_names_the_family_and_suggests_near_names():
+    assert run("models", "wrn28-10").output.startswith("wrn28-10: WideResNet-28-10, 36,479,194 parameters")
+    assert run("models", "robustresnet-a1").output.startswith("robustresnet-a1: RobustResNet-A1, ")
+    assert run("models", "preactresnet18").output.startswith("preactresnet18: PreActResNet-18, ")
+    line = one_error_line(run("models", "resnet18"), 1)
+    assert "unknown model 'resnet18'; did you mean" in line and "preactresnet18" in line and "resnet8-8" in line
+
+
+def test_counterpart_dataset_defaults_to_the_robustbench_ids():
+    from filterdb.cli.training import _robustbench_dataset
+
+    assert _robustbench_dataset("Carmon2019Unlabeled", "Linf") == "cifar10"
+    assert _robustbench_dataset("robustbench:cifar100/Linf/Anything", "Linf") == "cifar100"
+    # The command itself: the error of a CIFAR-100 run without its data names cifar100, not digits.
+    result = run("train", "counterpart", "cifar100/Linf/Rice2020Overfitting_PreActResNet18", "--epochs", 1,
+                 "--no-progress")
+    assert result.exit_code == 1 and "cifar100" in result.output.lower() and "digits" not in result.output, result.output
+    line = one_error_line(run("train", "counterpart", "NoSuchModel2099", "--epochs", 1), 1)
+    assert "NoSuchModel2099 is not in the Linf RobustBench model table" in line and "--dataset" in line
+
+
+def test_failed_add_into_a_new_path_leaves_no_directory(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    target = tmp_path / "new-db"
+    result = run("add", junk, "--db", target)
+    assert result.exit_code == 1, result.output
+    assert not target.exists()
+    existing = tmp_path / "old-db"
+    FilterDB.open(existing, "a").close()
+    assert run("add", junk, "--db", existing).exit_code == 1
+    assert (existing / "filterdb.h5").exists()  # a database that was there stays
+
+
+def test_failed_build_into_a_new_path_leaves_no_directory(tmp_path):
+    (tmp_path / "ckpts").mkdir()
+    (tmp_path / "ckpts" / "junk.pt").write_bytes(b"not a checkpoint")
+    target = tmp_path / "new-db"
+    result = run("build", "--checkpoints", tmp_path / "ckpts", "--db", target)
+    assert result.exit_code == 1, result.output
+    assert not target.exists()
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path):
+    """SIGINT while the console script imports torch (filterdb models loads it): one line, exit 130."""
+    env = {**os.environ, "FILTERDB_HOME": str(tmp_path)}
+    signalled = 0
+    for delay in (0.3, 0.8, 1.5):
+        proc = subprocess.Popen([str(FILTERDB), "models", "wrn28-10"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        if proc.poll() is not None:
+            continue  # already done: nothing to interrupt at this delay
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        signalled += 1
+        assert proc.returncode == 130, (delay, proc.returncode, err)
+        assert err.strip() == "interrupted", err
+        assert "Traceback" not in out + err
+    assert signalled, "filterdb models finished before any signal: the test interrupted nothing"
+
+
+def test_pretrained_weights_without_network_fail_at_once_in_one_line(tmp_path):
+    """No cached weights and a server that refuses: one line within seconds, no FutureWarning, no retries,
+    and no database directory left behind."""
+    env = {**os.environ, "FILTERDB_HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf"),
+           "TORCH_HOME": str(tmp_path / "torch"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("FILTERDB_OFFLINE", None)
+    start = time.monotonic()
+    done = subprocess.run([str(FILTERDB), "add", "timm:resnet18", "--db", str(tmp_path / "db")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - start
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: timm:resnet18: pretrained weights are not in the local cache and 127.0.0.1:9 cannot "
+                      "be reached (Connection refused); connect to the network once to fill the cache, or pass "
+                      "--offline to use cached weights only"], done.stderr
+    assert "Warning" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "db").exists()
+    offline = subprocess.run([str(FILTERDB), "add", "timm:resnet18", "--db", str(tmp_path / "db"), "--offline"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert offline.returncode == 1 and "offline mode forbids downloading them" in offline.stderr
+    assert took < 60  # imports under load; the download's own retries alone took ~23 s
