@@ -619,10 +619,6 @@ def plot_comparison(result: Comparison, path=None):
     fig.suptitle(f"{result.group_a} vs {result.group_b} (each model counts once)", fontsize=9)
     fig.tight_layout()
     if path is not None:
-        from pathlib import Path
-
-        from filterdb.atomic import atomic_path
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=120)
+        from filterdb.analysis.filter_plots import save_figure
+        save_figure(fig, path)
     return fig

@@ -239,10 +239,6 @@ def plot_metrics(frame: pd.DataFrame, metrics: Iterable[str] | None = None, by: 
     fig.suptitle(f"mean over models by {by}, per conv_depth_norm decile", fontsize=9)
     fig.tight_layout()
     if path is not None:
-        from pathlib import Path
-
-        from filterdb.atomic import atomic_path
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=120)
+        from filterdb.analysis.filter_plots import save_figure
+        save_figure(fig, path)
     return fig

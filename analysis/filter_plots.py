@@ -1,4 +1,4 @@
-"""A picture of one layer's filters (``filterdb show MODEL LAYER --plot``).
+"""Pictures of filters: one layer's filters (``filterdb show MODEL LAYER --plot``), and the atomic figure save.
 
 One row per output channel, one column per input channel of its group (at most
 :data:`MAX_CHANNELS` of each, the title says how many are shown), each filter kh x kw
@@ -35,8 +35,6 @@ def plot_layer(filters: np.ndarray, out_channels: int, title: str, path: Path) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from filterdb.atomic import atomic_path
-
     image, rows, cols = layer_mosaic(filters, out_channels)
     scale = float(np.nanmax(np.abs(filters))) if filters.size else 0.0
     scale = scale or 1.0
@@ -50,6 +48,14 @@ def plot_layer(filters: np.ndarray, out_channels: int, title: str, path: Path) -
     ax.set_ylabel(f"output channel ({rows} of {out_channels} shown)")
     ax.set_title(title, fontsize=8)
     fig.colorbar(shown, ax=ax, shrink=0.6)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".").lower(), dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
+
+
+def save_figure(fig, path) -> None:
+    """Write a matplotlib figure to ``path`` atomically, in the format its suffix names (png without one)."""
+    from filterdb.atomic import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=120)

@@ -84,7 +84,7 @@ def write_shard(db_dir: str | os.PathLike, record: dict, layers: Sequence[LayerF
     model_columns = table_columns([record], schema.MODEL_COLUMNS)
     layer_columns = table_columns(rows, schema.LAYER_COLUMNS)
     tables_digest = integrity.table_digest([(model_columns, schema.MODEL_COLUMNS), (layer_columns, schema.LAYER_COLUMNS)])
-    try:
+    with _nothing_left_on_failure(tmp, final, record):
         shapes = {layer.kernel: (layer.info["kernel_h"], layer.info["kernel_w"]) for layer in layers}
         offsets = _create_shard_file(tmp, model_columns, layer_columns,
                                      {kernel: (n, *shapes[kernel]) for kernel, n in sizes.items()})
@@ -103,9 +103,15 @@ def write_shard(db_dir: str | os.PathLike, record: dict, layers: Sequence[LayerF
                 layer_frame = table_frame(layer_columns, schema.LAYER_COLUMNS)
             finally:
                 written.result()
-        with h5py.File(tmp, "r+", libver="latest") as f:
-            integrity.write_shard_digests(f, record["model_id"], tables_digest, _kernel_layers(rows), digests)
-        publish(tmp, final)
+        _seal(tmp, final, record["model_id"], tables_digest, rows, digests)
+    return final, models, layer_frame
+
+
+@contextmanager
+def _nothing_left_on_failure(tmp: Path, final: Path, record: dict) -> Iterator[None]:
+    """Remove the temporary shard on any failure; an I/O error becomes one line naming the shard."""
+    try:
+        yield
     except (OSError, RuntimeError) as exc:  # HDF5 reports a failed write (a full disk) as RuntimeError
         _remove(tmp)
         raise FilterDBError(f"{final}: cannot write the shard of {record.get('key', record['model_id'])} "
@@ -114,7 +120,14 @@ def write_shard(db_dir: str | os.PathLike, record: dict, layers: Sequence[LayerF
     except BaseException:
         _remove(tmp)
         raise
-    return final, models, layer_frame
+
+
+def _seal(tmp: Path, final: Path, model_id: str, tables_digest: int, layer_rows: list[dict],
+          digests: list[int]) -> None:
+    """Record the digests of the complete shard ``tmp``, then rename it durably into place."""
+    with h5py.File(tmp, "r+", libver="latest") as f:
+        integrity.write_shard_digests(f, model_id, tables_digest, _kernel_layers(layer_rows), digests)
+    publish(tmp, final)
 
 
 def _remove(tmp: Path) -> None:
@@ -200,21 +213,10 @@ def shard_writer(db_dir: str | os.PathLike, record: dict, layer_rows: list[dict]
     model_columns = table_columns([record], schema.MODEL_COLUMNS)
     layer_columns = table_columns(layer_rows, schema.LAYER_COLUMNS)
     tables_digest = integrity.table_digest([(model_columns, schema.MODEL_COLUMNS), (layer_columns, schema.LAYER_COLUMNS)])
-    try:
+    with _nothing_left_on_failure(tmp, final, record):
         offsets = _create_shard_file(tmp, model_columns, layer_columns, sizes)
         yield tmp, offsets
-        digests = _digests_of_written(tmp, offsets, layer_rows)
-        with h5py.File(tmp, "r+", libver="latest") as f:
-            integrity.write_shard_digests(f, record["model_id"], tables_digest, _kernel_layers(layer_rows), digests)
-        publish(tmp, final)
-    except (OSError, RuntimeError) as exc:
-        _remove(tmp)
-        raise FilterDBError(f"{final}: cannot write the shard of {record.get('key', record['model_id'])} "
-                            f"({io_failure(exc)}); nothing of it was stored - free space or fix the directory "
-                            "and rerun") from None
-    except BaseException:
-        _remove(tmp)
-        raise
+        _seal(tmp, final, record["model_id"], tables_digest, layer_rows, _digests_of_written(tmp, offsets, layer_rows))
 
 
 def _digests_of_written(path: Path, offsets: dict[str, int], layer_rows: list[dict]) -> list[int]:

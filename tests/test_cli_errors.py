@@ -13,18 +13,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 from torch import nn
 
-from filterdb.cli import main
+from cli_results import run
 from filterdb.store import FilterDB
 from filterdb.build import add_module
 
 FILTERDB = Path(sys.executable).parent / "filterdb"
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def net(seed: int) -> nn.Module:

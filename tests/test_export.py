@@ -8,13 +8,12 @@ import h5py
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 from torch import nn
 
+from cli_results import run, one_error_line
 from filterdb import open_database
 from filterdb.analysis.compare import compare_groups
 from filterdb.analysis.database import database_metrics
-from filterdb.cli import main
 from filterdb.errors import FilterDBError
 from filterdb.ids import model_id
 from filterdb.packed import PackedDB
@@ -46,20 +45,6 @@ def source(tmp_path_factory):
                 add_module(db, modules[name], source="test", name=name, input_shape=(1, 8, 8),
                               record={"training": training, "dataset": "digits", "architecture": "cnn", "seed": i})
     return path, modules
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_error_line(result, *names):
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output and not isinstance(result.exception, (OSError, KeyError, TypeError))
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.output
-    for name in names:
-        assert str(name) in lines[0], (name, lines[0])
-    return lines[0]
 
 
 def test_round_trip_gives_the_same_comparison_and_metrics(source, tmp_path, isolated_home):

@@ -18,13 +18,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from cli_results import run
 from filterdb import open_database
-from filterdb.cli import main
 from filterdb.errors import FilterDBError
 from filterdb.ids import model_id
 from filterdb.store import FilterDB
@@ -59,10 +58,6 @@ def db(pristine, tmp_path) -> Path:
     copy = tmp_path / "db"
     shutil.copytree(pristine, copy)
     return copy
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def assert_one_line_error(result, *names):

@@ -2,17 +2,12 @@
 import json
 
 import torch
-from click.testing import CliRunner
 from torch import nn
 
-from filterdb.cli import main
+from cli_results import run
 from filterdb.catalog import leaderboard_specs
 from filterdb.store import FilterDB
 from filterdb.build import add_module
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_marks_models_in_the_database_and_sorts(tmp_path):

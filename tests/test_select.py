@@ -4,11 +4,10 @@ import json
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 from torch import nn
 
+from cli_results import run
 from filterdb.analysis.groups import parse_group, select_models
-from filterdb.cli import main
 from filterdb.errors import FilterDBError
 from filterdb.store import FilterDB, open_database
 from filterdb.build import add_module
@@ -27,10 +26,6 @@ def db(tmp_path_factory):
                            input_shape=(1, 8, 8), record={"training": training, "dataset": dataset,
                                                           "architecture": arch})
     return path
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_name_globs_in_the_grammar():

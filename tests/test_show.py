@@ -4,12 +4,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from torch import nn
 
+from cli_results import run, one_error_line
 from filterdb.analysis.database import database_metrics
 from filterdb.analysis.groups import find_model
-from filterdb.cli import main
 from filterdb.errors import FilterDBError
 from filterdb.ids import model_id
 from filterdb.store import FilterDB, open_database
@@ -27,19 +26,6 @@ def db(tmp_path_factory):
             add_module(fdb, module, source="test", name=name, input_shape=(3, 12, 12),
                            record={"training": name.split("-")[1]})
     return path, modules
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_error_line(result, *names):
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output and not isinstance(result.exception, (OSError, KeyError, TypeError))
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.output
-    for name in names:
-        assert str(name) in lines[0], (name, lines[0])
 
 
 def test_layers_table_holds_the_metrics(db):
