@@ -7,10 +7,18 @@ then check every stored layer with ``tests/conv_reproduction.py`` (hooks capture
 convolution's input and output on a probe forward; ``F.conv2d`` with the filters read
 back from the database must reproduce the output). A model lands when it is stored and
 every reached layer reproduces within ``--tolerance``. One line per model to stdout,
-the failures (one line each) and counts at the end, a CSV with ``--csv``; exit status 1
-if any model failed. Each model is removed from the database once checked (disk).
+the failures (one line each) and counts at the end, a CSV with ``--csv`` (a row written
+as each model ends); exit status 1 if any model did not land. Each model is removed from
+the database once checked (disk).
+
+Each model runs in a forked child process, with a database of its own: a model whose
+resident memory passes ``--max-memory-gb`` or that runs past ``--model-timeout`` is
+killed and recorded as ``skipped`` (with why and its peak memory), never a crash of the
+sweep or of the machine. ``--skip-csv`` skips the names a previous run's CSV holds
+(the same file as ``--csv`` keeps its rows and appends), ``--start N`` the first N.
 
     python bench/sweep_zoo.py --timm --robustbench --budget 3000 --csv sweep.csv
+    python bench/sweep_zoo.py --robustbench --budget 3000 --csv sweep.csv --skip-csv sweep.csv  # go on
 
 RobustBench ids are taken one per (dataset, architecture) first, then the rest, so a
 time budget covers the most architectures; ids whose constructor downloads weights or
@@ -20,14 +28,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gc
 import json
+import multiprocessing
+import shutil
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
+import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -35,7 +45,7 @@ from conv_reproduction import reproduction_errors  # noqa: E402
 
 from filterdb.errors import FilterDBError  # noqa: E402
 from filterdb.store import FilterDB  # noqa: E402
-from filterdb.build import add_module
+from filterdb.build import add_module  # noqa: E402
 
 TIMM = """
 resnetv2_50x1_bit nf_resnet26 nfnet_l0 eca_nfnet_l0 dm_nfnet_f0 nf_regnet_b0 vit_tiny_r_s16_p8_224
@@ -89,10 +99,18 @@ def robustbench_order() -> list[str]:
     return first + rest
 
 
+COLUMNS = ["source", "name", "status", "layers", "kinds", "skipped_convs", "unreached", "worst_error", "seconds",
+           "peak_gb", "error"]
+
+
+def new_row(source: str, name: str) -> dict:
+    return {"source": source, "name": name, "status": "failed", "layers": 0, "kinds": "", "skipped_convs": 0,
+            "unreached": 0, "worst_error": float("nan"), "seconds": 0.0, "peak_gb": 0.0, "error": ""}
+
+
 def sweep_one(db: FilterDB, source: str, name: str, tolerance: float) -> dict:
     t0 = time.perf_counter()
-    row = {"source": source, "name": name, "status": "failed", "layers": 0, "kinds": "", "skipped_convs": 0,
-           "unreached": 0, "worst_error": float("nan"), "seconds": 0.0, "error": ""}
+    row = new_row(source, name)
     try:
         torch.manual_seed(0)
         members, input_shape = (timm_model if source == "timm" else robustbench_model)(name)
@@ -123,6 +141,51 @@ def sweep_one(db: FilterDB, source: str, name: str, tolerance: float) -> dict:
     return row
 
 
+def _child(db_dir: str, source: str, name: str, tolerance: float, conn) -> None:
+    with FilterDB.open(db_dir, "a") as db:
+        conn.send(sweep_one(db, source, name, tolerance))
+
+
+def sweep_isolated(tmp: Path, source: str, name: str, tolerance: float, max_gb: float, timeout: float) -> dict:
+    """``sweep_one`` in a forked child with its own database; killed (row 'skipped') past ``max_gb``
+    resident memory or ``timeout`` seconds. ``peak_gb``: the largest resident size seen (sampled)."""
+    db_dir = tmp / "db"
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    child = multiprocessing.get_context("fork").Process(target=_child, args=(db_dir, source, name, tolerance, sender))
+    t0 = time.perf_counter()
+    child.start()
+    sender.close()
+    process, peak, why, row = psutil.Process(child.pid), 0, "", None
+    while row is None and not why:
+        if receiver.poll(0.2):
+            try:
+                row = receiver.recv()
+            except EOFError:  # the child died without a row
+                child.join()
+                why = f"the child process died (exit status {child.exitcode})"
+            break
+        try:
+            peak = max(peak, process.memory_info().rss)
+        except psutil.NoSuchProcess:
+            pass
+        if peak > max_gb * 2**30:
+            why = f"memory: over {max_gb:g} GB resident, killed"
+        elif time.perf_counter() - t0 > timeout:
+            why = f"time: over {timeout:g} s, killed"
+        elif not child.is_alive() and not receiver.poll(0):
+            why = f"the child process died (exit status {child.exitcode})"
+    if child.is_alive() and row is None:
+        child.kill()
+    child.join()
+    shutil.rmtree(db_dir, ignore_errors=True)
+    if row is None:
+        row = new_row(source, name)
+        row.update(status="skipped" if why.startswith(("memory", "time")) else "failed", error=why,
+                   seconds=round(time.perf_counter() - t0, 2))
+    row["peak_gb"] = round(peak / 2**30, 2)
+    return row
+
+
 def time_order_pass(name: str, repeat: int = 3) -> None:
     """Seconds of the execution-order pass of a timm model, shapes-only vs complete (medians, alternated)."""
     import statistics
@@ -149,6 +212,13 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=float("inf"), help="Stop starting models after SECONDS.")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="Max relative output error of a layer.")
     parser.add_argument("--csv", type=Path, default=None, help="Write one row per model here.")
+    parser.add_argument("--skip-csv", type=Path, nargs="*", default=[],
+                        help="Skip the names these CSVs of earlier runs hold (the --csv file itself: append to it).")
+    parser.add_argument("--start", type=int, default=0, help="Skip the first N models of the list.")
+    parser.add_argument("--max-memory-gb", type=float, default=10.0,
+                        help="Kill a model past this resident memory (row 'skipped').")
+    parser.add_argument("--model-timeout", type=float, default=1200.0,
+                        help="Kill a model running past SECONDS (row 'skipped').")
     parser.add_argument("--order-pass", nargs="*", default=None, metavar="TIMM_NAME",
                         help="Only time the execution-order pass of these timm models, shapes-only vs complete.")
     args = parser.parse_args(argv)
@@ -162,30 +232,46 @@ def main(argv=None) -> int:
     if args.only:
         todo = [(s, n) for s, n in todo if n in args.only] or [("timm" if "/" not in n else "robustbench", n)
                                                                 for n in args.only]
+    earlier = [row for path in args.skip_csv if path.exists() for row in csv.DictReader(open(path, newline=""))]
+    done = {r["name"] for r in earlier}
+    todo = [(s, n) for s, n in todo[args.start:] if n not in done]
+    csv_file = open(args.csv, "w", newline="") if args.csv else None  # noqa: SIM115 - open for the whole sweep
+    writer = csv.DictWriter(csv_file, fieldnames=COLUMNS, restval="") if csv_file else None
+    if writer:
+        writer.writeheader()
+        keep = [p for p in args.skip_csv if p.resolve() == args.csv.resolve()]
+        writer.writerows(r for r in earlier if keep)  # appending to the CSV of the earlier run
+    if args.timm:  # imported once here, not in every child
+        import timm  # noqa: F401
+    if args.robustbench:
+        from filterdb.compat import import_robustbench
+        from filterdb.training import create_model  # noqa: F401
+
+        import_robustbench()
     rows, t_start = [], time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="sweep-db-") as tmp, FilterDB.open(Path(tmp) / "db", "a") as db:
+    with tempfile.TemporaryDirectory(prefix="sweep-db-") as tmp:
         for source, name in todo:
             if time.perf_counter() - t_start > args.budget:
                 break
-            row = sweep_one(db, source, name, args.tolerance)
+            row = sweep_isolated(Path(tmp), source, name, args.tolerance, args.max_memory_gb, args.model_timeout)
             rows.append(row)
-            print(f"{row['status']:6} {source}:{name} layers={row['layers']} {row['kinds']} "
+            print(f"{row['status']:7} {source}:{name} layers={row['layers']} {row['kinds']} "
                   f"skipped_convs={row['skipped_convs']} unreached={row['unreached']} "
-                  f"worst={row['worst_error']:.2g} {row['seconds']}s {row['error']}", flush=True)
-            gc.collect()
-    if args.csv:
-        with open(args.csv, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["name"])
-            writer.writeheader()
-            writer.writerows(rows)
+                  f"worst={row['worst_error']:.2g} {row['seconds']}s {row['peak_gb']}GB {row['error']}", flush=True)
+            if writer:
+                writer.writerow(row)
+                csv_file.flush()
+    if csv_file:
+        csv_file.close()
     failed = [r for r in rows if r["status"] != "landed"]
     for source in ("timm", "robustbench"):
         mine = [r for r in rows if r["source"] == source]
         if mine:
-            print(f"{source}: {sum(r['status'] == 'landed' for r in mine)}/{len(mine)} landed "
-                  f"(of {sum(s == source for s, _ in todo)} listed)")
+            print(f"{source}: {sum(r['status'] == 'landed' for r in mine)}/{len(mine)} landed, "
+                  f"{sum(r['status'] == 'skipped' for r in mine)} skipped "
+                  f"(of {sum(s == source for s, _ in todo)} to do; {len(done)} done before)")
     for r in failed:
-        print(f"FAILED {r['source']}:{r['name']}: {r['error']}")
+        print(f"{r['status'].upper()} {r['source']}:{r['name']}: {r['error']}")
     return 1 if failed else 0
 
 
