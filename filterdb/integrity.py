@@ -87,11 +87,19 @@ def table_digest(tables: list[tuple[Any, tuple]]) -> int:
             values = data[c.name]
             hasher.update(c.name.encode() + b"\0")
             if c.kind == "str":
-                hasher.update("\x1f".join("" if v is None else str(v) for v in values).encode("utf-8", "surrogatepass"))
+                hasher.update(_joined(values).encode("utf-8", "surrogatepass"))
             else:
                 hasher.update(np.ascontiguousarray(np.asarray(values), dtype=c.numpy_dtype).tobytes())
             hasher.update(b"\x1e")
     return hasher.intdigest()
+
+
+def _joined(values) -> str:
+    """String values joined by \x1f (None as ''): in one C call when they are all str already."""
+    try:
+        return "\x1f".join(values.tolist() if hasattr(values, "tolist") else values)
+    except TypeError:
+        return "\x1f".join("" if v is None else str(v) for v in values)
 
 
 def combine(tables: int, layer_digests: np.ndarray) -> int:
@@ -159,8 +167,16 @@ class ShardCheck:
             raise damaged(path, f"the shard of model {model_id} ({model_name}) is not the one the master records")
         self._file = f
         self._fd: int | None = None
+        self._datasets: dict[str, h5py.Dataset] = {}
         self._layers: dict[str, dict[tuple[int, int], int]] = {}
         self._offsets: dict[str, int | None] = {}
+
+    def dataset(self, kernel: str) -> h5py.Dataset:
+        """The shard's /filters/<kernel> (looked up once: HDF5 lookups cost more than a small layer's read)."""
+        found = self._datasets.get(kernel)
+        if found is None:
+            found = self._datasets[kernel] = self._file["filters"][kernel]
+        return found
 
     def close(self) -> None:
         if self._fd is not None:
@@ -207,7 +223,7 @@ class ShardCheck:
         table = self._layers.get(kernel)
         if table is None:
             try:
-                attrs = self._file["filters"][kernel].attrs
+                attrs = self.dataset(kernel).attrs
                 spans = zip(attrs["layer_starts"].tolist(), attrs["layer_stops"].tolist())
                 table = dict(zip(spans, attrs["layer_digests"].tolist(), strict=True))
             except (OSError, KeyError, ValueError, RuntimeError) as exc:

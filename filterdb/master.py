@@ -305,9 +305,11 @@ def check_tables(f: h5py.File, path: Path, models: pd.DataFrame, layers: pd.Data
     tables = (models, layers, index, span_rows)
     if len(stops) != len(values) or (len(stops) and list(stops[-1]) != [len(t) for t in tables]):
         raise integrity.damaged(path, "the master's tables do not match their checksum (rows missing or added)")
-    begin = np.zeros(4, np.int64)
-    for end, value in zip(stops, values):
-        parts = [t.iloc[int(a):int(b)] for t, a, b in zip(tables, begin, end)]
+    # Column arrays, sliced per publish: a database grown by one `add` at a time has a segment per model.
+    arrays = [{name: frame[name].to_numpy() for name in frame.columns} for frame in tables]
+    begin = [0, 0, 0, 0]
+    for end, value in zip(stops.tolist(), values.tolist()):
+        parts = [{name: column[a:b] for name, column in table.items()} for table, a, b in zip(arrays, begin, end)]
         if _segment_digest(*parts) != int(value):
             raise integrity.damaged(path, "the master's tables do not match their checksum (the file is damaged)")
         begin = end

@@ -3,8 +3,9 @@
 ``progress_bar()`` returns a context manager with rich's ``Progress`` task API (``add_task``,
 ``update``, ``advance``, ``remove_task``). On a terminal it is rich's bar. When stderr is not a
 terminal (a log file, CI, a cluster job) it is a :class:`LineProgress`: one plain line per
-finished step of a task (a model, an epoch, an attack), at most one every ``LOG_INTERVAL``
-seconds for fine-grained tasks, each line whole::
+finished step of a task (a model, an epoch, an attack), at most one a ``STEP_INTERVAL`` (steps
+that come faster, e.g. 1,000 cached models, get their first and last line), at most one every
+``LOG_INTERVAL`` seconds for fine-grained tasks, each line whole::
 
     models: 3/40 (8%), 0:00:12 elapsed, eta 0:02:28, 15.0 models/min | cnn4-16 pgd
 
@@ -27,6 +28,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 LOG_INTERVAL = 10.0  # seconds between two lines of one fine-grained task in a log
+STEP_INTERVAL = 1.0  # seconds between two lines of one coarse task, its first and last step excepted
 
 
 def format_rate(per_second: float | None, unit: str) -> str:
@@ -69,10 +71,12 @@ class _LineTask:
 class LineProgress:
     """rich's ``Progress`` task API, written as plain lines (for logs): see the module docstring."""
 
-    def __init__(self, unit: str = "it", stream: IO[str] | None = None, interval: float = LOG_INTERVAL):
+    def __init__(self, unit: str = "it", stream: IO[str] | None = None, interval: float = LOG_INTERVAL,
+                 step_interval: float = STEP_INTERVAL):
         self.unit = unit
         self.stream = stream
         self.interval = interval
+        self.step_interval = step_interval
         self._tasks: dict[TaskID, _LineTask] = {}
         self._next_id = 0
 
@@ -121,8 +125,10 @@ class LineProgress:
         now = time.monotonic()
         if task.fields.get("detail"):  # fine-grained: a line per phase, else one per interval
             due = new_phase or now - task.logged_at >= self.interval
-        else:  # coarse (a model, an epoch): a line per step
-            due = new_phase or task.completed != task.logged_completed
+        else:  # coarse (a model, an epoch): a line per step, unless steps come faster than step_interval
+            first, last = task.logged_completed < 0, task.total is not None and task.completed >= task.total
+            due = new_phase or (task.completed != task.logged_completed
+                                and (first or last or now - task.logged_at >= self.step_interval))
         if due:
             task.logged_at, task.logged_completed = now, task.completed
             print(self.line(task, now), file=self.stream or sys.stderr, flush=True)

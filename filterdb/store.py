@@ -102,6 +102,7 @@ class FilterDB:
         self._spans: dict[tuple[str, str], tuple[int, int]] | None = None  # (model, kernel) -> (start, offset)
         self._base_spans: dict[tuple[str, str], tuple[int, int]] | None = None
         self._ids: tuple[MasterState, set[str]] | None = None
+        self._names: tuple[pd.DataFrame, dict[str, str]] | None = None
         self._load()
 
     # ---------------------------------------------------------------- opening
@@ -429,7 +430,7 @@ class FilterDB:
                 what = "the shard file is missing" if not path.exists() else "the shard cannot be opened"
                 raise integrity.read_error(path, exc, what) from None
             try:
-                self._checks[model_id] = integrity.ShardCheck(f, path, model_id, str(self.models.loc[model_id, "name"]),
+                self._checks[model_id] = integrity.ShardCheck(f, path, model_id, self._model_name(model_id),
                                                               self._expected_digest(model_id))
             except BaseException:
                 f.close()
@@ -437,10 +438,18 @@ class FilterDB:
             self._shards[model_id] = f
         return f
 
+    def _model_name(self, model_id: str) -> str:
+        """The model's name, for messages (a dict of the current table: ``.loc`` per shard cost more than its read)."""
+        models = self.models
+        if self._names is None or self._names[0] is not models:
+            self._names = (models, dict(zip(models["model_id"], models["name"])))
+        return str(self._names[1].get(model_id, model_id))
+
     def _filter_dataset(self, model_id: str, kernel: str) -> tuple[h5py.Dataset, integrity.ShardCheck]:
-        f = self._shard(model_id)
+        self._shard(model_id)
         try:
-            return f["filters"][kernel], self._checks[model_id]
+            check = self._checks[model_id]
+            return check.dataset(kernel), check
         except (KeyError, OSError, ValueError, RuntimeError) as exc:
             raise integrity.read_error(self.shard_path(model_id), exc, f"no readable {kernel} filters") from None
 

@@ -12,7 +12,7 @@ from filterdb.progress import LineProgress, progress_bar
 
 def test_a_log_gets_one_whole_line_per_step():
     out = io.StringIO()
-    with LineProgress("models", stream=out) as bar:
+    with LineProgress("models", stream=out, step_interval=0) as bar:
         task = bar.add_task("build", total=4, status="")
         for name in ("a", "b", "c", "d"):
             bar.update(task, status=f"model {name}")
@@ -21,6 +21,16 @@ def test_a_log_gets_one_whole_line_per_step():
     assert len(lines) == 4
     assert re.fullmatch(r"build: 1/4 \(25%\), 0:00:00 elapsed, eta 0:00:00, [\d.]+ models/s \| model a", lines[0])
     assert lines[-1].startswith("build: 4/4 (100%)") and lines[-1].endswith("| model d")
+
+
+def test_steps_faster_than_the_step_interval_get_their_first_and_last_line():
+    out = io.StringIO()
+    with LineProgress("models", stream=out, step_interval=3600) as bar:
+        task = bar.add_task("metrics", total=1000, status="")
+        for _ in range(1000):
+            bar.advance(task)
+    lines = out.getvalue().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["metrics: 1/1000 (0%)", "metrics: 1000/1000 (100%)"]
 
 
 def test_fine_grained_tasks_are_throttled_and_phases_logged():

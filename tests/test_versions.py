@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import h5py
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from filterdb.build import add_module
 from filterdb.errors import FilterDBError
-from filterdb.h5table import TABLE_ENCODING, TABLE_ENCODING_VERSION
+from filterdb.h5table import (FIXED_STRING_BYTES, TABLE_ENCODING, TABLE_ENCODING_VERSION, append_rows, read_table,
+                              write_table)
+from filterdb.schema import Column
 from filterdb.store import FilterDB, open_database
 from filterdb.versions import check_readable, parse_version
 
@@ -36,7 +40,7 @@ def db_path(tmp_path):
 def test_tables_say_their_own_encoding_and_old_ones_still_read(db_path):
     with h5py.File(db_path / "filterdb.h5", "r") as f:
         assert (f["layers"].attrs["encoding-type"], f["layers"].attrs["encoding-version"]) == (
-            TABLE_ENCODING, TABLE_ENCODING_VERSION) == ("filterdb-table", "1.0")
+            TABLE_ENCODING, TABLE_ENCODING_VERSION) == ("filterdb-table", "1.1")
     with h5py.File(db_path / "filterdb.h5", "a") as f:  # as databases written before this encoding say
         for table in ("models", "layers"):
             f[table].attrs["encoding-type"], f[table].attrs["encoding-version"] = "dataframe", "0.2.0"
@@ -46,8 +50,8 @@ def test_tables_say_their_own_encoding_and_old_ones_still_read(db_path):
 
 def test_a_newer_table_encoding_is_refused(db_path):
     with h5py.File(db_path / "filterdb.h5", "a") as f:
-        f["layers"].attrs["encoding-version"] = "1.1"
-    with pytest.raises(FilterDBError, match=r"filterdb.h5:/layers: table encoding version 1.1 is newer"):
+        f["layers"].attrs["encoding-version"] = "1.2"
+    with pytest.raises(FilterDBError, match=r"filterdb.h5:/layers: table encoding version 1.2 is newer"):
         open_database(db_path)
 
 
@@ -99,3 +103,31 @@ def test_evaluation_file_versions(tmp_path):
         else:
             with pytest.raises(FilterDBError, match=r"m.pt.eval.json: evaluation format version 1.9 is newer"):
                 load_evaluation(results)
+
+
+STR_COLUMNS = (Column("text", "str", "a string column"), Column("n", "int", "a number"))
+
+
+def test_string_columns_are_fixed_length_while_short_widened_on_append_variable_length_when_long(tmp_path):
+    values = ["ab", "é", ""]
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        write_table(f, "t", pd.DataFrame({"text": values, "n": [1, 2, 3]}), STR_COLUMNS, chunk_rows=4)
+        assert f["t/text"].dtype == np.dtype("S2") and h5py.check_string_dtype(f["t/text"].dtype).length == 2
+        for added in (["longer string", "x"], ["y"], ["z" * (FIXED_STRING_BYTES + 1)], ["ü"]):
+            append_rows(f["t"], pd.DataFrame({"text": added, "n": [0] * len(added)}), STR_COLUMNS)
+            values += added
+            assert read_table(f["t"], STR_COLUMNS)["text"].tolist() == values
+            assert list(f["t/text"].asstr()[()]) == values  # h5py alone reads it either way
+        assert h5py.check_string_dtype(f["t/text"].dtype).length is None  # the long value made it variable-length
+
+
+def test_table_encoding_1_0_variable_length_strings_still_read(tmp_path):
+    with h5py.File(tmp_path / "t.h5", "w") as f:  # as filterdb wrote tables before 1.1: every string variable-length
+        group = f.create_group("t")
+        group.attrs.update({"encoding-type": "filterdb-table", "encoding-version": "1.0",
+                            "column-order": ["text", "n"], "_index": ""})
+        group.create_dataset("text", data=["ab", "é", ""], dtype=h5py.string_dtype("utf-8"))
+        group.create_dataset("n", data=np.array([1, 2, 3]))
+        group["text"].attrs["kind"], group["n"].attrs["kind"] = "str", "int"
+        frame = read_table(group, STR_COLUMNS)
+    assert frame["text"].tolist() == ["ab", "é", ""] and frame["n"].tolist() == [1, 2, 3]
