@@ -20,7 +20,8 @@ sweep or of the machine. ``--skip-csv`` skips the names a previous run's CSV hol
     python bench/sweep_zoo.py --timm --robustbench --budget 3000 --csv sweep.csv
     python bench/sweep_zoo.py --robustbench --budget 3000 --csv sweep.csv --skip-csv sweep.csv  # go on
 
-RobustBench ids are taken one per (dataset, architecture) first, then the rest, so a
+``--timm-all`` goes on past TIMM to every timm architecture, one per timm model module
+first. RobustBench ids are taken one per (dataset, architecture) first, then the rest, so a
 time budget covers the most architectures; ids whose constructor downloads weights or
 needs CUDA fail with their constructor's error, as a user would see it.
 """
@@ -73,6 +74,18 @@ def timm_model(name: str):
 
     model = timm.create_model(name, pretrained=False)
     return [model], tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+
+
+def timm_order() -> list[str]:
+    """Every timm architecture: TIMM's first, then one per timm model module that TIMM misses, then the rest."""
+    import timm
+
+    first = list(TIMM)
+    for module in timm.list_modules():
+        names = timm.list_models(module=module)
+        if names and not set(names) & set(first):
+            first.append(names[0])
+    return first + [n for n in timm.list_models() if n not in set(first)]
 
 
 def robustbench_model(model_id: str):
@@ -207,6 +220,8 @@ def time_order_pass(name: str, repeat: int = 3) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--timm", action="store_true", help="Sweep the timm architectures listed in TIMM.")
+    parser.add_argument("--timm-all", action="store_true",
+                        help="Sweep every timm architecture: TIMM's, then one per timm module TIMM misses, then the rest.")
     parser.add_argument("--robustbench", action="store_true", help="Sweep RobustBench's ids.")
     parser.add_argument("--only", nargs="*", default=None, help="Only these names (timm names or RobustBench ids).")
     parser.add_argument("--budget", type=float, default=float("inf"), help="Stop starting models after SECONDS.")
@@ -227,7 +242,8 @@ def main(argv=None) -> int:
         for name in args.order_pass or ["nfnet_f0"]:
             time_order_pass(name)
         return 0
-    todo = ([("timm", n) for n in TIMM] if args.timm else []) + \
+    timm_names = timm_order() if args.timm_all else TIMM if args.timm else []
+    todo = [("timm", n) for n in timm_names] + \
            ([("robustbench", i) for i in robustbench_order()] if args.robustbench else [])
     if args.only:
         todo = [(s, n) for s, n in todo if n in args.only] or [("timm" if "/" not in n else "robustbench", n)
@@ -241,7 +257,7 @@ def main(argv=None) -> int:
         writer.writeheader()
         keep = [p for p in args.skip_csv if p.resolve() == args.csv.resolve()]
         writer.writerows(r for r in earlier if keep)  # appending to the CSV of the earlier run
-    if args.timm:  # imported once here, not in every child
+    if args.timm or args.timm_all:  # imported once here, not in every child
         import timm  # noqa: F401
     if args.robustbench:
         from filterdb.compat import import_robustbench
