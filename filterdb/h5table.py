@@ -47,9 +47,8 @@ def table_frame(data: list[dict] | dict[str, np.ndarray], columns: tuple[Column,
 
 def _frame(data: dict[str, np.ndarray], str_columns: set[str], index: str | None) -> pd.DataFrame:
     """A DataFrame with strings as object columns (pandas 3 would infer its own string dtype)."""
-    frame = pd.DataFrame(data)
-    for name in str_columns:
-        frame[name] = frame[name].astype(object)
+    frame = pd.DataFrame({name: pd.Series(values, dtype=object) if name in str_columns else values
+                          for name, values in data.items()})
     if index:
         frame = frame.set_index(index, drop=False)
         frame.index.name = None

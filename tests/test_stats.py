@@ -177,3 +177,21 @@ def test_columns_give_what_each_column_gives_alone():
         np.testing.assert_allclose([s.ci_low, s.ci_high], [alone.ci_low, alone.ci_high], rtol=1e-12)
         assert (p.p_value, p.n_permutations, p.exact) == (perm.p_value, perm.n_permutations, perm.exact)
         assert p.null_median == pytest.approx(perm.null_median, rel=1e-12)
+
+
+def test_large_labelings_are_kept_on_disk_and_equal_the_drawn_ones(tmp_path, monkeypatch):
+    from filterdb.analysis import stats
+
+    monkeypatch.setenv("FILTERDB_HOME", str(tmp_path))
+    monkeypatch.setattr(stats, "KEEP_LABELINGS", 1000)
+    drawn = stats._drawn_labelings(30, 20, 99, 5)
+    assert np.array_equal(stats._kept_labelings(30, 20, 99, 5), drawn)  # drawn, then kept
+    (kept,) = (tmp_path / "cache" / "labelings").iterdir()
+    assert np.array_equal(stats._kept_labelings(30, 20, 99, 5), drawn)  # loaded
+    with np.load(kept) as f:
+        packed, digest = f["packed"].copy(), f["digest"]
+    packed[0, 0] ^= 0x80  # one bit flipped: the digest no longer matches
+    np.savez(kept, packed=packed, digest=digest)
+    assert np.array_equal(stats._kept_labelings(30, 20, 99, 5), drawn)  # drawn again, not the damaged file
+    kept.write_bytes(b"not a numpy file")
+    assert np.array_equal(stats._kept_labelings(30, 20, 99, 5), drawn)
