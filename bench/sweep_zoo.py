@@ -5,9 +5,11 @@ For each RobustBench id (built by RobustBench's own constructor with random weig
 (``pretrained=False``), offline: store it in a real database (``FilterDB.add_module``),
 then check every stored layer with ``tests/conv_reproduction.py`` (hooks capture each
 convolution's input and output on a probe forward; ``F.conv2d`` with the filters read
-back from the database must reproduce the output). A model lands when it is stored and
-every reached layer reproduces within ``--tolerance``. One line per model to stdout,
-the failures (one line each) and counts at the end, a CSV with ``--csv`` (a row written
+back from the database must reproduce the output). A model lands when it is stored,
+every reached layer reproduces within ``--tolerance``, and no module but the stored
+layers and those in ``skipped_convs`` convolves with learned weights on the probe pass
+(``unaccounted_convolutions``). One line per model to stdout, the failures (one line
+each) and counts at the end, a CSV with ``--csv`` (a row written
 as each model ends); exit status 1 if any model did not land. Each model is removed from
 the database once checked (disk).
 
@@ -42,7 +44,7 @@ import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conv_reproduction import reproduction_errors  # noqa: E402
+from conv_reproduction import reproduction_errors, unaccounted_convolutions  # noqa: E402
 
 from filterdb.errors import FilterDBError  # noqa: E402
 from filterdb.store import FilterDB  # noqa: E402
@@ -134,6 +136,10 @@ def sweep_one(db: FilterDB, source: str, name: str, tolerance: float) -> dict:
                    kinds=" ".join(f"{k}={n}" for k, n in layers["weight_kind"].value_counts().items()),
                    skipped_convs=len(json.loads(model["skipped_convs"])) if model["skipped_convs"] else 0)
         errors = reproduction_errors(db, model_id, members, input_shape)
+        skipped = json.loads(model["skipped_convs"]) if model["skipped_convs"] else []
+        accounted = {(int(r.member), r.name.partition(":expert")[0]) for r in layers.itertuples()} | \
+                    {(int(s["member"]), s["name"]) for s in skipped}
+        unaccounted = unaccounted_convolutions(members, input_shape, accounted)
         db.remove_model(model_id)
         row["worst_error"] = max(errors.values(), default=float("nan"))
         bad = {k: e for k, e in errors.items() if not e <= tolerance}
@@ -144,6 +150,9 @@ def sweep_one(db: FilterDB, source: str, name: str, tolerance: float) -> dict:
             row["error"] = f"{len(bad)} layer(s) do not reproduce, worst {layer} (member {member}): {error:.3g}"
         elif missing:
             row["error"] = f"{len(missing)} reached layer(s) not called in the probe pass, e.g. {sorted(missing)[0]}"
+        elif unaccounted:
+            row["error"] = (f"{len(unaccounted)} module(s) convolve with learned weights but are neither stored nor "
+                            f"in skipped_convs, e.g. {unaccounted[0]}")
         else:
             row["status"] = "landed"
     except FilterDBError as exc:

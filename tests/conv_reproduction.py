@@ -4,7 +4,10 @@ Written apart from filterdb's own extraction code, from the layer table alone: h
 capture every stored convolution's input and output on a probe forward pass, and each
 output is compared with ``F.conv2d`` of that input with the layer's filters read back
 from the database (geometry from the layer row, bias from the module, which filterdb
-does not store). Used by the tests and by ``bench/sweep_zoo.py``.
+does not store). :func:`unaccounted_convolutions` finds the convolutions a forward runs
+with learned weights outside every stored (or listed as skipped) module: a layer whose
+filters would be missing, or applied without its module's forward. Used by the tests and
+by ``bench/sweep_zoo.py``.
 """
 from __future__ import annotations
 
@@ -15,6 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
+
+CONVOLUTIONS = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+                "convolution", "_convolution", "conv_tbc"}
 
 
 def _pad_tf_same(x: torch.Tensor, row) -> torch.Tensor:
@@ -95,3 +102,51 @@ def reproduction_errors(db, model_id: str, members: list[nn.Module], input_shape
                 h.remove()
             member.train(was_training)
     return errors
+
+
+class _ConvolutionCalls(TorchFunctionMode):
+    """Calls the innermost running module (``stack[-1]``) makes to a torch convolution with a weight that
+    requires grad (a parameter, or computed from one)."""
+
+    def __init__(self, stack: list):
+        super().__init__()
+        self.stack, self.calls = stack, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in CONVOLUTIONS:
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            if isinstance(weight, torch.Tensor) and weight.requires_grad:
+                self.calls.append(self.stack[-1] if self.stack else ("", "<outside any module>"))
+        return func(*args, **kwargs)
+
+
+def unaccounted_convolutions(members: list[nn.Module], input_shape, accounted: set[tuple[int, str]],
+                             seed: int = 0) -> list[tuple[int, str, str]]:
+    """(member, module name, class) of each module that itself runs a convolution with learned weights on a
+    probe forward (autograd on, eval mode) but is not in ``accounted`` ((member, module name) of the stored
+    layers and the skipped convolutions). Each such module once, in call order."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand((1, *input_shape), generator=generator)
+    found: dict[tuple[int, str, str], None] = {}
+    for member_index, member in enumerate(members):
+        stack: list[tuple[str, str]] = []
+        handles = []
+        for name, module in member.named_modules():
+            entry = (name, type(module).__name__)
+            handles.append(module.register_forward_pre_hook(lambda m, i, e=entry: stack.append(e)))  # None: input kept
+            handles.append(module.register_forward_hook(lambda m, i, o: stack.pop() and None))  # None: output kept
+        mode = _ConvolutionCalls(stack)
+        was_training = member.training
+        try:
+            member.eval()
+            with torch.enable_grad(), mode:
+                member(x)
+        finally:
+            for h in handles:
+                h.remove()
+            member.train(was_training)
+        for name, cls in mode.calls:
+            if (member_index, name) not in accounted:
+                found.setdefault((member_index, name, cls), None)
+    return list(found)

@@ -11,7 +11,7 @@ import torch
 from timm.layers import Conv2dSame, CondConv2d, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
 from torch import nn
 
-from conv_reproduction import conv_from_row, reproduction_errors
+from conv_reproduction import conv_from_row, reproduction_errors, unaccounted_convolutions
 from filterdb.compat import import_robustbench
 from filterdb.extract import WEIGHT_KINDS, skipped_convs
 from filterdb.store import FilterDB, open_database
@@ -181,3 +181,32 @@ def test_other_convolutions_are_listed_as_skipped_with_their_parameter_counts(tm
     stored = 8 * 3 * 9 + 8 + 2 * 8 + 2  # the two Conv2d layers with their biases
     assert stored + sum(s["n_params"] for s in skipped) == direct
     assert "1-D kernels" in skipped[0]["reason"] and "transposed" in skipped[1]["reason"]
+
+
+class ConvolvesOutsideConv2d(nn.Module):
+    """Convolutions no stored layer accounts for: a module's own parameter through F.conv2d (no kernel_size
+    attribute, so not even in skipped_convs), and a Conv2d's weight applied by its parent, not its forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.bypassed = nn.Conv2d(4, 4, 1)
+        self.kernel = nn.Parameter(torch.randn(4, 4, 3, 3))
+        self.blur = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False).requires_grad_(False)  # a fixed filter
+
+    def forward(self, x):
+        y = self.stem(x)
+        y = torch.nn.functional.conv2d(y, self.kernel, padding=1)
+        y = self.bypassed._conv_forward(y, self.bypassed.weight * 2, None)
+        return self.blur(y)
+
+
+def test_unaccounted_convolutions_finds_convolutions_outside_the_stored_layers():
+    model = ConvolvesOutsideConv2d()
+    stored = {(0, "stem"), (0, "bypassed"), (0, "blur")}
+    assert unaccounted_convolutions([model], (3, 8, 8), stored) == [(0, "", "ConvolvesOutsideConv2d")]
+    assert unaccounted_convolutions([model], (3, 8, 8), stored | {(0, "")}) == []
+    assert model.training  # the pass ran in eval mode and gave the mode back
+    plain = WithOtherConvolutions()
+    assert unaccounted_convolutions([plain], (3, 8, 8), {(0, "stem"), (0, "head")}) == [
+        (0, "eca", "Conv1d"), (0, "up", "ConvTranspose2d"), (0, "volume", "Conv3d")]
