@@ -5,6 +5,7 @@ Format 2.0 (``encoding-version`` 2.0 of ``filterdb-database``)::
     /models, /layers        the tables (chunked: a publish appends rows instead of rewriting them)
     /shards                 the index: one row per shard, in /models order (INDEX_COLUMNS)
     /spans                  one row per (model, kernel): its rows and its data's byte offset in the shard
+    /layer_digests          uint64 per /layers row: the digest its shard records of the layer's filters
     /filters/<kernel>       (N, kh, kw) float32, a virtual dataset over /batches/<kernel>/<batch>
     /batches/<kernel>/<b>   a virtual dataset over the shards of models b*BATCH ... b*BATCH+BATCH-1
 
@@ -50,6 +51,7 @@ DATABASE_ENCODING = "filterdb-database"
 MASTER_VERSION = "2.0"
 BATCH = 64  # models per /batches virtual dataset
 MODEL_CHUNK, LAYER_CHUNK = 1024, 4096
+LAYER_DIGESTS, LAYER_DIGESTS_ENCODING = "layer_digests", "filterdb-layer-digests"
 
 # One row per shard, in the order of /models. A shard's identity on open is (file, size, mtime_ns).
 INDEX_COLUMNS: tuple[Column, ...] = (
@@ -183,7 +185,7 @@ def read_spans(f: h5py.File) -> dict[tuple[str, str], tuple[int, int]]:
 
 
 def write_master(db_dir: Path, models: pd.DataFrame, layers: pd.DataFrame, index: pd.DataFrame,
-                 span_rows: pd.DataFrame, *, clean: bool) -> MasterState:
+                 span_rows: pd.DataFrame, layer_digests: np.ndarray, *, clean: bool) -> MasterState:
     """Write the whole master (``layers`` with global rows) under a temporary name, then rename it."""
     tmp = _tmp(db_dir)
     try:
@@ -194,6 +196,7 @@ def write_master(db_dir: Path, models: pd.DataFrame, layers: pd.DataFrame, index
             write_table(f, "layers", layers, schema.LAYER_COLUMNS, chunk_rows=LAYER_CHUNK)
             write_table(f, "shards", index, INDEX_COLUMNS, index="model_id", chunk_rows=MODEL_CHUNK)
             write_table(f, "spans", span_rows, SPAN_COLUMNS, chunk_rows=MODEL_CHUNK)
+            _write_layer_digests(f, layer_digests)
             f.create_group("filters")
             f.create_group("batches")
             _map_batches(f, range((len(models) + BATCH - 1) // BATCH))
@@ -210,7 +213,7 @@ def write_master(db_dir: Path, models: pd.DataFrame, layers: pd.DataFrame, index
 
 
 def append_master(db_dir: Path, state: MasterState, models: pd.DataFrame, layers: pd.DataFrame,
-                  index: pd.DataFrame, span_rows: pd.DataFrame, *, clean: bool) -> MasterState:
+                  index: pd.DataFrame, span_rows: pd.DataFrame, layer_digests: np.ndarray, *, clean: bool) -> MasterState:
     """Publish models added after the current master (``layers`` with global rows): a copy of the
     master gets their rows appended and its last batches remapped, then replaces it."""
     tmp = _tmp(db_dir)
@@ -223,6 +226,7 @@ def append_master(db_dir: Path, state: MasterState, models: pd.DataFrame, layers
             append_rows(f["layers"], layers, schema.LAYER_COLUMNS)
             append_rows(f["shards"], index, INDEX_COLUMNS)
             append_rows(f["spans"], span_rows, SPAN_COLUMNS)
+            _append_layer_digests(f, layer_digests, state.n_layers)
             after = before + len(models)
             _map_batches(f, range(before // BATCH, (after + BATCH - 1) // BATCH))
             _add_segment(f, models, layers, index, span_rows)
@@ -236,6 +240,36 @@ def append_master(db_dir: Path, state: MasterState, models: pd.DataFrame, layers
         raise
     return MasterState(MASTER_VERSION, pd.concat([state.index, index], ignore_index=True),
                        _totals(layers, state.totals), state.n_layers + len(layers), clean, mtime)
+
+
+def _write_layer_digests(f: h5py.File, digests: np.ndarray) -> None:
+    dataset = f.create_dataset(LAYER_DIGESTS, data=np.asarray(digests, np.uint64), chunks=(LAYER_CHUNK,),
+                               maxshape=(None,))
+    dataset.attrs["encoding-type"] = LAYER_DIGESTS_ENCODING
+    dataset.attrs["encoding-version"] = "1.0"
+    dataset.attrs["description"] = ("xxh3_64 of each /layers row's filters (as its shard records them; 0: none "
+                                    "recorded), so that a reader verifies a layer without opening its shard")
+
+
+def _append_layer_digests(f: h5py.File, digests: np.ndarray, n_layers_before: int) -> None:
+    """Extend /layer_digests with the appended rows; a master without it (or not aligned with /layers) keeps
+    none (its readers open the shards), until it is next written whole."""
+    dataset = f.get(LAYER_DIGESTS)
+    if dataset is None:
+        return
+    if dataset.shape[0] != n_layers_before:
+        del f[LAYER_DIGESTS]
+        return
+    dataset.resize((n_layers_before + len(digests),))
+    dataset[n_layers_before:] = np.asarray(digests, np.uint64)
+
+
+def read_layer_digests(f: h5py.File, n_layers: int) -> np.ndarray | None:
+    """/layer_digests (uint64, one per /layers row) if this master has it aligned with its ``n_layers`` rows."""
+    dataset = f.get(LAYER_DIGESTS)
+    if dataset is None or dataset.shape != (n_layers,) or dataset.dtype != np.uint64:
+        return None
+    return dataset[()]
 
 
 def _totals(layers: pd.DataFrame, before: dict[str, int]) -> dict[str, int]:

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -258,7 +259,7 @@ def read_verified_shard(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[st
                            f"{path}: shard format")
             models, layers = read_table(f["models"], schema.MODEL_COLUMNS), read_table(f["layers"], schema.LAYER_COLUMNS)
             identity = integrity.check_shard_tables(f, path, models, layers, (schema.MODEL_COLUMNS, schema.LAYER_COLUMNS))
-            return models, layers, _offsets(f), identity
+            return models, layers, _offsets(f), replace(identity, layer_digests=layer_digests(f, layers))
     except FilterDBError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeDecodeError) as exc:
@@ -271,10 +272,24 @@ def shard_digest(path: Path) -> int:
         return int(f.attrs.get("shard_digest", 0))
 
 
-def shard_facts(path: Path) -> tuple[dict[str, int], int]:
-    """``filter_offsets`` and the recorded shard digest, in one open."""
+def shard_facts(path: Path, layers: pd.DataFrame | None = None) -> tuple[dict[str, int], int, np.ndarray | None]:
+    """``filter_offsets``, the recorded shard digest and (given its layer rows) ``layer_digests``, in one open."""
     with h5py.File(path, "r") as f:
-        return _offsets(f), int(f.attrs.get("shard_digest", 0))
+        return (_offsets(f), int(f.attrs.get("shard_digest", 0)),
+                None if layers is None else layer_digests(f, layers))
+
+
+def layer_digests(f: h5py.File, layers: pd.DataFrame) -> np.ndarray:
+    """The recorded digest of each layer row's filters (shard-local start/stop), uint64 in table order; 0 where
+    none is recorded (the master keeps them, so that a reader verifies a layer without opening its shard)."""
+    recorded: dict[tuple[str, int, int], int] = {}
+    for kernel in f["filters"]:
+        attrs = f["filters"][kernel].attrs
+        if "layer_digests" in attrs:
+            spans = zip(attrs["layer_starts"].tolist(), attrs["layer_stops"].tolist())
+            recorded.update({(kernel, a, b): d for (a, b), d in zip(spans, attrs["layer_digests"].tolist())})
+    return np.array([recorded.get((k, a, b), 0) for k, a, b in
+                     zip(layers["kernel"], layers["start"].tolist(), layers["stop"].tolist())], np.uint64)
 
 
 def filter_offsets(path: Path) -> dict[str, int]:

@@ -47,8 +47,8 @@ from filterdb.integrity import DamagedDatabaseError, MasterDamaged
 from filterdb.h5table import read_table
 from filterdb.lock import WriterLock
 from filterdb.master import (INDEX_COLUMNS, MASTER_NAME, MASTER_VERSION, SPAN_COLUMNS, MasterState,
-                             append_master, check_tables, empty_frame, global_rows, is_current, read_spans, read_state,
-                             spans, write_master)
+                             append_master, check_tables, empty_frame, global_rows, is_current, read_layer_digests,
+                             read_spans, read_state, spans, write_master)
 from filterdb.shards import (FILTERS_ENCODING, SHARD_DIR, SHARD_ENCODING, TMP_SUFFIX, filter_offsets,  # noqa: F401
                              list_shards, read_shard, read_shard_tables, read_verified_shard, root_attrs, shard_facts,
                              shard_path, shard_writer, write_shard)
@@ -63,6 +63,7 @@ class Pending:
     stat: tuple[int, int]  # (size, mtime_ns) of the shard file
     offsets: dict[str, int]  # kernel -> byte offset of its filters in the shard
     digest: int  # the shard's own digest (integrity.combine of its tables' and layers' digests)
+    layer_digests: np.ndarray  # uint64, one per row of ``layers``: each layer's filter digest (0: none recorded)
 
 
 def _legacy_is_stale(path: Path) -> bool:
@@ -99,6 +100,11 @@ class FilterDB:
         self._rewrite = False  # the master must be written whole (none yet, format 1.0, models removed)
         self._base: tuple[pd.DataFrame, pd.DataFrame] | None = None  # tables of the published master
         self._view: tuple[pd.DataFrame, pd.DataFrame] | None = None
+        self._base_digests: np.ndarray | None = None  # the published master's /layer_digests (writer)
+        self._layer_digests: np.ndarray | None = None  # reader: one per row of the layer table, or None
+        self._digest_of: dict[tuple[str, int], tuple[int, int]] | None = None  # (kernel, start) -> (stop, digest)
+        self._fds: dict[str, int] = {}  # model_id -> an open descriptor of its shard (reads through the master's records)
+        self._indexed: dict[str, tuple[int, int]] = {}  # reader: model_id -> (size, mtime_ns) the index records
         self._spans: dict[tuple[str, str], tuple[int, int]] | None = None  # (model, kernel) -> (start, offset)
         self._base_spans: dict[tuple[str, str], tuple[int, int]] | None = None
         self._ids: tuple[MasterState, set[str]] | None = None
@@ -192,11 +198,13 @@ class FilterDB:
                 self._models = read_table(f["models"], schema.MODEL_COLUMNS)
                 self._layers = read_table(f["layers"], schema.LAYER_COLUMNS)
                 self._spans = read_spans(f) or None  # format 1.0: computed from the layers when needed
+                self._layer_digests = read_layer_digests(f, len(self._layers))
                 if str(f.attrs.get("encoding-version", "")) == MASTER_VERSION:
                     index = read_table(f["shards"], INDEX_COLUMNS)
                     check_tables(f, master, self._models, self._layers, index,
                                  read_table(f["spans"], SPAN_COLUMNS))
                     self._digests = {mid: int(d, 16) for mid, d in zip(index["model_id"], index["digest"]) if d}
+                    self._indexed = dict(zip(index["model_id"], zip(index["size"].tolist(), index["mtime_ns"].tolist())))
             except DamagedDatabaseError as exc:
                 self.close()
                 raise MasterDamaged(str(exc)) from None
@@ -256,9 +264,10 @@ class FilterDB:
         fresh = []
         for mid in sorted(set(on_disk) - {m for m in known if on_disk.get(m) == known[m]}):
             models, layers, offsets, identity = read_verified_shard(shard_path(self.path, mid))
-            fresh.append((models["key"].iloc[0], mid, models, layers, offsets, identity.digest))
-        for _, mid, models, layers, offsets, digest in sorted(fresh, key=lambda item: item[0]):
-            self._pending[mid] = Pending(models, layers, on_disk[mid], offsets, digest)
+            fresh.append((models["key"].iloc[0], mid, models, layers, offsets, identity))
+        for _, mid, models, layers, offsets, identity in sorted(fresh, key=lambda item: item[0]):
+            self._pending[mid] = Pending(models, layers, on_disk[mid], offsets, identity.digest,
+                                         _digests_of(identity, layers))
         self._changed_tables()
 
     def _known(self) -> dict[str, tuple[int, int]]:
@@ -301,6 +310,9 @@ class FilterDB:
         for f in self._shards.values():
             f.close()
         self._shards.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
         for mid in list(self._checks):
             self._forget_check(mid)
         if self._file is not None:
@@ -356,6 +368,21 @@ class FilterDB:
                     self._base = (read_table(f["models"], schema.MODEL_COLUMNS),
                                   read_table(f["layers"], schema.LAYER_COLUMNS))
         return self._base
+
+    def _view_digests(self) -> np.ndarray:
+        """The filter digest of each row of the current layer table (0 where unknown), built like ``_tables``."""
+        _, base_layers = self._base_tables()
+        if self._base_digests is None:
+            self._base_digests = np.zeros(len(base_layers), np.uint64)
+            if not self._rewrite and len(base_layers):
+                with h5py.File(self.path / MASTER_NAME, "r") as f:
+                    found = read_layer_digests(f, len(base_layers))
+                if found is not None:
+                    self._base_digests = found
+        base = self._base_digests
+        if self._dropped:
+            base = base[~base_layers["model_id"].isin(self._dropped).to_numpy()]
+        return np.concatenate([base, *(p.layer_digests for p in self._pending.values())]).astype(np.uint64)
 
     @property
     def kernels(self) -> list[str]:
@@ -459,6 +486,9 @@ class FilterDB:
         self._forget_check(model_id)
         if f is not None:
             f.close()
+        fd = self._fds.pop(model_id, None)
+        if fd is not None:
+            os.close(fd)
 
     def _forget_check(self, model_id: str) -> None:
         check = self._checks.pop(model_id, None)
@@ -492,6 +522,9 @@ class FilterDB:
         digest before the array is returned: one read at the data's byte offset (large reads hash a private
         mapping instead of copying, ``integrity.read_hashing``), or through HDF5 for another layout. The
         single place filters are read; damage is a ``DamagedDatabaseError`` naming shard, model and layer."""
+        recorded = self._read_recorded(model_id, kernel, lo, hi, layers)
+        if recorded is not None:
+            return recorded
         base, _ = self._span(model_id, kernel)
         dataset, check = self._filter_dataset(model_id, kernel)
         a, b = lo - base, hi - base
@@ -502,6 +535,58 @@ class FilterDB:
             return check.read_verified(dataset, kernel, a, b, [(s - base, e - base, name) for s, e, name in layers])
         except (OSError, ValueError, TypeError, RuntimeError) as exc:
             raise integrity.read_error(self.shard_path(model_id), exc, "the filters cannot be read") from None
+
+    def _read_recorded(self, model_id: str, kernel: str, lo: int, hi: int,
+                       layers: list[tuple[int, int, str]]) -> np.ndarray | None:
+        """:meth:`_read_rows` from the master's records alone: the shard's bytes at the offset /spans records,
+        each layer checked against the digest /layer_digests records of it, no HDF5 open of the shard (which
+        costs ~0.7 ms, more than reading a small layer). None when the master records no offset or digest, or
+        anything does not match: the caller then reads through the shard and its own records, which say what
+        is wrong."""
+        if self._layer_digests is None or not layers or hi <= lo:
+            return None
+        base, offset = self._span(model_id, kernel)
+        if offset < 0:
+            return None
+        if self._digest_of is None:
+            layer_rows = self._layers
+            self._digest_of = {(k, a): (b, d) for k, a, b, d in zip(layer_rows["kernel"], layer_rows["start"].tolist(),
+                                                                    layer_rows["stop"].tolist(),
+                                                                    self._layer_digests.tolist())}
+        kh, kw = schema.kernel_shape(kernel)
+        row_bytes = kh * kw * 4
+        hashers, expected = [], []
+        for start, stop, _ in layers:
+            stop_digest = self._digest_of.get((kernel, start))
+            if stop_digest is None or stop_digest[0] != stop or not stop_digest[1]:
+                return None
+            hashers.append(((start - lo) * row_bytes, (stop - lo) * row_bytes, integrity.ShardCheck.hasher()))
+            expected.append(stop_digest[1])
+        try:
+            fd = self._fd(model_id)
+            if fd is None:
+                return None
+            out = integrity.read_hashing(fd, offset + (lo - base) * row_bytes, (hi - lo, kh, kw), hashers)
+        except (OSError, ValueError):
+            return None
+        if any(hasher.intdigest() != value for (_, _, hasher), value in zip(hashers, expected)):
+            return None
+        return out
+
+    def _fd(self, model_id: str) -> int | None:
+        """A read-only descriptor of the model's shard (the 64 most recently used are kept open); None when the
+        file's size or mtime is not what the index records (changed since: it is read through HDF5 and checked whole)."""
+        fd = self._fds.pop(model_id, None)
+        if fd is None:
+            fd = os.open(self.shard_path(model_id), os.O_RDONLY)
+            stat = os.fstat(fd)
+            if self._indexed.get(model_id) != (stat.st_size, stat.st_mtime_ns):
+                os.close(fd)
+                return None
+            if len(self._fds) >= 64:
+                os.close(self._fds.pop(next(iter(self._fds))))
+        self._fds[model_id] = fd
+        return fd
 
     def read_layer(self, row: pd.Series) -> np.ndarray:
         """The filters of one layer-table row, float32 (n, kh, kw), read from the model's shard and verified."""
@@ -632,7 +717,7 @@ class FilterDB:
             stats = {**self._known()}
             index = _index_rows(models, layers, stats, self._known_digests(), first_layer=0)
             span_rows = spans(layers, _by_model(self._offsets()))
-            self._state = write_master(self.path, models, layers, index, span_rows, clean=clean)
+            self._state = write_master(self.path, models, layers, index, span_rows, self._view_digests(), clean=clean)
             self._base = models, layers
             self._base_spans = None
         else:
@@ -643,7 +728,8 @@ class FilterDB:
             index = _index_rows(models, layers, {mid: part.stat for mid, part in self._pending.items()},
                                 {mid: part.digest for mid, part in self._pending.items()}, first_layer=state.n_layers)
             span_rows = spans(layers, {mid: part.offsets for mid, part in self._pending.items()})
-            self._state = append_master(self.path, state, models, layers, index, span_rows, clean=clean)
+            digests = np.concatenate([np.zeros(0, np.uint64), *(p.layer_digests for p in parts)]).astype(np.uint64)
+            self._state = append_master(self.path, state, models, layers, index, span_rows, digests, clean=clean)
             self._base = self._view if self._view is not None else None
             if self._base_spans is not None:
                 self._base_spans.update({(m, k): (s, o) for m, k, s, o in
@@ -653,6 +739,7 @@ class FilterDB:
             self._file.close()
             self._file = None
         self._pending, self._dropped, self._rewrite = {}, set(), False
+        self._base_digests = None
         self._unpublished = False
         self._published_at = time.monotonic()
 
@@ -661,24 +748,26 @@ class FilterDB:
         self._require_writable()
         self._adopting = True
         models, layers, offsets, identity = read_verified_shard(self.shard_path(model_id))
-        self._add(model_id, models, layers, offsets, identity.digest)
+        self._add(model_id, models, layers, offsets, identity.digest, _digests_of(identity, layers))
 
     def add_extracted(self, record: dict, layers: list) -> str:
         """Store an extracted model (a complete model-table row and its ``ExtractedLayer`` list); returns its model_id."""
         self._require_writable()
         self._forget_shard(record["model_id"])
         path, models, layer_rows = write_shard(self.path, record, layers)
-        offsets, digest = shard_facts(path)
-        self._add(record["model_id"], models, layer_rows, offsets, digest)
+        offsets, digest, digests = shard_facts(path, layer_rows)
+        self._add(record["model_id"], models, layer_rows, offsets, digest,
+                  digests if digests is not None else np.zeros(len(layer_rows), np.uint64))
         return record["model_id"]
 
     def _add(self, model_id: str, models: pd.DataFrame, layers: pd.DataFrame, offsets: dict[str, int],
-             digest: int) -> None:
+             digest: int, layer_digests: np.ndarray) -> None:
         stat = self.shard_path(model_id).stat()
         self._forget_shard(model_id)
         if self.has_model(model_id):
             self._drop(model_id)  # re-extracted: the new rows go last
-        self._pending[model_id] = Pending(models, layers, (stat.st_size, stat.st_mtime_ns), offsets, digest)
+        self._pending[model_id] = Pending(models, layers, (stat.st_size, stat.st_mtime_ns), offsets, digest,
+                                          layer_digests)
         self._changed()
 
     def remove_model(self, model_id: str) -> None:
@@ -699,6 +788,11 @@ def _is_stale(path: Path) -> bool:
     if state is not None and state.version != MASTER_VERSION:
         return _legacy_is_stale(path)
     return not is_current(path, state)
+
+
+def _digests_of(identity: integrity.ShardIdentity, layers: pd.DataFrame) -> np.ndarray:
+    found = identity.layer_digests
+    return found if found is not None else np.zeros(len(layers), np.uint64)
 
 
 def _by_model(offsets: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:

@@ -319,3 +319,63 @@ def test_index_follows_the_shards(tmp_path):
     with open_database(tmp_path / "db") as db:
         assert list(db.models["name"]) == ["a", "c"] and db.filters().shape[0] == 4
         assert list(db.layers["start"]) == [0, 2]
+
+
+def recorded_by_the_shards(path) -> np.ndarray:
+    """Each master /layers row's filter digest as its shard records it."""
+    from filterdb.shards import layer_digests, read_shard_tables
+
+    with h5py.File(path / "filterdb.h5", "r") as f:
+        ids, kernels = f["layers/model_id"].asstr()[()], f["layers/kernel"].asstr()[()]
+    out = []
+    for mid in dict.fromkeys(ids):
+        shard = path / "shards" / f"{mid}.h5"
+        with h5py.File(shard, "r") as f:
+            digests = layer_digests(f, read_shard_tables(shard)[1])
+        assert list(kernels[ids == mid]) == list(read_shard_tables(shard)[1]["kernel"])
+        out.extend(digests.tolist())
+    return np.array(out, np.uint64)
+
+
+def test_layer_digests_of_the_master_follow_appends_removals_and_rewrites(tmp_path):
+    path = tmp_path / "db"
+    nets = {n: nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 3, 1)) for n in "abc"}
+    with FilterDB.open(path, "a") as db:
+        for n in "ab":
+            add_module(db, nets[n], source="s", name=n, input_shape=(1, 4, 4))
+    for step in ("append", "re-extract", "remove"):
+        with FilterDB.open(path, "a") as db:
+            if step == "append":
+                add_module(db, nets["c"], source="s", name="c", input_shape=(1, 4, 4))
+            elif step == "re-extract":
+                with torch.no_grad():
+                    nets["a"][0].weight.mul_(2)
+                add_module(db, nets["a"], source="s", name="a", input_shape=(1, 4, 4))
+            else:
+                db.remove_model(model_id("s", "b"))
+        with h5py.File(path / "filterdb.h5", "r") as f:
+            recorded = f["layer_digests"][()]
+            assert f["layer_digests"].attrs["encoding-type"] == "filterdb-layer-digests"
+        assert recorded.all() and np.array_equal(recorded, recorded_by_the_shards(path)), step
+
+
+def test_reads_use_the_masters_records_without_opening_a_shard_and_fall_back_when_they_differ(tmp_path):
+    path = tmp_path / "db"
+    nets = {n: nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 3, 1)) for n in "ab"}
+    with FilterDB.open(path, "a") as db:
+        for n, net in nets.items():
+            add_module(db, net, source="s", name=n, input_shape=(1, 4, 4))
+
+    def check_every_layer(db):
+        for _, row in db.layers.iterrows():
+            weight = nets[db.models.loc[row["model_id"], "name"]][int(row["name"])].weight.detach().numpy()
+            assert db.read_layer(row).tobytes() == weight.reshape(db.read_layer(row).shape).tobytes()
+
+    with open_database(path) as db:
+        check_every_layer(db)
+        assert not db._shards  # every layer verified against the master's records: no shard opened through HDF5
+    with h5py.File(path / "filterdb.h5", "r+") as f:
+        f["layer_digests"][0] = f["layer_digests"][0] ^ np.uint64(1)  # a wrong record: not trusted, not fatal
+    with open_database(path) as db:
+        check_every_layer(db)
+        assert list(db._shards) == [db.layers["model_id"].iloc[0]]  # that model was read through its shard
