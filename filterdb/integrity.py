@@ -150,37 +150,14 @@ def check_shard_tables(f: h5py.File, path: Path, models, layers, columns) -> Sha
     return ShardIdentity(model_id, path.stat().st_size, int(f.attrs["shard_digest"]))
 
 
-_MISSING = object()
-
-
-def read_attr(obj_id, name: str, default: Any = _MISSING):
-    """An attribute of an HDF5 object id (``f.id``, ``dataset.id``), as ``obj.attrs.get`` returns it
-    (strings as str, arrays as numpy; KeyError when absent without a default): through h5py's
-    low-level API, a quarter of the high-level cost, which a reader opening thousands of shards pays
-    six times each."""
-    key = name.encode()
-    if not h5py.h5a.exists(obj_id, key):
-        if default is _MISSING:
-            raise KeyError(name)
-        return default
-    attr = h5py.h5a.open(obj_id, key)
-    value = np.empty(attr.shape, dtype=attr.dtype)
-    attr.read(value)
-    if value.dtype == object:
-        value = np.array([v.decode() if isinstance(v, bytes) else v for v in value.ravel()], dtype=object
-                         ).reshape(value.shape)
-    return value[()] if value.ndim == 0 else value
-
-
 class ShardCheck:
     """The recorded digests of one open shard, checked against what a reader reads from it."""
 
     def __init__(self, f: h5py.File, path: Path, model_id: str, model_name: str, expected_digest: int | None):
         self.path, self.model_id, self.model_name = path, model_id, model_name
         try:
-            algorithm, owner = read_attr(f.id, "integrity", None), str(read_attr(f.id, "model_id", ""))
-            recorded = read_attr(f.id, "shard_digest", None)
-            recorded = None if recorded is None else int(recorded)
+            algorithm, owner = f.attrs.get("integrity"), str(f.attrs.get("model_id", ""))
+            recorded = int(f.attrs["shard_digest"]) if "shard_digest" in f.attrs else None
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise damaged(path, f"the shard's attributes cannot be read ({exc})") from None
         if algorithm != ALGORITHM:
@@ -248,9 +225,9 @@ class ShardCheck:
         table = self._layers.get(kernel)
         if table is None:
             try:
-                dataset = self.dataset(kernel).id
-                spans = zip(read_attr(dataset, "layer_starts").tolist(), read_attr(dataset, "layer_stops").tolist())
-                table = dict(zip(spans, read_attr(dataset, "layer_digests").tolist(), strict=True))
+                attrs = self.dataset(kernel).attrs
+                spans = zip(attrs["layer_starts"].tolist(), attrs["layer_stops"].tolist())
+                table = dict(zip(spans, attrs["layer_digests"].tolist(), strict=True))
             except (OSError, KeyError, ValueError, RuntimeError) as exc:
                 raise damaged(self.path, f"the {kernel} checksums of model {self.model_id} cannot be read ({exc})"
                               ) from None
