@@ -126,6 +126,14 @@ def write_shard_digests(f: h5py.File, model_id: str, tables: int,
     return shard
 
 
+def recorded_digests(attrs: h5py.AttributeManager) -> dict[tuple[int, int], int]:
+    """(local start, local stop) -> recorded digest of each layer of one shard's ``/filters/<kernel>``
+    (what ``write_shard_digests`` wrote there). Raises KeyError/ValueError where the record is missing
+    or its arrays disagree in length."""
+    spans = zip(attrs["layer_starts"].tolist(), attrs["layer_stops"].tolist(), strict=True)
+    return dict(zip(spans, attrs["layer_digests"].tolist(), strict=True))
+
+
 @dataclass(frozen=True)
 class ShardIdentity:
     """What the master records of a shard file: whose it is, how big, its digest, and the digest of each
@@ -225,9 +233,7 @@ class ShardCheck:
         table = self._layers.get(kernel)
         if table is None:
             try:
-                attrs = self.dataset(kernel).attrs
-                spans = zip(attrs["layer_starts"].tolist(), attrs["layer_stops"].tolist())
-                table = dict(zip(spans, attrs["layer_digests"].tolist(), strict=True))
+                table = recorded_digests(self.dataset(kernel).attrs)
             except (OSError, KeyError, ValueError, RuntimeError) as exc:
                 raise damaged(self.path, f"the {kernel} checksums of model {self.model_id} cannot be read ({exc})"
                               ) from None

@@ -86,6 +86,7 @@ class MasterState:
     n_layers: int
     clean: bool
     shards_mtime_ns: int
+    has_layer_digests: bool = True  # /layer_digests aligned with /layers (masters before Dec 2026 lack it)
 
 
 def master_path(db_dir: str | os.PathLike) -> Path:
@@ -114,7 +115,7 @@ def read_state(db_dir: Path) -> MasterState | None:
             else:
                 index = empty_frame(INDEX_COLUMNS, "model_id")
             return MasterState(version, index, totals, n_layers, bool(f.attrs.get("clean", False)),
-                               int(f.attrs.get("shards_mtime_ns", -1)))
+                               int(f.attrs.get("shards_mtime_ns", -1)), read_layer_digests(f, n_layers) is not None)
     except (OSError, KeyError, ValueError):
         return None
 
@@ -239,7 +240,8 @@ def append_master(db_dir: Path, state: MasterState, models: pd.DataFrame, layers
         _remove(tmp)
         raise
     return MasterState(MASTER_VERSION, pd.concat([state.index, index], ignore_index=True),
-                       _totals(layers, state.totals), state.n_layers + len(layers), clean, mtime)
+                       _totals(layers, state.totals), state.n_layers + len(layers), clean, mtime,
+                       state.has_layer_digests)
 
 
 def _write_layer_digests(f: h5py.File, digests: np.ndarray) -> None:

@@ -282,13 +282,9 @@ def shard_facts(path: Path, layers: pd.DataFrame | None = None) -> tuple[dict[st
 def layer_digests(f: h5py.File, layers: pd.DataFrame) -> np.ndarray:
     """The recorded digest of each layer row's filters (shard-local start/stop), uint64 in table order; 0 where
     none is recorded (the master keeps them, so that a reader verifies a layer without opening its shard)."""
-    recorded: dict[tuple[str, int, int], int] = {}
-    for kernel in f["filters"]:
-        attrs = f["filters"][kernel].attrs
-        if "layer_digests" in attrs:
-            spans = zip(attrs["layer_starts"].tolist(), attrs["layer_stops"].tolist())
-            recorded.update({(kernel, a, b): d for (a, b), d in zip(spans, attrs["layer_digests"].tolist())})
-    return np.array([recorded.get((k, a, b), 0) for k, a, b in
+    recorded = {kernel: integrity.recorded_digests(f["filters"][kernel].attrs) for kernel in f["filters"]
+                if "layer_digests" in f["filters"][kernel].attrs}
+    return np.array([recorded.get(k, {}).get((a, b), 0) for k, a, b in
                      zip(layers["kernel"], layers["start"].tolist(), layers["stop"].tolist())], np.uint64)
 
 

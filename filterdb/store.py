@@ -50,8 +50,8 @@ from filterdb.master import (INDEX_COLUMNS, MASTER_NAME, MASTER_VERSION, SPAN_CO
                              append_master, check_tables, empty_frame, global_rows, is_current, read_layer_digests,
                              read_spans, read_state, spans, write_master)
 from filterdb.shards import (FILTERS_ENCODING, SHARD_DIR, SHARD_ENCODING, TMP_SUFFIX, filter_offsets,  # noqa: F401
-                             list_shards, read_shard, read_shard_tables, read_verified_shard, root_attrs, shard_facts,
-                             shard_path, shard_writer, write_shard)
+                             layer_digests, list_shards, read_shard, read_shard_tables, read_verified_shard,
+                             root_attrs, shard_facts, shard_path, shard_writer, write_shard)
 from filterdb.versions import check_readable
 
 
@@ -377,12 +377,25 @@ class FilterDB:
             if not self._rewrite and len(base_layers):
                 with h5py.File(self.path / MASTER_NAME, "r") as f:
                     found = read_layer_digests(f, len(base_layers))
-                if found is not None:
-                    self._base_digests = found
+                self._base_digests = found if found is not None else self._recorded_digests(base_layers)
         base = self._base_digests
         if self._dropped:
             base = base[~base_layers["model_id"].isin(self._dropped).to_numpy()]
         return np.concatenate([base, *(p.layer_digests for p in self._pending.values())]).astype(np.uint64)
+
+    def _recorded_digests(self, layers: pd.DataFrame) -> np.ndarray:
+        """Each layer row's digest as its shard records it (0 where a shard cannot say): for a master written
+        before /layer_digests, read once from every shard, so that the master is rewritten with them."""
+        out = np.zeros(len(layers), np.uint64)
+        first = layers.groupby(["model_id", "kernel"], sort=False)["start"].transform("min")
+        local = layers.assign(start=layers["start"] - first, stop=layers["stop"] - first)
+        for model_id, rows in local.groupby("model_id", sort=False).indices.items():
+            try:
+                with h5py.File(self.shard_path(model_id), "r") as f:
+                    out[rows] = layer_digests(f, local.iloc[rows])
+            except (OSError, KeyError, ValueError):
+                pass  # read through the shard's own records, which name the damage
+        return out
 
     @property
     def kernels(self) -> list[str]:
@@ -712,7 +725,8 @@ class FilterDB:
         """Write the master: append what was added since the last one, or rewrite it when models went away."""
         clean = not self._adopting
         state = self._state
-        if self._rewrite or self._dropped or state is None:
+        # A master without /layer_digests (written before it had them) is rewritten once, with them.
+        if self._rewrite or self._dropped or state is None or not state.has_layer_digests:
             models, layers = self._tables()
             stats = {**self._known()}
             index = _index_rows(models, layers, stats, self._known_digests(), first_layer=0)

@@ -359,6 +359,29 @@ def test_layer_digests_of_the_master_follow_appends_removals_and_rewrites(tmp_pa
         assert recorded.all() and np.array_equal(recorded, recorded_by_the_shards(path)), step
 
 
+@pytest.mark.parametrize("step", ["append", "remove"])
+def test_a_master_written_before_layer_digests_gets_them_from_the_shards_on_its_next_write(tmp_path, step):
+    path = tmp_path / "db"
+    nets = {n: nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 3, 1)) for n in "abc"}
+    with FilterDB.open(path, "a") as db:
+        for n in "ab":
+            add_module(db, nets[n], source="s", name=n, input_shape=(1, 4, 4))
+    with h5py.File(path / "filterdb.h5", "r+") as f:
+        del f["layer_digests"]  # as a master of November 2026 was written
+    with FilterDB.open(path, "a") as db:
+        if step == "append":
+            add_module(db, nets["c"], source="s", name="c", input_shape=(1, 4, 4))
+        else:
+            db.remove_model(model_id("s", "b"))
+    with h5py.File(path / "filterdb.h5", "r") as f:
+        recorded = f["layer_digests"][()]
+        assert len(recorded) == len(f["layers/model_id"])
+    assert recorded.all() and np.array_equal(recorded, recorded_by_the_shards(path))
+    with open_database(path) as db:
+        db.read_filters(db.layers)
+        assert not db._shards  # the fast path: every layer checked against the master's new records
+
+
 def test_reads_use_the_masters_records_without_opening_a_shard_and_fall_back_when_they_differ(tmp_path):
     path = tmp_path / "db"
     nets = {n: nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 3, 1)) for n in "ab"}
