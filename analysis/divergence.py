@@ -70,8 +70,10 @@ class PCABasis:
 
     def project(self, w: np.ndarray) -> np.ndarray:
         """``(x / max|x| - mean) . v_i`` for every row x of ``w`` (all-zero rows stay zero): (d, n)."""
+        from filterdb.analysis.layer_sums import row_absmax  # numba: loaded only where filters are projected
+
         x = np.asarray(w, dtype=np.float64)
-        a = np.abs(x).max(axis=1)
+        a = row_absmax(x)
         scaled = x / np.where(a > 0, a, 1.0)[:, None]
         return self.components @ (scaled - self.mean).T
 
@@ -106,7 +108,9 @@ class DivergenceBasis:
 
 def _nonsparse(w: np.ndarray, absmax: float, eps: float) -> np.ndarray:
     """Per row: not sparse (max |w| >= eps * the layer's max |w|, and not all zero)."""
-    a = np.abs(w).max(axis=1)
+    from filterdb.analysis.layer_sums import row_absmax
+
+    a = row_absmax(w)
     return (a >= eps * absmax) & (a > 0)
 
 
@@ -193,8 +197,8 @@ class Histograms:
         idx = np.clip(idx, 0, N_BINS - 1)
         idx[(p < edges[idx]) & (idx > 0)] -= 1
         idx[(p >= edges[idx + 1]) & (idx != N_BINS - 1)] += 1
-        for i in range(len(p)):
-            self.counts[i] += np.bincount(idx[i][inside[i]], minlength=N_BINS)
+        idx += np.arange(len(p))[:, None] * N_BINS  # one bincount for all components
+        self.counts += np.bincount(idx[inside], minlength=len(p) * N_BINS).reshape(len(p), N_BINS)
 
     def merge(self, other: "Histograms") -> "Histograms":
         self.counts += other.counts

@@ -330,3 +330,16 @@ def test_eps_zero_keeps_all_zero_filters_as_zero_vectors():
     p = s / s.sum()
     assert values["ve_linf"] == pytest.approx(-(p * np.log10(p)).sum(), rel=1e-12)
     assert values["n_nonsparse"] == moments.count == 300 and values["sparsity"] == 0.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_absmax_equals_numpy_on_signs_zeros_and_views(dtype):
+    from filterdb.analysis.layer_sums import row_absmax
+
+    w = np.random.default_rng(9).standard_normal((500, 9)).astype(dtype)
+    w[::5] = 0.0
+    w[1::5] = -0.0
+    w[2::5, 4] = -7.0  # the largest magnitude is negative
+    for x in (w, w[::3], w[:, ::2], np.empty((0, 9), dtype)):
+        got = row_absmax(x)
+        assert got.dtype == dtype and np.array_equal(got, np.abs(x).max(axis=1) if len(x) else np.zeros(0, dtype))
