@@ -31,6 +31,7 @@ histogram puts it in.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -68,14 +69,37 @@ class PCABasis:
         evr = values / total if total > 0 else np.full(len(values), math.nan)
         return cls(vectors[:, order].T.copy(), evr, np.array(moments.mean, dtype=np.float64))
 
-    def project(self, w: np.ndarray) -> np.ndarray:
-        """``(x / max|x| - mean) . v_i`` for every row x of ``w`` (all-zero rows stay zero): (d, n)."""
-        from filterdb.analysis.layer_sums import row_absmax  # numba: loaded only where filters are projected
+    def project(self, w: np.ndarray, keep: np.ndarray | None = None, reuse: bool = False) -> np.ndarray:
+        """``(x / max|x| - mean) . v_i`` for every row x of ``w`` (all-zero rows: x stays zero), or
+        only the rows where ``keep`` is true: (d, n).
 
-        x = np.asarray(w, dtype=np.float64)
-        a = row_absmax(x)
-        scaled = x / np.where(a > 0, a, 1.0)[:, None]
-        return self.components @ (scaled - self.mean).T
+        ``reuse``: the result lies in this thread's buffers and is overwritten by the next call
+        (for at most :data:`_BLOCK` rows; fresh pages for every block cost more than the sums)."""
+        from filterdb.analysis.projection_kernels import centred_linf_scaled  # numba: only where filters are projected
+
+        x = _compiled_dtype(np.asarray(w))
+        keep = np.ones(len(x), bool) if keep is None else keep
+        n, d = int(np.count_nonzero(keep)), len(self.components)
+        if reuse and n <= _BLOCK:
+            scaled, projected = _thread_buffers(d)
+            scaled, projected = scaled[:n], projected[:d * n].reshape(d, n)
+        else:
+            scaled, projected = np.empty((n, x.shape[1])), np.empty((d, n))
+        centred_linf_scaled(x, self.mean, keep, scaled)
+        return np.matmul(self.components, scaled.T, out=projected)
+
+
+_buffers = threading.local()
+
+
+def _thread_buffers(d: int) -> tuple[np.ndarray, np.ndarray]:
+    """This thread's (scaled filters, projections) buffers for blocks of :data:`_BLOCK` filters of size d."""
+    held = getattr(_buffers, "by_size", None)
+    if held is None:
+        held = _buffers.by_size = {}
+    if d not in held:
+        held[d] = (np.empty((_BLOCK, d)), np.empty(d * _BLOCK))
+    return held[d]
 
 
 @dataclass
@@ -108,10 +132,18 @@ class DivergenceBasis:
 
 def _nonsparse(w: np.ndarray, absmax: float, eps: float) -> np.ndarray:
     """Per row: not sparse (max |w| >= eps * the layer's max |w|, and not all zero)."""
-    from filterdb.analysis.layer_sums import row_absmax
+    from filterdb.analysis.projection_kernels import row_absmax
 
-    a = row_absmax(w)
+    a = row_absmax(w) if w.dtype in _COMPILED_DTYPES else np.abs(w).max(axis=1)  # compared in w's dtype
     return (a >= eps * absmax) & (a > 0)
+
+
+_COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _compiled_dtype(w: np.ndarray) -> np.ndarray:
+    """``w`` itself if the kernels take its dtype, else as float64 (exact for float16)."""
+    return w if w.dtype in _COMPILED_DTYPES else w.astype(np.float64)
 
 
 class RangeScan:
@@ -126,18 +158,16 @@ class RangeScan:
 
     def add(self, filters, absmax: float, eps: float = SPARSITY_EPS) -> "RangeScan":
         """Scan a chunk of filters of one layer whose max |w| is ``absmax``."""
+        from filterdb.analysis.projection_kernels import update_ranges  # numba: only where filters are projected
+
         w = as_filter_matrix(filters, check_values=False)
         for start in range(0, len(w), _BLOCK):
             block = w[start:start + _BLOCK]
-            p = self.pca.project(block)
+            p = self.pca.project(block, reuse=True)
             keep = _nonsparse(block, absmax, eps) if absmax > 0 else np.zeros(len(block), bool)
             self.n_all += len(block)
-            np.minimum(self.low_all, p.min(axis=1), out=self.low_all)
-            np.maximum(self.high_all, p.max(axis=1), out=self.high_all)
-            if keep.any():
-                self.n_fit += int(keep.sum())
-                np.minimum(self.low_fit, p[:, keep].min(axis=1), out=self.low_fit)
-                np.maximum(self.high_fit, p[:, keep].max(axis=1), out=self.high_fit)
+            self.n_fit += int(keep.sum())
+            update_ranges(p, keep, self.low_all, self.high_all, self.low_fit, self.high_fit)
         return self
 
     def merge(self, other: "RangeScan") -> "RangeScan":
@@ -170,6 +200,7 @@ class Histograms:
             raise ValueError(f"the divergence uses {N_BINS} bins")
         self.basis = basis
         self.counts = np.zeros((len(basis.pca.components), N_BINS), dtype=np.int64)
+        self._edges = basis.edges
 
     @property
     def count(self) -> int:
@@ -178,6 +209,8 @@ class Histograms:
 
     def add(self, filters, absmax: float, eps: float = SPARSITY_EPS) -> "Histograms":
         """Count a chunk of filters of one layer whose max |w| is ``absmax`` (sparse ones are dropped)."""
+        from filterdb.analysis.projection_kernels import add_bin_counts  # numpy.histogram's binning
+
         w = as_filter_matrix(filters, check_values=False)
         if absmax <= 0:
             return self
@@ -185,20 +218,8 @@ class Histograms:
             block = w[start:start + _BLOCK]
             keep = _nonsparse(block, absmax, eps)
             if keep.any():
-                self._add_projections(self.basis.pca.project(block[keep]))
+                add_bin_counts(self.basis.pca.project(block, keep, reuse=True), self._edges, self.counts)
         return self
-
-    def _add_projections(self, p: np.ndarray) -> None:
-        # numpy.histogram's binning for equal bins, including its corrections against the edges
-        edges = self.basis.edges
-        lo, hi = edges[0], edges[-1]
-        inside = (p >= lo) & (p <= hi)
-        idx = (((p - lo) / (hi - lo)) * N_BINS).astype(np.intp)
-        idx = np.clip(idx, 0, N_BINS - 1)
-        idx[(p < edges[idx]) & (idx > 0)] -= 1
-        idx[(p >= edges[idx + 1]) & (idx != N_BINS - 1)] += 1
-        idx += np.arange(len(p))[:, None] * N_BINS  # one bincount for all components
-        self.counts += np.bincount(idx[inside], minlength=len(p) * N_BINS).reshape(len(p), N_BINS)
 
     def merge(self, other: "Histograms") -> "Histograms":
         self.counts += other.counts

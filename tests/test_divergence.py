@@ -139,3 +139,28 @@ def test_symmetric_kl_by_hand():
 def test_mixed_kernel_sizes_are_rejected():
     with pytest.raises(ValueError, match="one kernel size"):
         divergence([np.ones((3, 3, 3))], [np.ones((3, 1, 1))])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_projections_and_histograms_are_numpys_bit_for_bit(dtype):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((20_000, 3, 3)).astype(dtype)
+    x[::11] = 0.0  # all-zero filters
+    x[1::7] *= dtype(1e-3)  # sparse ones
+    basis = fit_basis([x])
+    flat = x.reshape(-1, 9)
+
+    def numpy_projection(rows):  # the same shapes as the kernels' (BLAS rounds by shape)
+        w = rows.astype(np.float64)
+        a = np.abs(w).max(axis=1)
+        return basis.pca.components @ (w / np.where(a > 0, a, 1.0)[:, None] - basis.pca.mean).T
+
+    np.testing.assert_array_equal(basis.pca.project(flat), numpy_projection(flat))
+    absmax = float(np.abs(x).max())
+    keep = (np.abs(flat).max(axis=1) >= 0.01 * absmax) & (np.abs(flat).max(axis=1) > 0)
+    for reuse in (False, True):
+        np.testing.assert_array_equal(basis.pca.project(flat[:5000], keep[:5000], reuse), numpy_projection(flat[:5000][keep[:5000]]))
+    hist = Histograms(basis).add(x, absmax)
+    reference = numpy_projection(flat[keep])
+    for i in range(9):
+        np.testing.assert_array_equal(hist.counts[i], np.histogram(reference[i], bins=70, range=(basis.lo, basis.hi))[0])

@@ -334,7 +334,7 @@ def test_eps_zero_keeps_all_zero_filters_as_zero_vectors():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_row_absmax_equals_numpy_on_signs_zeros_and_views(dtype):
-    from filterdb.analysis.layer_sums import row_absmax
+    from filterdb.analysis.projection_kernels import row_absmax
 
     w = np.random.default_rng(9).standard_normal((500, 9)).astype(dtype)
     w[::5] = 0.0
