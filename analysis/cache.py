@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -34,14 +34,34 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from filterdb.analysis.basis import DATABASE, GROUPS, fit_bases, reference_basis, reference_histograms, run_pass, _absmax
+from filterdb.analysis.basis import (
+    DATABASE,
+    GROUPS,
+    _absmax,
+    fit_bases,
+    reference_basis,
+    reference_histograms,
+    run_pass,
+)
 from filterdb.analysis.database import MODEL_INFO_COLUMNS, _open, layer_metrics_frame
 from filterdb.analysis.divergence import N_BINS, densities_to_probabilities, divergence_from_counts, symmetric_kl
 from filterdb.analysis.groups import ALIASES, select_layers, select_models
 from filterdb.analysis.metrics import DEFAULT_VE, METRIC_NAMES, SPARSITY_EPS
-from filterdb.analysis.stats import (CONFIDENCE, FEWER_THAN_TWO, PERMUTATIONS, Permutation, holm, labelings, paired,
-                                     one_blas_thread, paired_permutation_test, permutation_p, permutation_test_columns,
-                                     sign_flips, two_sample_columns)
+from filterdb.analysis.stats import (
+    CONFIDENCE,
+    FEWER_THAN_TWO,
+    PERMUTATIONS,
+    Permutation,
+    holm,
+    labelings,
+    one_blas_thread,
+    paired,
+    paired_permutation_test,
+    permutation_p,
+    permutation_test_columns,
+    sign_flips,
+    two_sample_columns,
+)
 from filterdb.errors import FilterDBError
 
 EACH_MODEL_ONCE = "each model counts once: its value is the mean of the metric over its selected layers"

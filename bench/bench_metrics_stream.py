@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
 from filterdb.build import add_module
 
 WRN_FILTERS = 4_021_808  # 3x3 filters of a WRN-28-10 (the target counts 3x3 filters)
@@ -36,6 +37,7 @@ WRN_FILTERS = 4_021_808  # 3x3 filters of a WRN-28-10 (the target counts 3x3 fil
 
 def build(db_path: Path, filters: int) -> None:
     import torch
+
     from filterdb.store import FilterDB
     from filterdb.training.registry import create_model
     n_models = math.ceil(filters / WRN_FILTERS)

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from filterdb.build import add_module
 from filterdb.compat import import_robustbench
 from filterdb.extract import conv_modules, execution_order, extract_members
 from filterdb.ids import model_id
 from filterdb.store import FilterDB
-from filterdb.build import add_module
 
 
 def wrn_28_10() -> torch.nn.Module:

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 import xxhash
 
+from filterdb.build import add_module
 from filterdb.integrity import _pread_exact
 from filterdb.store import FilterDB
-from filterdb.build import add_module
 
 
 def wrn_28_10(seed: int) -> torch.nn.Module:

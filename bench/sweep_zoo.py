@@ -46,9 +46,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conv_reproduction import reproduction_errors, unaccounted_convolutions  # noqa: E402
 
+from filterdb.build import add_module  # noqa: E402
 from filterdb.errors import FilterDBError  # noqa: E402
 from filterdb.store import FilterDB  # noqa: E402
-from filterdb.build import add_module  # noqa: E402
 
 TIMM = """
 resnetv2_50x1_bit nf_resnet26 nfnet_l0 eca_nfnet_l0 dm_nfnet_f0 nf_regnet_b0 vit_tiny_r_s16_p8_224

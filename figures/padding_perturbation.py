@@ -32,9 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _style  # noqa: E402
-import padding_models  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import padding_models  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from filterdb.errors import FilterDBError  # noqa: E402

@@ -38,8 +38,8 @@ from filterdb.atomic import io_failure, publish
 from filterdb.errors import FilterDBError
 from filterdb.h5table import append_rows, read_table, write_table
 from filterdb.schema import Column
-from filterdb.versions import check_readable
 from filterdb.shards import FILTERS_ENCODING, SHARD_DIR, TMP_SUFFIX, root_attrs
+from filterdb.versions import check_readable
 
 # Root attributes: the digest of each publish's rows (a write, then each append), so that a reader
 # verifies the tables it reads and a publish hashes only what it appends.

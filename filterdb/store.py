@@ -43,15 +43,43 @@ import pandas as pd
 from filterdb import integrity, schema
 from filterdb.atomic import remove_stale_temps
 from filterdb.errors import FilterDBError
-from filterdb.integrity import DamagedDatabaseError, MasterDamaged
 from filterdb.h5table import read_table
+from filterdb.integrity import DamagedDatabaseError, MasterDamaged
 from filterdb.lock import WriterLock
-from filterdb.master import (INDEX_COLUMNS, MASTER_NAME, MASTER_VERSION, SPAN_COLUMNS, MasterState,
-                             append_master, check_tables, empty_frame, global_rows, is_current, read_layer_digests,
-                             read_spans, read_state, spans, write_master)
-from filterdb.shards import (FILTERS_ENCODING, SHARD_DIR, SHARD_ENCODING, TMP_SUFFIX, filter_offsets,  # noqa: F401
-                             layer_digests, list_shards, read_shard, read_shard_tables, read_verified_shard,
-                             root_attrs, shard_facts, shard_path, shard_writer, write_shard)
+from filterdb.master import (
+    INDEX_COLUMNS,
+    MASTER_NAME,
+    MASTER_VERSION,
+    SPAN_COLUMNS,
+    MasterState,
+    append_master,
+    check_tables,
+    empty_frame,
+    global_rows,
+    is_current,
+    read_layer_digests,
+    read_spans,
+    read_state,
+    spans,
+    write_master,
+)
+from filterdb.shards import (  # noqa: F401
+    FILTERS_ENCODING,
+    SHARD_DIR,
+    SHARD_ENCODING,
+    TMP_SUFFIX,
+    filter_offsets,
+    layer_digests,
+    list_shards,
+    read_shard,
+    read_shard_tables,
+    read_verified_shard,
+    root_attrs,
+    shard_facts,
+    shard_path,
+    shard_writer,
+    write_shard,
+)
 from filterdb.versions import check_readable
 
 

@@ -28,8 +28,8 @@ def demo_home(tmp_path_factory) -> Path:
     """A FILTERDB_HOME holding the real demo: trained checkpoints and the demo database (built once)."""
     from filterdb import paths
     from filterdb.build import build
-    from filterdb.training.demo import demo_specs
     from filterdb.store import FilterDB
+    from filterdb.training.demo import demo_specs
 
     home = tmp_path_factory.mktemp("demo-home")
     if REUSED_DEMO_HOME and (Path(REUSED_DEMO_HOME) / "demo-checkpoints").is_dir():

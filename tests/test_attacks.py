@@ -7,8 +7,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from filterdb.errors import FilterDBError
-from filterdb.training.attacks import (AttackConfig, clean_accuracy, cw_margin_loss, fgsm, format_eps, parse_eps, pgd,
-                                       project, robust_accuracy)
+from filterdb.training.attacks import (
+    AttackConfig,
+    clean_accuracy,
+    cw_margin_loss,
+    fgsm,
+    format_eps,
+    parse_eps,
+    pgd,
+    project,
+    robust_accuracy,
+)
 
 
 class ModeRecorder(nn.Module):

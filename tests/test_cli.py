@@ -7,10 +7,10 @@ import torch
 from click.testing import CliRunner
 
 from filterdb import open_database
+from filterdb.build import add_module
 from filterdb.cli import main
 from filterdb.training import create_model
 from filterdb.training.checkpoint import load_checkpoint, wrap_state_dict
-from filterdb.build import add_module
 
 
 def run(*args, **env):

@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from cli_results import run
 from torch import nn
 
-from cli_results import run
-from filterdb.store import FilterDB
 from filterdb.build import add_module
+from filterdb.store import FilterDB
 
 FILTERDB = Path(sys.executable).parent / "filterdb"
 

@@ -15,10 +15,10 @@ from filterdb.analysis import cache
 from filterdb.analysis.compare import compare_groups, print_demo_comparison
 from filterdb.analysis.database import database_metrics
 from filterdb.analysis.divergence import divergence
+from filterdb.build import add_module
 from filterdb.cli import main
 from filterdb.errors import FilterDBError
 from filterdb.store import FilterDB
-from filterdb.build import add_module
 
 
 def net(seed: int, dead_first: int = 0) -> nn.Module:

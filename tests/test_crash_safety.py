@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from filterdb import open_database
-from filterdb.ids import model_id
 from filterdb.build import add_module
+from filterdb.ids import model_id
 
 N_MODELS = 6
 

@@ -1,10 +1,10 @@
 """`filterdb build --scheduler ADDRESS` on a local Dask cluster: each worker writes its own shard."""
 import pytest
 from click.testing import CliRunner
+from test_robustbench import assert_filters_equal_checkpoint, write_checkpoint
 
 from filterdb.cli import main
 from filterdb.store import open_database
-from test_robustbench import assert_filters_equal_checkpoint, write_checkpoint
 
 PRESENT = ["Wong2020Fast", "Sehwag2021Proxy_R18"]
 MISSING = "Rebuffi2021Fixing_R18_ddpm"

@@ -5,11 +5,18 @@ import numpy as np
 import pytest
 from scipy.stats import entropy
 from sklearn.decomposition import PCA
-
 from sklearn.utils.extmath import svd_flip
 
-from filterdb.analysis.divergence import (EMPTY_BIN, DivergenceBasis, Histograms, PCABasis, RangeScan, divergence,
-                                          fit_basis, symmetric_kl)
+from filterdb.analysis.divergence import (
+    EMPTY_BIN,
+    DivergenceBasis,
+    Histograms,
+    PCABasis,
+    RangeScan,
+    divergence,
+    fit_basis,
+    symmetric_kl,
+)
 
 
 def ones(values):

@@ -8,15 +8,15 @@ import json
 import pytest
 import timm
 import torch
-from timm.layers import Conv2dSame, CondConv2d, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
+from conv_reproduction import conv_from_row, reproduction_errors, unaccounted_convolutions
+from timm.layers import CondConv2d, Conv2dSame, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
 from torch import nn
 
-from conv_reproduction import conv_from_row, reproduction_errors, unaccounted_convolutions
+from filterdb import schema
+from filterdb.build import add_module
 from filterdb.compat import import_robustbench
 from filterdb.extract import WEIGHT_KINDS, skipped_convs
 from filterdb.store import FilterDB, open_database
-from filterdb import schema
-from filterdb.build import add_module
 
 FLOAT32 = 2e-6  # max |output - F.conv2d(input, stored filters)| / max |output|
 

@@ -84,8 +84,8 @@ def evaluated(demo_home, tmp_path_factory) -> dict:
 def test_results_file_matches_the_returned_result_and_defaults(demo_home, tmp_path):
     """Default budgets; the JSON beside the checkpoint is the returned summary (NaN as null);
     the same seed gives the same numbers and maps."""
-    from filterdb.integrity import sha256_file
     from filterdb.evaluations import evaluation_path, load_perturbation_maps, maps_path
+    from filterdb.integrity import sha256_file
     from filterdb.output import json_safe
     from filterdb.training.evaluation import evaluate_checkpoint
     from filterdb.training.evaluation_config import EvaluationConfig
@@ -283,8 +283,8 @@ def _digits_batch(n: int):
 @pytest.mark.parametrize("norm,eps", [("Linf", 0.1), ("L2", 0.5)])
 def test_every_attack_stays_inside_the_eps_ball_and_the_unit_box(demo_home, norm, eps):
     """The raw examples of PGD, CW and each of AutoAttack's attacks, before any safety projection."""
-    from filterdb.training.checkpoint import load_checkpoint
     from filterdb.training.attack_specs import AUTOATTACK_PARTS, parse_attacks
+    from filterdb.training.checkpoint import load_checkpoint
 
     model = load_checkpoint(demo_checkpoint(demo_home, "normal")).build_model()
     x, y = _digits_batch(12)
@@ -413,9 +413,9 @@ def test_cpu_default_is_pgd_and_autoattack_cost_is_estimated(demo_home):
 
 def test_results_of_earlier_weights_are_not_used(demo_home, tmp_path):
     """A checkpoint rewritten after 'filterdb evaluate' (retrained) loses its results everywhere."""
+    from filterdb.evaluations import evaluation_record, load_evaluation, load_perturbation_maps
     from filterdb.store import open_database
     from filterdb.training.checkpoint import load_checkpoint
-    from filterdb.evaluations import evaluation_record, load_evaluation, load_perturbation_maps
 
     path = copy_checkpoint(demo_home, "normal", tmp_path)
     result = invoke("evaluate", path, "-a", "pgd-5", "--linf", "0.1", "--l2", "none", "-n", 40, "--no-spatial",

@@ -8,17 +8,17 @@ import h5py
 import pandas as pd
 import pytest
 import torch
+from cli_results import one_error_line, run
 from torch import nn
 
-from cli_results import run, one_error_line
 from filterdb import open_database
 from filterdb.analysis.compare import compare_groups
 from filterdb.analysis.database import database_metrics
+from filterdb.build import add_module
 from filterdb.errors import FilterDBError
 from filterdb.ids import model_id
 from filterdb.packed import PackedDB
 from filterdb.store import FilterDB
-from filterdb.build import add_module
 
 FIGURES = Path(__file__).resolve().parent.parent / "figures"
 

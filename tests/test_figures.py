@@ -16,6 +16,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import torch
+
 from filterdb.build import add_module
 
 FIGURES_DIR = Path(__file__).resolve().parents[1] / "figures"

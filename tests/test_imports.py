@@ -8,14 +8,14 @@ import textwrap
 from pathlib import Path
 
 import click
-from click.testing import CliRunner
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 
+from filterdb.build import add_module
 from filterdb.cli import COMMANDS, main
 from filterdb.store import FilterDB
-from filterdb.build import add_module
 
 HEAVY = ("torch", "torchvision", "robustbench", "timm", "dask", "distributed")
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,11 +8,11 @@ from click.testing import CliRunner
 from torch import nn
 
 from filterdb import open_database
+from filterdb.build import add_module
 from filterdb.cli import main
 from filterdb.output import RICH_ROWS, emit
 from filterdb.store import FilterDB
 from filterdb.summary import TABLE_ROWS, counts_table
-from filterdb.build import add_module
 
 N_MODELS = TABLE_ROWS + 5
 

@@ -18,16 +18,16 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from cli_results import run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from cli_results import run
 from filterdb import open_database
+from filterdb.build import add_module
 from filterdb.errors import FilterDBError
 from filterdb.ids import model_id
 from filterdb.store import FilterDB
-from filterdb.build import add_module
 
 N_PAIRS = 2
 

@@ -2,12 +2,12 @@
 import json
 
 import torch
+from cli_results import run
 from torch import nn
 
-from cli_results import run
+from filterdb.build import add_module
 from filterdb.catalog import leaderboard_specs
 from filterdb.store import FilterDB
-from filterdb.build import add_module
 
 
 def test_marks_models_in_the_database_and_sorts(tmp_path):

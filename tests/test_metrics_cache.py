@@ -7,8 +7,8 @@ from torch import nn
 
 from filterdb.analysis import cache
 from filterdb.analysis.database import layer_metrics_frame
-from filterdb.store import FilterDB, open_database
 from filterdb.build import add_module
+from filterdb.store import FilterDB, open_database
 
 
 @pytest.fixture

@@ -6,7 +6,12 @@ import torch
 from torch import nn
 
 from filterdb.training import (
-    ModelStringError, check_input_size, create_model, describe_models, list_models, min_input_size,
+    ModelStringError,
+    check_input_size,
+    create_model,
+    describe_models,
+    list_models,
+    min_input_size,
     parse_model_string,
 )
 from filterdb.training.models.layers import center_crop
@@ -263,8 +268,8 @@ def test_input_sizes():
 
 def test_robustresnet_forward_on_cpu():
     """RobustResBlock's chained multi-scale convs, SE branch and strided pooling, really computed."""
-    from filterdb.training.models.robustresnet import RobustResBlock
     from filterdb.training.models.layers import LayerOptions
+    from filterdb.training.models.robustresnet import RobustResBlock
 
     torch.manual_seed(0)
     cases = [(1, "zeros"), (2, "zeros"), (1, "crop"), (2, "crop"), (1, "none"), (2, "none"), (2, "circular")]

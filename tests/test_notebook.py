@@ -1,12 +1,11 @@
 """The notebook API: readable results (_repr_html_, .plot()) and metrics frames that carry the model columns."""
+import pytest
 import torch
 from torch import nn
 
-import pytest
-
 from filterdb.analysis import compare_groups, database_metrics
-from filterdb.store import FilterDB
 from filterdb.build import add_module
+from filterdb.store import FilterDB
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ import textwrap
 import torch
 import torchvision
 from click.testing import CliRunner
+from test_robustbench import assert_filters_equal_checkpoint, write_checkpoint
 
 from filterdb.cli import main
 from filterdb.ids import model_id
 from filterdb.integrity import sha256_file
 from filterdb.store import open_database
-from test_robustbench import assert_filters_equal_checkpoint, write_checkpoint
 
 
 def run_cli(*args):

@@ -4,8 +4,9 @@ import subprocess
 import sys
 import time
 
-from filterdb.store import open_database
 from test_robustbench import assert_filters_equal_checkpoint, write_checkpoint
+
+from filterdb.store import open_database
 
 MODELS = ["Wong2020Fast", "Sehwag2021Proxy_R18", "Rebuffi2021Fixing_R18_ddpm"]
 

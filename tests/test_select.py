@@ -4,13 +4,13 @@ import json
 import pandas as pd
 import pytest
 import torch
+from cli_results import run
 from torch import nn
 
-from cli_results import run
 from filterdb.analysis.groups import parse_group, select_models
+from filterdb.build import add_module
 from filterdb.errors import FilterDBError
 from filterdb.store import FilterDB, open_database
-from filterdb.build import add_module
 
 NAMES = {"cifar/wrn-a/robust": ("robust", "cifar10", "WRN"), "cifar/wrn-a/normal": ("normal", "cifar10", "WRN"),
          "digits/cnn/robust": ("robust", "digits", "cnn"), "digits/cnn/normal": ("normal", "digits", "cnn")}

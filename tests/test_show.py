@@ -4,15 +4,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from cli_results import one_error_line, run
 from torch import nn
 
-from cli_results import run, one_error_line
 from filterdb.analysis.database import database_metrics
 from filterdb.analysis.groups import find_model
+from filterdb.build import add_module
 from filterdb.errors import FilterDBError
 from filterdb.ids import model_id
 from filterdb.store import FilterDB, open_database
-from filterdb.build import add_module
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,21 @@ import math
 
 import numpy as np
 import pytest
-
 from scipy.stats import kstest
 
-from filterdb.analysis.stats import (FEWER_THAN_TWO, Permutation, bootstrap_ci, cliffs_delta, holm, mann_whitney_p,
-                                     paired, paired_permutation_test, permutation_test, two_sample, wilcoxon_p)
+from filterdb.analysis.stats import (
+    FEWER_THAN_TWO,
+    Permutation,
+    bootstrap_ci,
+    cliffs_delta,
+    holm,
+    mann_whitney_p,
+    paired,
+    paired_permutation_test,
+    permutation_test,
+    two_sample,
+    wilcoxon_p,
+)
 
 
 def test_cliffs_delta_by_hand():

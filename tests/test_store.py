@@ -9,13 +9,12 @@ import torch
 import torchvision
 from torch import nn
 
-from filterdb import open_database
+from filterdb import open_database, schema
+from filterdb.build import add_module
 from filterdb.errors import FilterDBError
 from filterdb.ids import model_id
-from filterdb import schema
 from filterdb.schema import LAYER_COLUMN_NAMES, MODEL_COLUMN_NAMES
 from filterdb.store import FilterDB
-from filterdb.build import add_module
 
 
 def grouped_net():

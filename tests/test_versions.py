@@ -10,8 +10,14 @@ from torch import nn
 
 from filterdb.build import add_module
 from filterdb.errors import FilterDBError
-from filterdb.h5table import (FIXED_STRING_BYTES, TABLE_ENCODING, TABLE_ENCODING_VERSION, append_rows, read_table,
-                              write_table)
+from filterdb.h5table import (
+    FIXED_STRING_BYTES,
+    TABLE_ENCODING,
+    TABLE_ENCODING_VERSION,
+    append_rows,
+    read_table,
+    write_table,
+)
 from filterdb.schema import Column
 from filterdb.store import FilterDB, open_database
 from filterdb.versions import check_readable, parse_version

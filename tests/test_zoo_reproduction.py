@@ -8,14 +8,14 @@ from functools import partial
 import pytest
 import timm
 import torch
+from conv_reproduction import reproduction_errors
 from timm.layers import StdConv2d
 from timm.models.resnetv2 import ResNetV2
 
-from conv_reproduction import reproduction_errors
+from filterdb.build import add_module
 from filterdb.compat import import_robustbench
 from filterdb.store import FilterDB, open_database
 from filterdb.training import create_model
-from filterdb.build import add_module
 
 FLOAT32 = 2e-6
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from filterdb.training.attacks import eval_mode
 
+
 def autoattack_version() -> str:
     import pyautoattack
     return str(getattr(pyautoattack, "__version__", "unknown"))

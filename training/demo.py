@@ -131,8 +131,8 @@ def is_cached(pair: DemoPair, cache: Path) -> bool:
 
 
 def load_demo_model(pair: DemoPair, role: str, cache: Path, spec: ModelSpec) -> LoadedModel:
-    from filterdb.training.checkpoint_source import checkpoint_record
     from filterdb.training.checkpoint import load_checkpoint
+    from filterdb.training.checkpoint_source import checkpoint_record
 
     ckpt = load_checkpoint(pair_checkpoints(pair, cache)[role])
     return LoadedModel(spec, [ckpt.build_model()], ckpt.input_shape, weights_path=ckpt.path,

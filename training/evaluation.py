@@ -46,15 +46,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from filterdb.eps import format_eps
 from filterdb.errors import FilterDBError
 from filterdb.evaluations import FORMAT_VERSION, RESULTS_FORMAT, evaluation_frame, maps_path, save_evaluation
-from filterdb.eps import format_eps
 from filterdb.training.attack_specs import AttackSpec, check_budgets
 from filterdb.training.attacks import AttackConfig, project
 from filterdb.training.autoattack import AUTOATTACK_GRADIENTS, AUTOATTACK_QUERIES, autoattack_version
 from filterdb.training.data import to_float
-from filterdb.training.evaluation_config import (SPATIAL_ATTACK_STEPS, EvaluationConfig, default_device,
-                                                 own_threat, with_own_budget)
+from filterdb.training.evaluation_config import (
+    SPATIAL_ATTACK_STEPS,
+    EvaluationConfig,
+    default_device,
+    own_threat,
+    with_own_budget,
+)
 from filterdb.training.perturbation import PerturbationMap
 from filterdb.training.precision import autocast_dtype
 from filterdb.training.spatial import INTERPOLATION, SpatialTally, grid_predictions, spatial_grid

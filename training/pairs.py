@@ -20,7 +20,7 @@ from filterdb.training.attacks import AttackConfig
 from filterdb.training.checkpoint import load_checkpoint
 from filterdb.training.methods import ROBUST_METHODS
 from filterdb.training.registry import ROBUSTBENCH_PREFIX
-from filterdb.training.trainer import TrainConfig, TrainResult, Trainer, initial_weights
+from filterdb.training.trainer import TrainConfig, Trainer, TrainResult, initial_weights
 
 
 def pair_configs(robust: TrainConfig) -> tuple[TrainConfig, TrainConfig]:

@@ -125,8 +125,8 @@ def add(models, db_path, force, offline, input_shape):
     if offline:  # read by filterdb.sources.pretrained and by the Hugging Face hub that timm downloads through
         os.environ.update(FILTERDB_OFFLINE="1", HF_HUB_OFFLINE="1")
     from filterdb.build import build as run_build
-    from filterdb.sources.base import with_input_shape
     from filterdb.catalog import spec_for_argument
+    from filterdb.sources.base import with_input_shape
     from filterdb.store import FilterDB
 
     db_dir = resolve_db(db_path)

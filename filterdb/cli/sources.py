@@ -9,7 +9,6 @@ import pandas as pd
 from filterdb.cli.options import db_option, format_option, resolve_db, select_option, selected_models
 from filterdb.output import emit
 
-
 LEADERBOARD_SORTS = ("board", "robust_acc", "clean_acc", "name")
 
 
@@ -23,8 +22,8 @@ LEADERBOARD_SORTS = ("board", "robust_acc", "clean_acc", "name")
 @format_option
 def leaderboards(name, db_path, sort_by, fmt):
     """List the leaderboards that 'filterdb build --leaderboard' accepts, with model counts; or the models of NAME."""
-    from filterdb.errors import FilterDBError
     from filterdb.catalog import leaderboards as all_boards
+    from filterdb.errors import FilterDBError
 
     boards = all_boards()
     if name is None:

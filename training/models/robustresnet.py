@@ -12,6 +12,7 @@ shortcut), and the SE gate uses ReLU whatever the activation option.
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import nn
 
