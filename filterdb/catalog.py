@@ -14,7 +14,8 @@ from filterdb.sources.base import ModelSpec
 
 SOURCE_MODULES = ("filterdb.training.demo", "filterdb.sources.robustbench")
 FORMS = ("PATH.pt (a filterdb training checkpoint)", "timm:NAME (e.g. timm:resnet50)",
-         "torchvision:NAME (e.g. torchvision:resnet50)")
+         "torchvision:NAME (e.g. torchvision:resnet50)",
+         "robustbench:DATASET/THREAT/NAME (the published weights, e.g. robustbench:cifar10/Linf/Standard)")
 
 
 def leaderboards() -> dict[str, Leaderboard]:
@@ -33,8 +34,10 @@ def leaderboard_specs(name: str, patterns: tuple[str, ...] = (), **options) -> l
     return select_specs(specs, patterns, where=f"leaderboard {name}")
 
 
-def spec_for_argument(arg: str) -> ModelSpec:
-    """The model an argument of ``filterdb add`` names: a checkpoint file, ``timm:NAME`` or ``torchvision:NAME``."""
+def spec_for_argument(arg: str, *, offline: bool = False) -> ModelSpec:
+    """The model an argument of ``filterdb add`` names: a checkpoint file, ``timm:NAME``,
+    ``torchvision:NAME`` or ``robustbench:DATASET/THREAT/NAME`` (published weights, as the
+    leaderboards build them; in a training model string the same id names only the architecture)."""
     from filterdb.sources.pretrained import LIBRARIES, pretrained_spec
 
     if Path(arg).is_file():
@@ -43,4 +46,7 @@ def spec_for_argument(arg: str) -> ModelSpec:
     library, sep, name = arg.partition(":")
     if sep and library in LIBRARIES:
         return pretrained_spec(library, name)
+    if sep and library == "robustbench":
+        from filterdb.sources.robustbench import spec_for_id
+        return spec_for_id(name, offline=offline)
     raise FilterDBError(f"cannot add {arg!r}: not an existing file nor a known form; accepted: {'; '.join(FORMS)}")

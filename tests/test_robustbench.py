@@ -218,3 +218,26 @@ def test_committed_table_is_what_the_refresh_script_derives(tmp_path):
                            str(tmp_path / "table.csv")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "table.csv").read_text() == TABLE.read_text()
+
+
+def test_add_takes_a_robustbench_id_and_stores_its_published_weights(tmp_path, monkeypatch):
+    files = write_checkpoint(tmp_path / "models", "Wong2020Fast", seed=3)
+    monkeypatch.setenv("FILTERDB_MODEL_DIR", str(tmp_path / "models"))
+    result = run_cli("add", "robustbench:CIFAR10/linf/Wong2020Fast", "--offline", "--db", str(tmp_path / "db"))
+    assert result.exit_code == 0, result.output
+    with open_database(tmp_path / "db") as db:
+        assert_filters_equal_checkpoint(db, "Wong2020Fast", files)
+        model = db.models.iloc[0]
+        assert (model["source"], model["name"], model["training"], model["architecture"]) == \
+            ("robustbench", "cifar10/Linf/Wong2020Fast", "robust", "PreActResNet-18")
+
+
+@pytest.mark.parametrize("argument, message", [
+    ("robustbench:cifar10/Linf/NoSuchModel", "not in RobustBench's model table; 'filterdb leaderboards linf-cifar10'"),
+    ("robustbench:Standard", "expected robustbench:<dataset>/<threat model>/<name>"),
+])
+def test_add_names_a_bad_robustbench_id(tmp_path, argument, message):
+    result = CliRunner().invoke(main, ["add", argument, "--offline", "--db", str(tmp_path / "db")])
+    assert result.exit_code != 0
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "db").exists()

@@ -119,7 +119,8 @@ def build(leaderboard, checkpoints, models, db_path, force, jobs, scheduler, off
 @offline_option
 @input_shape_option
 def add(models, db_path, force, offline, input_shape):
-    """Add models: filterdb training checkpoints (FILE.pt) or pretrained names (timm:NAME, torchvision:NAME)."""
+    """Add models: filterdb training checkpoints (FILE.pt), pretrained names (timm:NAME, torchvision:NAME)
+    or RobustBench ids (robustbench:cifar10/Linf/Standard: the published weights)."""
     import os
 
     if offline:  # read by filterdb.sources.pretrained and by the Hugging Face hub that timm downloads through
@@ -133,7 +134,7 @@ def add(models, db_path, force, offline, input_shape):
     db = FilterDB.open(db_dir, "a") if db_dir.exists() else None  # a damaged database is named first
     with removed_if_left_empty(db_dir):
         try:
-            specs = with_input_shape([spec_for_argument(m) for m in models], input_shape)
+            specs = with_input_shape([spec_for_argument(m, offline=offline) for m in models], input_shape)
             db = db or FilterDB.open(db_dir, "a")
             report = run_build(db, specs, force=force, description="add")
             report_skipped_convs(db, report)

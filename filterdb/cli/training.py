@@ -132,12 +132,14 @@ def train():
     """Train models: one run, a matched normal/robust pair, or a RobustBench counterpart.
 
     Runs on the GPU when there is one; under ``torchrun --nproc-per-node N`` on N GPUs.
-    Model strings: see 'filterdb models' (e.g. cnn4-16, resnet20-16_k5_reflect, wrn28-10).
+    Model strings: see 'filterdb models' (e.g. cnn4-16, resnet20-16_k5_reflect, wrn28-10). A RobustBench id
+    in a model string (robustbench:cifar10/Linf/Standard) is its architecture with fresh weights; its
+    published weights go into a database with 'filterdb add robustbench:cifar10/Linf/Standard'.
     """
 
 
 @train.command("run")
-@click.option("--model", "-m", "model_string", required=True, help="Model string, e.g. resnet20-16.")
+@click.option("--model", "-m", "model_string", required=True, help="Model string: an architecture, trained from scratch (e.g. resnet20-16, robustbench:cifar10/Linf/Standard; 'filterdb models' lists the grammar).")
 @click.option("--method", type=click.Choice(METHODS), default="standard", show_default=True)
 @training_options
 def run_command(model_string, method, **o):
@@ -149,7 +151,7 @@ def run_command(model_string, method, **o):
 
 
 @train.command("pair")
-@click.option("--model", "-m", "model_string", required=True, help="Model string, e.g. resnet20-16.")
+@click.option("--model", "-m", "model_string", required=True, help="Model string: an architecture, trained from scratch (e.g. resnet20-16, robustbench:cifar10/Linf/Standard; 'filterdb models' lists the grammar).")
 @click.option("--robust-method", type=click.Choice(ROBUST_METHODS), default="pgd", show_default=True)
 @training_options
 def pair_command(model_string, robust_method, **o):

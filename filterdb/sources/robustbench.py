@@ -1,4 +1,5 @@
-"""RobustBench's model zoo as leaderboards: ``filterdb build --leaderboard linf-cifar10``.
+"""RobustBench's model zoo as leaderboards: ``filterdb build --leaderboard linf-cifar10``, and
+one model by its id: ``filterdb add robustbench:cifar10/Linf/Standard``.
 
 The models a leaderboard lists and their leaderboard facts (paper, architecture,
 accuracies, eps) come from the project's table ``filterdb/data/robustbench_models.csv``
@@ -81,14 +82,35 @@ def weight_files(model_dir: str | os.PathLike, dataset: str, threat: str, name: 
 def specs(board: str, *, offline: bool = False, keep_weights: bool = True,
           model_dir: str | os.PathLike | None = None, **_options) -> list[ModelSpec]:
     """The specs of one leaderboard, in the zoo's order; loading goes through robustbench."""
-    model_dir = os.fspath(model_dir or paths.robustbench_model_dir())
-    loader = Loader(model_dir, offline, keep_weights)
-    out = []
-    for row in board_models(board).to_dict(orient="records"):
-        record = {c: row[c] for c in RECORD_COLUMNS}
-        record["extra_data"] = bool(record["extra_data"])
-        out.append(ModelSpec(SOURCE, f"{row['dataset']}/{row['threat_model']}/{row['name']}", record=record, load=loader))
-    return out
+    loader = Loader(os.fspath(model_dir or paths.robustbench_model_dir()), offline, keep_weights)
+    return [_spec(row, loader) for row in board_models(board).to_dict(orient="records")]
+
+
+def spec_for_id(model_id: str, *, offline: bool = False, keep_weights: bool = True,
+                model_dir: str | os.PathLike | None = None) -> ModelSpec:
+    """The spec of one published model, ``<dataset>/<threat model>/<name>`` as in
+    ``filterdb add robustbench:cifar10/Linf/Standard`` (dataset and threat model in any case)."""
+    parts = model_id.split("/")
+    if len(parts) != 3 or not all(parts):
+        raise FilterDBError(f"robustbench:{model_id}: expected robustbench:<dataset>/<threat model>/<name>, "
+                            "e.g. robustbench:cifar10/Linf/Standard")
+    dataset, threat, name = parts
+    table = model_table()
+    rows = table[(table["dataset"].str.lower() == dataset.lower())
+                 & (table["threat_model"].str.lower() == threat.lower()) & (table["name"] == name)]
+    if rows.empty:
+        boards = [b for b, (d, t, _) in BOARDS.items() if (d, t.lower()) == (dataset.lower(), threat.lower())]
+        where = f"'filterdb leaderboards {boards[0]}' lists its models" if boards else \
+            f"RobustBench has no {dataset}/{threat} leaderboard here ('filterdb leaderboards' lists them)"
+        raise FilterDBError(f"robustbench:{model_id} is not in RobustBench's model table; {where}")
+    loader = Loader(os.fspath(model_dir or paths.robustbench_model_dir()), offline, keep_weights)
+    return _spec(rows.iloc[0].to_dict(), loader)
+
+
+def _spec(row: dict, loader: "Loader") -> ModelSpec:
+    record = {c: row[c] for c in RECORD_COLUMNS}
+    record["extra_data"] = bool(record["extra_data"])
+    return ModelSpec(SOURCE, f"{row['dataset']}/{row['threat_model']}/{row['name']}", record=record, load=loader)
 
 
 def zoo_entry(dataset: str, threat: str, name: str) -> dict:
