@@ -175,18 +175,16 @@ def test_pretrained_weights_without_network_fail_at_once_in_one_line(tmp_path):
            "TORCH_HOME": str(tmp_path / "torch"), "HF_ENDPOINT": "http://127.0.0.1:9"}
     env.pop("HF_HUB_OFFLINE", None)
     env.pop("FILTERDB_OFFLINE", None)
-    start = time.monotonic()
     done = subprocess.run([str(FILTERDB), "add", "timm:resnet18", "--db", str(tmp_path / "db")], env=env,
                           capture_output=True, text=True, timeout=120)
-    took = time.monotonic() - start
     assert done.returncode == 1, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert errors == ["error: timm:resnet18: pretrained weights are not in the local cache and 127.0.0.1:9 cannot "
                       "be reached (Connection refused); connect to the network once to fill the cache, or pass "
                       "--offline to use cached weights only"], done.stderr
     assert "Warning" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "Retry" not in done.stderr, done.stderr  # huggingface_hub logs each retry ("Retrying in 1s [Retry 1/5]")
     assert not (tmp_path / "db").exists()
     offline = subprocess.run([str(FILTERDB), "add", "timm:resnet18", "--db", str(tmp_path / "db"), "--offline"],
                              env=env, capture_output=True, text=True, timeout=120)
     assert offline.returncode == 1 and "offline mode forbids downloading them" in offline.stderr
-    assert took < 60  # imports under load; the download's own retries alone took ~23 s
