@@ -171,3 +171,12 @@ def test_projections_and_histograms_are_numpys_bit_for_bit(dtype):
     reference = numpy_projection(flat[keep])
     for i in range(9):
         np.testing.assert_array_equal(hist.counts[i], np.histogram(reference[i], bins=70, range=(basis.lo, basis.hi))[0])
+
+
+def test_reused_buffers_follow_the_kernel_size():
+    rng = np.random.default_rng(6)
+    for k in (3, 5, 3, 1):  # one size held at a time: each change replaces the buffers
+        x = rng.standard_normal((3000, k, k)).astype(np.float32)
+        pca = fit_basis([x]).pca
+        flat = x.reshape(len(x), -1)
+        np.testing.assert_array_equal(pca.project(flat, reuse=True), pca.project(flat))
