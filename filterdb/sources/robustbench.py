@@ -82,7 +82,7 @@ def weight_files(model_dir: str | os.PathLike, dataset: str, threat: str, name: 
 def specs(board: str, *, offline: bool = False, keep_weights: bool = True,
           model_dir: str | os.PathLike | None = None, **_options) -> list[ModelSpec]:
     """The specs of one leaderboard, in the zoo's order; loading goes through robustbench."""
-    loader = Loader(os.fspath(model_dir or paths.robustbench_model_dir()), offline, keep_weights)
+    loader = _loader(model_dir, offline, keep_weights)
     return [_spec(row, loader) for row in board_models(board).to_dict(orient="records")]
 
 
@@ -103,8 +103,11 @@ def spec_for_id(model_id: str, *, offline: bool = False, keep_weights: bool = Tr
         where = f"'filterdb leaderboards {boards[0]}' lists its models" if boards else \
             f"RobustBench has no {dataset}/{threat} leaderboard here ('filterdb leaderboards' lists them)"
         raise FilterDBError(f"robustbench:{model_id} is not in RobustBench's model table; {where}")
-    loader = Loader(os.fspath(model_dir or paths.robustbench_model_dir()), offline, keep_weights)
-    return _spec(rows.iloc[0].to_dict(), loader)
+    return _spec(rows.iloc[0].to_dict(), _loader(model_dir, offline, keep_weights))
+
+
+def _loader(model_dir: str | os.PathLike | None, offline: bool, keep_weights: bool) -> "Loader":
+    return Loader(os.fspath(model_dir or paths.robustbench_model_dir()), offline, keep_weights)
 
 
 def _spec(row: dict, loader: "Loader") -> ModelSpec:
