@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -147,25 +148,74 @@ def test_failed_build_into_a_new_path_leaves_no_directory(tmp_path):
     assert not target.exists()
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """In the child before exec: SIGINT back to its default action. A shell's background job (``cmd &``,
+    as a CI script may run the suite) starts with SIGINT ignored, and a child inherits that: the signal
+    is then lost (filterdb, rightly, installs no handler where SIGINT is ignored) and the command runs
+    to the end with exit code 0."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _start_filterdb_and_wait_for_entry(args: list[str], env: dict) -> tuple[subprocess.Popen, list[str], threading.Thread]:
+    """Start the console script and return once it has imported ``filterdb.entry``: before that the
+    interpreter itself is starting (site, the editable finder, the console script's ``import re``), where
+    SIGINT gets Python's own traceback, not filterdb's handling. Import times (PYTHONPROFILEIMPORTTIME)
+    on stderr say when; a thread drains stderr so that the child never blocks on a full pipe."""
+    proc = subprocess.Popen([str(FILTERDB), *args], env={**env, "PYTHONPROFILEIMPORTTIME": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_at_a_terminal)
+    lines: list[str] = []
+    entered = threading.Event()
+
+    def drain() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("import time:") and line.rstrip().endswith("| filterdb.entry"):
+                entered.set()
+        entered.set()  # stderr closed: the child is gone
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    assert entered.wait(60), "filterdb did not import filterdb.entry within 60 s"
+    return proc, lines, reader
+
+
 def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path):
     """SIGINT while the console script imports torch (filterdb models loads it): one line, exit 130, at every
-    moment of the start-up (a KeyboardInterrupt inside an import was once swallowed by the import machinery,
-    exit 0, or aborted torch's C++ start-up, exit -6, about one start-up in 40)."""
+    moment of the start-up from filterdb's own entry point on (a KeyboardInterrupt inside an import was once
+    swallowed by the import machinery, exit 0, or aborted torch's C++ start-up, exit -6, about one start-up
+    in 40)."""
     env = {**os.environ, "FILTERDB_HOME": str(tmp_path)}
     signalled = 0
-    for delay in (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.55, 0.6, 0.8, 1.0, 1.5):
-        proc = subprocess.Popen([str(FILTERDB), "models", "wrn28-10"], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+    for delay in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5):
+        proc, err_lines, reader = _start_filterdb_and_wait_for_entry(["models", "wrn28-10"], env)
         time.sleep(delay)
         if proc.poll() is not None:
+            proc.stdout.read()
             continue  # already done: nothing to interrupt at this delay
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        out = proc.stdout.read()  # stderr is the reader thread's
+        proc.wait(timeout=60)
+        reader.join(timeout=60)
+        err = "".join(line for line in err_lines if not line.startswith("import time:"))
         signalled += 1
         assert proc.returncode == 130, (delay, proc.returncode, err)
         assert err.strip() == "interrupted", err
         assert "Traceback" not in out + err
     assert signalled, "filterdb models finished before any signal: the test interrupted nothing"
+
+
+def test_ctrl_c_is_ignored_where_the_parent_ignores_it(tmp_path):
+    """A parent that ignores SIGINT (nohup, a shell's background job) keeps it ignored: the command runs on."""
+    env = {**os.environ, "FILTERDB_HOME": str(tmp_path)}
+    proc = subprocess.Popen([str(FILTERDB), "models", "wrn28-10"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.startswith("wrn28-10: WideResNet-28-10, 36,479,194 parameters"), out
 
 
 def test_pretrained_weights_without_network_fail_at_once_in_one_line(tmp_path):
