@@ -243,6 +243,67 @@ def symmetric_kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return ((p - q) * (np.log(p) - np.log(q))).sum(axis=-1)
 
 
+class SplitDivergences:
+    """D of many splits of one set of bin counts into two groups, as :func:`divergence_from_counts`
+    computes it for each split (the same formula; sums in another order, so equal to ~1e-15 relative).
+
+    ``total`` (d, bins): the counts of both groups together. A split is given by group A's counts;
+    group B holds the rest. Bins empty in ``total`` are empty in every split: their density is
+    EMPTY_BIN in both groups, so they are left out of the arithmetic (and of the matrix product that
+    sums each split's counts: :attr:`columns`) and their share of each KL is added in closed form,
+    n_empty * (e_a - e_b) * (ln e_a - ln e_b) with e = EMPTY_BIN / (sum of the group's densities).
+    """
+
+    def __init__(self, total: np.ndarray, edges: np.ndarray, evr: np.ndarray):
+        total = np.asarray(total, dtype=np.float64)
+        d, bins = total.shape
+        occupied = total > 0
+        occupied[~occupied.any(axis=1), 0] = True  # a component with no count at all keeps one (empty) bin
+        self.columns = np.flatnonzero(occupied.ravel())  # into the (d * bins) flattened counts
+        self.component = self.columns // bins
+        self.starts = np.searchsorted(self.component, np.arange(d))
+        self.n_empty = bins - occupied.sum(axis=1)
+        self.total = total.ravel()[self.columns]
+        self.component_total = total.sum(axis=1)
+        self.widths = np.diff(np.asarray(edges, dtype=np.float64))[self.columns % bins]
+        evr = np.asarray(evr, dtype=np.float64)
+        self.evr = np.zeros_like(evr) if np.isnan(evr).all() else evr  # no variance: D = 0 for every split
+
+    def __call__(self, in_a: np.ndarray, rows: int = 64) -> np.ndarray:
+        """D of each split: ``in_a`` (K, len(columns)) holds group A's counts in :attr:`columns`. A split
+        that leaves a group without filters gives -inf (no null value is that extreme). Worked in chunks
+        of ``rows`` splits, whose temporaries stay in the CPU's cache."""
+        out = np.empty(len(in_a))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for lo in range(0, len(in_a), rows):
+                a = in_a[lo:lo + rows].astype(np.float64)
+                b = self.total - a
+                sum_a = np.add.reduceat(a, self.starts, axis=1)
+                sum_b = self.component_total - sum_a
+                p, empty_p = self._probabilities(a, sum_a)
+                q, empty_q = self._probabilities(b, sum_b)
+                np.log(p, out=a)
+                np.log(q, out=b)
+                a -= b
+                p -= q
+                p *= a
+                kl = np.add.reduceat(p, self.starts, axis=1)
+                kl += self.n_empty * (empty_p - empty_q) * (np.log(empty_p) - np.log(empty_q))
+                value = kl @ self.evr
+                value[(sum_a[:, 0] == 0) | (sum_b[:, 0] == 0)] = -np.inf
+                out[lo:lo + rows] = value
+        return out
+
+    def _probabilities(self, counts: np.ndarray, sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`densities_to_probabilities` of the occupied bins, and the probability of each
+        component's empty bins."""
+        density = counts / (sums[:, self.component] * self.widths)
+        density[counts == 0] = EMPTY_BIN
+        norm = np.add.reduceat(density, self.starts, axis=1) + self.n_empty * EMPTY_BIN
+        density /= norm[:, self.component]
+        return density, EMPTY_BIN / norm
+
+
 @dataclass
 class Divergence:
     """D and its parts; ``value`` is NaN (with ``reason``) when a group has no non-sparse filter."""

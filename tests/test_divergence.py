@@ -180,3 +180,30 @@ def test_reused_buffers_follow_the_kernel_size():
         pca = fit_basis([x]).pca
         flat = x.reshape(len(x), -1)
         np.testing.assert_array_equal(pca.project(flat, reuse=True), pca.project(flat))
+
+
+def test_split_divergences_equal_the_divergence_of_each_split():
+    """The permutation null's D of many splits (empty bins left out of the arithmetic, their share in
+    closed form) equals divergence_from_counts of each split: bins empty in both groups, bins empty in
+    one, a split leaving a group without filters (-inf), and a basis without variance (D = 0)."""
+    from filterdb.analysis.divergence import SplitDivergences, divergence_from_counts
+
+    rng = np.random.default_rng(4)
+    d, bins = 3, 70
+    per_model = rng.poisson(2.0, size=(10, d, bins))
+    per_model[:, :, :20] = 0  # empty in every model
+    per_model[:4, :, 60:] = 0  # occupied in some models only
+    per_model[:, 1, 30:] = 0  # components with different occupied bins
+    basis = DivergenceBasis(PCABasis(np.eye(d), np.array([0.6, 0.3, 0.1])), -1.5, 2.0, 1, 1)
+    edges = basis.edges
+    masks = rng.random((50, 10)) < 0.5
+    masks[0], masks[1] = True, False  # group B empty, group A empty
+    splits = SplitDivergences(per_model.sum(axis=0), edges, basis.pca.explained_variance_ratio)
+    flat = per_model.reshape(10, -1)[:, splits.columns].astype(np.float32)
+    values = splits(masks.astype(np.float32) @ flat, rows=7)
+    assert values[0] == values[1] == -np.inf
+    for mask, value in zip(masks[2:], values[2:]):
+        a, b = per_model[mask].sum(axis=0), per_model[~mask].sum(axis=0)
+        assert value == pytest.approx(divergence_from_counts(basis, a, b).value, rel=1e-13, abs=1e-15)
+    flat_basis = SplitDivergences(per_model.sum(axis=0), edges, np.full(d, np.nan))
+    assert (flat_basis(masks[2:].astype(np.float32) @ flat) == 0).all()
