@@ -127,13 +127,18 @@ class Snapshot:
 
     def current(self, db_path, tokens: dict[str, str]) -> set[str]:
         """The models of ``tokens`` (model_id -> current token) whose rows here are current."""
-        return {mid for mid, token in tokens.items()
-                if mid in self.files and self.files[mid][0] == token and file_stat(db_path, mid) == self.files[mid][1:]}
+        folder = os.path.join(os.fspath(db_path), CACHE_DIR)  # str paths: a Path per model cost 30 us of 35
+        return {mid for mid, token in tokens.items() if mid in self.files and self.files[mid][0] == token
+                and _size_and_mtime(os.path.join(folder, f"{mid}.json")) == self.files[mid][1:]}
 
 
 def file_stat(db_path, model_id: str) -> tuple[int, int] | None:
+    return _size_and_mtime(cache_path(db_path, model_id))
+
+
+def _size_and_mtime(path) -> tuple[int, int] | None:
     try:
-        st = os.stat(cache_path(db_path, model_id))
+        st = os.stat(path)
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns

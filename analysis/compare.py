@@ -43,6 +43,7 @@ from filterdb.analysis.basis import (
     reference_histograms,
     run_pass,
 )
+from filterdb.analysis.blas import single_threaded_blas
 from filterdb.analysis.database import MODEL_INFO_COLUMNS, _open, layer_metrics_frame
 from filterdb.analysis.divergence import N_BINS, SplitDivergences, divergence_from_counts
 from filterdb.analysis.groups import ALIASES, select_layers, select_models
@@ -54,7 +55,6 @@ from filterdb.analysis.stats import (
     Permutation,
     holm,
     labelings,
-    one_blas_thread,
     paired,
     paired_permutation_test,
     permutation_p,
@@ -244,7 +244,7 @@ def compare_groups(db, group_a: str = "robust", group_b: str = "normal", layer: 
         per_model = _per_model(selected, metrics, aggregate)
         groups = _group_summary(per_model, metrics, group_a, group_b)
         pair_of = dict(zip(models["model_id"], models["pair"]))
-        with one_blas_thread():
+        with single_threaded_blas():
             tests, pairs = _tests(per_model, metrics, group_a, group_b, pair_of, seed, permutations, len(overlap) > 0)
         if pair_column and paired_by not in ("auto", None) and not (tests["n_pairs"] > 0).any():
             raise FilterDBError(f"no model of {group_a!r} shares a {pair_column} value with one of {group_b!r}: "
@@ -517,7 +517,7 @@ def divergence_permutation(basis, counts_a: list[np.ndarray], counts_b: list[np.
     else:
         masks, exact = labelings(len(counts_a), len(counts_b), n_permutations, seed)
     null = np.empty(len(masks))
-    with one_blas_thread():
+    with single_threaded_blas():
         for lo in range(0, len(masks), block):
             null[lo:lo + block] = splits(masks[lo:lo + block].astype(flat.dtype) @ flat)
     finite = null[np.isfinite(null)]

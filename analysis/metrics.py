@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
@@ -337,30 +335,6 @@ def _symmetric(products: np.ndarray) -> np.ndarray:
     """The symmetric matrix of the lower triangle of ``products`` (its upper one is not kept)."""
     lower = np.tril(products)
     return lower + np.tril(lower, -1).T
-
-
-@lru_cache(maxsize=1)
-def _blas_libraries() -> tuple:
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # threadpoolctl comes with scikit-learn; without it, BLAS keeps its threads
-        return ()
-    return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
-
-
-@contextmanager
-def single_threaded_blas():
-    """BLAS on one thread: the products of thin blocks (d x block) are too small to share,
-    and thread hand-offs cost more than they save (much more on a busy machine)."""
-    libraries = _blas_libraries()
-    before = [lib.num_threads for lib in libraries]
-    for lib in libraries:
-        lib.set_num_threads(1)
-    try:
-        yield
-    finally:
-        for lib, n in zip(libraries, before):
-            lib.set_num_threads(n)
 
 
 def _sparse_mask(a: np.ndarray, eps: float) -> np.ndarray:

@@ -27,10 +27,11 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+
+from filterdb.analysis import kept_draws
 
 BOOTSTRAP_RESAMPLES = 10_000
 CONFIDENCE = 0.95
@@ -115,7 +116,29 @@ def bootstrap_intervals(a: np.ndarray, b: np.ndarray, confidence: float = CONFID
 def resample_counts(sizes: tuple[int, ...], resamples: int, seed: int) -> tuple[np.ndarray, ...]:
     """Bootstrap resamples as counts: per size n (drawn in turn from one generator seeded with
     ``seed``, n indices per resample), a read-only (resamples, n) uint16 matrix of how often each
-    item was drawn. The same for every metric of a comparison, so drawn once (cached)."""
+    item was drawn. The same for every metric of a comparison, so drawn once (cached); kept on
+    disk (:mod:`.kept_draws`) once large, as the labelings are."""
+    if resamples * sum(sizes) < KEEP_DRAWS:
+        out = _drawn_counts(sizes, resamples, seed)
+    else:
+        def draw() -> dict[str, np.ndarray]:
+            counts = _drawn_counts(sizes, resamples, seed)
+            small = all(c.max(initial=0) <= np.iinfo(np.uint8).max for c in counts)  # as good as certain
+            return {f"counts{i}": c.astype(np.uint8) if small else c for i, c in enumerate(counts)}
+
+        def valid(arrays: dict[str, np.ndarray]) -> bool:
+            return len(arrays) == len(sizes) and all(
+                arrays[f"counts{i}"].shape == (resamples, n) and (arrays[f"counts{i}"].sum(axis=1) == n).all()
+                for i, n in enumerate(sizes))
+
+        arrays = kept_draws.kept("bootstrap", f"{'-'.join(map(str, sizes))}-{resamples}-seed{seed}", draw, valid)
+        out = tuple(arrays[f"counts{i}"].astype(np.uint16) for i in range(len(sizes)))
+    for counts in out:
+        counts.flags.writeable = False
+    return out
+
+
+def _drawn_counts(sizes: tuple[int, ...], resamples: int, seed: int) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(seed)
     out = []
     for n in sizes:
@@ -128,7 +151,6 @@ def resample_counts(sizes: tuple[int, ...], resamples: int, seed: int) -> tuple[
             k = min(block, resamples - lo)  # numpy draws the same stream in blocks of rows as whole (tests pin it)
             drawn = rng.integers(0, n, size=(k, n)) + offsets[:k]
             counts[lo:lo + k] = np.bincount(drawn.ravel(), minlength=k * n).reshape(k, n)
-        counts.flags.writeable = False
         out.append(counts)
     return tuple(out)
 
@@ -283,7 +305,7 @@ def labelings(n_a: int, n_b: int, n_permutations: int = PERMUTATIONS, seed: int 
     return out, exact
 
 
-KEEP_LABELINGS = 1 << 21  # labelings x models from which drawn shuffles are kept on disk (drawing costs more)
+KEEP_DRAWS = 1 << 21  # draws x models from which seeded draws are kept on disk (drawing costs more)
 
 
 def _drawn_labelings(n_a: int, n_b: int, n_permutations: int, seed: int) -> np.ndarray:
@@ -292,40 +314,24 @@ def _drawn_labelings(n_a: int, n_b: int, n_permutations: int, seed: int) -> np.n
 
 
 def _kept_labelings(n_a: int, n_b: int, n_permutations: int, seed: int) -> np.ndarray:
-    """:func:`_drawn_labelings`, kept bit-packed in ``$FILTERDB_HOME/cache/labelings/`` once large: 9,999
-    shuffles of 1,000 models take ~0.15 s to draw and ~0.01 s to load. Keyed by the group sizes, the count,
-    the seed and numpy's version (its generator's stream); a file that does not match its digest, or whose
-    rows are not labelings of these sizes, is drawn again."""
+    """:func:`_drawn_labelings`, kept bit-packed on disk (:mod:`.kept_draws`) once large; a kept file
+    whose rows are not labelings of these sizes is drawn again."""
     n = n_a + n_b
-    if n_permutations * n < KEEP_LABELINGS:
+    if n_permutations * n < KEEP_DRAWS:
         return _drawn_labelings(n_a, n_b, n_permutations, seed)
-    import os
 
-    import xxhash
+    def draw() -> dict[str, np.ndarray]:
+        return {"packed": np.packbits(_drawn_labelings(n_a, n_b, n_permutations, seed), axis=1)}
 
-    from filterdb.paths import home
+    def unpacked(arrays: dict[str, np.ndarray]) -> np.ndarray:
+        return np.unpackbits(arrays["packed"], axis=1, count=n).view(bool)
 
-    path = home() / "cache" / "labelings" / f"{n_a}-{n_b}-{n_permutations}-seed{seed}-numpy{np.__version__}.npz"
-    try:
-        with np.load(path) as kept:
-            packed, recorded = kept["packed"], int(kept["digest"])
-        masks = np.unpackbits(packed, axis=1, count=n).view(bool)
-        if (xxhash.xxh3_64_intdigest(packed.tobytes()) == recorded and masks.shape == (n_permutations, n)
-                and (masks.sum(axis=1) == n_a).all()):
-            return masks
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    masks = _drawn_labelings(n_a, n_b, n_permutations, seed)
-    packed = np.packbits(masks, axis=1)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as out:
-            np.savez(out, packed=packed, digest=np.uint64(xxhash.xxh3_64_intdigest(packed.tobytes())))
-        os.replace(tmp, path)
-    except OSError:  # a read-only or full home: drawn each time
-        tmp.unlink(missing_ok=True)
-    return masks
+    def valid(arrays: dict[str, np.ndarray]) -> bool:
+        arrays["masks"] = masks = unpacked(arrays)  # checked once, returned as they are
+        return masks.shape == (n_permutations, n) and bool((masks.sum(axis=1) == n_a).all())
+
+    arrays = kept_draws.kept("labelings", f"{n_a}-{n_b}-{n_permutations}-seed{seed}", draw, valid)
+    return arrays["masks"] if "masks" in arrays else unpacked(arrays)
 
 
 @functools.lru_cache(maxsize=4)
@@ -391,20 +397,6 @@ def paired_permutation_test(a, b, n_permutations: int = PERMUTATIONS, seed: int 
     signs, exact = sign_flips(len(d), n_permutations, seed)
     null = np.abs(signs @ d / len(d))
     return Permutation(permutation_p(abs(d.mean()), null, exact), float(np.median(null)), len(null), exact)
-
-
-@contextmanager
-def one_blas_thread():
-    """BLAS on one thread within the block. The nulls are many small matrix products; on the shared
-    2-core machine they took half the CPU and half the wall time on one thread than on two
-    (divergence null of 1,000 models, 9,999 labelings: 0.46 s vs 1.05-1.33 s CPU)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # scikit-learn's dependency; without it, BLAS keeps its threads
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 def holm(p_values) -> np.ndarray:

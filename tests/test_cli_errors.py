@@ -238,3 +238,25 @@ def test_pretrained_weights_without_network_fail_at_once_in_one_line(tmp_path):
     offline = subprocess.run([str(FILTERDB), "add", "timm:resnet18", "--db", str(tmp_path / "db"), "--offline"],
                              env=env, capture_output=True, text=True, timeout=120)
     assert offline.returncode == 1 and "offline mode forbids downloading them" in offline.stderr
+
+
+def test_the_console_script_starts_numpys_blas_on_one_thread_unless_the_user_chose():
+    """OpenBLAS starting a thread per core cost every command ~0.1 s of CPU (filterdb.entry)."""
+    from filterdb.entry import BLAS_THREAD_VARIABLES, default_blas_to_one_thread
+
+    environ: dict[str, str] = {}
+    default_blas_to_one_thread(environ)
+    assert environ == {"OPENBLAS_NUM_THREADS": "1"}
+    for name in BLAS_THREAD_VARIABLES:
+        chosen = {name: "4"}
+        default_blas_to_one_thread(chosen)
+        assert chosen == {name: "4"}
+    probe = ("from filterdb.entry import default_blas_to_one_thread; default_blas_to_one_thread(); import numpy; "
+             "from threadpoolctl import threadpool_info; "
+             "print([lib['num_threads'] for lib in threadpool_info() if lib['user_api'] == 'blas'])")
+    env = {k: v for k, v in os.environ.items() if k not in BLAS_THREAD_VARIABLES}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[1]", done.stdout
+    env["OPENBLAS_NUM_THREADS"] = "2"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[2]", done.stdout

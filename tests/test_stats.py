@@ -193,7 +193,7 @@ def test_large_labelings_are_kept_on_disk_and_equal_the_drawn_ones(tmp_path, mon
     from filterdb.analysis import stats
 
     monkeypatch.setenv("FILTERDB_HOME", str(tmp_path))
-    monkeypatch.setattr(stats, "KEEP_LABELINGS", 1000)
+    monkeypatch.setattr(stats, "KEEP_DRAWS", 1000)
     drawn = stats._drawn_labelings(30, 20, 99, 5)
     assert np.array_equal(stats._kept_labelings(30, 20, 99, 5), drawn)  # drawn, then kept
     (kept,) = (tmp_path / "cache" / "labelings").iterdir()
@@ -205,3 +205,30 @@ def test_large_labelings_are_kept_on_disk_and_equal_the_drawn_ones(tmp_path, mon
     assert np.array_equal(stats._kept_labelings(30, 20, 99, 5), drawn)  # drawn again, not the damaged file
     kept.write_bytes(b"not a numpy file")
     assert np.array_equal(stats._kept_labelings(30, 20, 99, 5), drawn)
+
+
+def test_large_bootstrap_resamples_are_kept_on_disk_and_equal_the_drawn_ones(tmp_path, monkeypatch):
+    from filterdb.analysis import kept_draws, stats
+
+    monkeypatch.setenv("FILTERDB_HOME", str(tmp_path))
+    monkeypatch.setattr(stats, "KEEP_DRAWS", 1000)
+    drawn = stats._drawn_counts((30, 20), 99, 5)
+    for _ in range(2):  # drawn and kept, then loaded
+        stats.resample_counts.cache_clear()
+        kept = stats.resample_counts((30, 20), 99, 5)
+        assert all(np.array_equal(k, d) and k.dtype == np.uint16 and not k.flags.writeable
+                   for k, d in zip(kept, drawn))
+    (path,) = (tmp_path / "cache" / "bootstrap").iterdir()
+    with np.load(path) as f:
+        arrays = {name: f[name].copy() for name in f.files}
+    assert arrays["counts0"].dtype == np.uint8  # counts of at most 255 kept as bytes
+    arrays["counts0"][0, 0] += 1  # one count changed: the digest no longer matches
+    np.savez(path, **arrays)
+    stats.resample_counts.cache_clear()
+    assert all(np.array_equal(k, d) for k, d in zip(stats.resample_counts((30, 20), 99, 5), drawn))
+    with np.load(path) as f:  # and the file was drawn anew
+        assert np.array_equal(f["counts0"], drawn[0])
+    monkeypatch.setattr(kept_draws, "KEPT_BYTES", 0)  # past the folder's bound: older files go, the newest stays
+    stats.resample_counts.cache_clear()
+    stats.resample_counts((31, 20), 99, 5)
+    assert [p.name.split("-numpy")[0] for p in (tmp_path / "cache" / "bootstrap").iterdir()] == ["31-20-99-seed5"]

@@ -1,0 +1,80 @@
+"""Seeded random draws kept on disk: the label shuffles of the permutation nulls and the bootstrap
+resamples of a comparison depend only on the group sizes, their count and the seed, never on the
+data, and drawing them costs more than reading them back (9,999 shuffles of 1,000 models: ~0.15 s
+to draw, ~0.01 s to read; 2 x 10,000 bootstrap resamples of 500 models: ~0.05 s against ~0.01 s).
+
+A kept draw is one ``.npz`` file in ``$FILTERDB_HOME/cache/<kind>/``, named by its key (which
+includes numpy's version: the generator's stream may change with it) and holding the packed
+arrays and an xxh3 digest of their bytes. A file that does not match its digest, or whose arrays
+the caller's check rejects, is drawn again; a read-only or full home draws every time. The folder
+is kept under :data:`KEPT_BYTES`: writing a file removes the least recently used ones beyond it.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+KEPT_BYTES = 512 << 20  # per kind of draw
+
+
+def folder(kind: str) -> Path:
+    from filterdb.paths import home
+
+    return home() / "cache" / kind
+
+
+def kept(kind: str, key: str, draw: Callable[[], dict[str, np.ndarray]],
+         valid: Callable[[dict[str, np.ndarray]], bool]) -> dict[str, np.ndarray]:
+    """The arrays ``draw()`` gives for ``key``, read from its kept file when that file is whole and
+    ``valid`` accepts it, else drawn and kept."""
+    import xxhash
+
+    path = folder(kind) / f"{key}-numpy{np.__version__}.npz"
+    try:
+        with np.load(path) as stored:
+            arrays = {name: stored[name] for name in stored.files if name != "digest"}
+            recorded = int(stored["digest"])
+        if _digest(arrays, xxhash) == recorded and valid(arrays):
+            os.utime(path)  # recently used: pruned last
+            return arrays
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    arrays = draw()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as out:
+            np.savez(out, **{**arrays, "digest": np.uint64(_digest(arrays, xxhash))})  # type: ignore[arg-type]
+        os.replace(tmp, path)
+        _prune(path.parent, keep=path)
+    except OSError:  # a read-only or full home: drawn each time
+        tmp.unlink(missing_ok=True)
+    return arrays
+
+
+def _digest(arrays: dict[str, np.ndarray], xxhash) -> int:
+    hasher = xxhash.xxh3_64()
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        hasher.update(f"{name}\x1f{value.dtype.str}\x1f{value.shape}\x1f".encode())
+        hasher.update(value.data.cast("B") if value.size else b"")
+    return hasher.intdigest()
+
+
+def _prune(where: Path, keep: Path) -> None:
+    """Remove the least recently used kept files until the folder holds at most KEPT_BYTES."""
+    files = []
+    for entry in os.scandir(where):
+        if entry.name.endswith(".npz") and entry.is_file():
+            st = entry.stat()
+            files.append((st.st_mtime_ns, st.st_size, entry.path))
+    total = sum(size for _, size, _ in files)
+    for _, size, name in sorted(files):
+        if total <= KEPT_BYTES:
+            break
+        if name != str(keep):
+            Path(name).unlink(missing_ok=True)
+            total -= size
