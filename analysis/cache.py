@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import pandas as pd
@@ -119,7 +120,7 @@ class Snapshot:
     It is rewritten whenever a model had to be read from its file or computed."""
     files: dict[str, tuple[str, int, int]]  # model_id -> (token, size, mtime_ns) of its cache file
     frame: pd.DataFrame  # the rows of every model, as :func:`load` gives them
-    moments: list[Moments]  # one per row of frame
+    moments: Sequence[Moments]  # one per row of frame
 
     @classmethod
     def empty(cls) -> "Snapshot":
@@ -228,11 +229,30 @@ def _arrays_digest(arrays: dict) -> int:
     return hasher.intdigest()
 
 
-def _split_moments(arrays: dict) -> list[Moments]:
-    dims, counts = arrays["moment_dim"].tolist(), arrays["moment_count"].tolist()
-    means, scatters = arrays["moment_mean"], arrays["moment_scatter"]
-    out, at_mean, at_scatter = [], 0, 0
-    for d, count in zip(dims, counts):
-        out.append(Moments(count, means[at_mean:at_mean + d], scatters[at_scatter:at_scatter + d * d].reshape(d, d)))
-        at_mean, at_scatter = at_mean + d, at_scatter + d * d
-    return out
+def _split_moments(arrays: dict) -> "MomentRows":
+    return MomentRows(arrays["moment_count"], arrays["moment_dim"], arrays["moment_mean"], arrays["moment_scatter"])
+
+
+class MomentRows(Sequence):
+    """The snapshot's moments, one per row of its frame, made into :class:`Moments` only when read:
+    a comparison on the database basis needs none of them (28,000 objects were 0.05 s)."""
+
+    def __init__(self, counts: np.ndarray, dims: np.ndarray, means: np.ndarray, scatters: np.ndarray):
+        self._counts, self._dims, self._means, self._scatters = counts, dims, means, scatters
+        self._mean_at = np.concatenate([[0], np.cumsum(dims)])
+        self._scatter_at = np.concatenate([[0], np.cumsum(dims * dims)])
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    @overload
+    def __getitem__(self, row: int) -> Moments: ...
+
+    @overload
+    def __getitem__(self, row: slice) -> list[Moments]: ...
+
+    def __getitem__(self, row):
+        if isinstance(row, slice):
+            return [self[r] for r in range(*row.indices(len(self)))]
+        d, at, scatter_at = int(self._dims[row]), int(self._mean_at[row]), int(self._scatter_at[row])
+        return Moments(int(self._counts[row]), self._means[at:at + d], self._scatters[scatter_at:scatter_at + d * d].reshape(d, d))

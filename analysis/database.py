@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -107,7 +108,7 @@ def resolve_models(models: pd.DataFrame, wanted: Iterable[str] | None) -> list[s
 
 
 def layer_metrics_frame(db, model_ids: list[str], eps: float = SPARSITY_EPS, executor: Executor | None = None,
-                        on_model=None) -> tuple[pd.DataFrame, dict[tuple[str, int], Moments]]:
+                        on_model=None) -> tuple[pd.DataFrame, "LayerMoments"]:
     """Per-layer metrics (and moments keyed by (model_id, layer_index)) of some models, in the order of ``model_ids``.
 
     Current models come from the cache's snapshot (one file); the others from their cache files,
@@ -153,22 +154,50 @@ def _updated_snapshot(db, snapshot: cache.Snapshot, fresh: dict) -> cache.Snapsh
     return cache.Snapshot(files, frame, moments)
 
 
+class LayerMoments(Mapping):
+    """(model_id, layer_index) -> Moments of the layers :func:`layer_metrics_frame` selected: the fresh
+    ones, and ``rows`` (snapshot row, model_id, layer_index) of the snapshot's, looked up only when
+    first read (a comparison on the database's cached basis reads none)."""
+
+    def __init__(self, snapshot_moments) -> None:
+        self.snapshot_moments = snapshot_moments
+        self.rows: tuple = ((), (), ())
+        self.fresh: dict[tuple[str, int], Moments] = {}
+
+    @cached_property
+    def _index(self) -> dict[tuple[str, int], int]:
+        rows, ids, layers = self.rows
+        return {(mid, int(i)): int(r) for r, mid, i in zip(rows, ids, layers)}
+
+    def __getitem__(self, key: tuple[str, int]) -> Moments:
+        if key in self.fresh:
+            return self.fresh[key]
+        return self.snapshot_moments[self._index[key]]
+
+    def __iter__(self):
+        yield from self.fresh
+        yield from (key for key in self._index if key not in self.fresh)
+
+    def __len__(self) -> int:
+        return len(self.fresh) + sum(key not in self.fresh for key in self._index)
+
+
 def _select(snapshot: cache.Snapshot, fresh: dict, model_ids: list[str]
-            ) -> tuple[pd.DataFrame, dict[tuple[str, int], Moments]]:
+            ) -> tuple[pd.DataFrame, LayerMoments]:
     """The rows of ``model_ids`` in their order (fresh ones from ``fresh``, the others from the snapshot)."""
     columns = [*LAYER_KEY_COLUMNS, *METRIC_NAMES, *EXTRA_COLUMNS]
     order = {mid: i for i, mid in enumerate(model_ids)}
-    parts, moments = [], {}
+    parts = []
+    moments = LayerMoments(snapshot.moments)
     old = [mid for mid in model_ids if mid not in fresh]
     if old:
         frame = snapshot.frame
         chosen = np.flatnonzero(frame["model_id"].isin(old).to_numpy())
         parts.append(frame.iloc[chosen])
-        moments.update({(mid, int(i)): snapshot.moments[r] for r, mid, i in
-                        zip(chosen, frame["model_id"].to_numpy()[chosen], frame["layer_index"].to_numpy()[chosen])})
+        moments.rows = (chosen, frame["model_id"].to_numpy()[chosen], frame["layer_index"].to_numpy()[chosen])
     for mid, (frame, model_moments) in fresh.items():
         parts.append(frame)
-        moments.update({(mid, int(i)): m for i, m in zip(frame["layer_index"], model_moments)})
+        moments.fresh.update({(mid, int(i)): m for i, m in zip(frame["layer_index"], model_moments)})
     if not parts:
         return pd.DataFrame(columns=columns), moments
     frame = pd.concat(parts, ignore_index=True)

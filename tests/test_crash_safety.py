@@ -113,13 +113,19 @@ def tiny_model(i: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3))
 
 
+# Models in the publish-kill database: 200 in the suite (about a minute); #13 asks for 1,000, run by hand with
+# FILTERDB_PUBLISH_KILL_MODELS=1000 (about 4 minutes).
+PUBLISH_KILL_MODELS = int(os.environ.get("FILTERDB_PUBLISH_KILL_MODELS", "200"))
+
+
 @pytest.mark.slow
 def test_sigkill_during_publish_of_a_200_model_database_leaves_one_that_opens(tmp_path):
     from filterdb.store import FilterDB
 
+    n = PUBLISH_KILL_MODELS
     db_path = tmp_path / "db"
     with FilterDB.open(db_path, "a") as db, db.batch(max_delay=3600):
-        for i in range(200):
+        for i in range(n):
             add_module(db, tiny_model(i), source="crash", name=f"t{i}", input_shape=(1, 8, 8))
     counts, hit_publish = [], 0
     # Four kills at fixed delays, then kills triggered by the temporary master appearing, until one
@@ -143,13 +149,13 @@ def test_sigkill_during_publish_of_a_200_model_database_leaves_one_that_opens(tm
         with open_database(db_path) as db:  # opens (and brings the master up to date)
             assert db.models["model_id"].is_unique
             counts.append(len(db.models))
-            for i in (0, 99, 199):
+            for i in (0, n // 2, n - 1):
                 row = db.layers[(db.layers["model_id"] == model_id("crash", f"t{i}")) & (db.layers["name"] == "1")].iloc[0]
                 assert db.read_layer(row).tobytes() == tiny_model(i)[1].weight.detach().numpy().reshape(-1, 3, 3).tobytes()
                 assert np.array_equal(db.filters()[row["start"]:row["stop"]], db.read_layer(row))
             shards = {p.stem for p in (db_path / "shards").glob("*.h5")}
             assert set(db.models.index) == shards  # every committed model is listed, nothing else
-    assert counts == sorted(counts) and counts[0] >= 200
+    assert counts == sorted(counts) and counts[0] >= n
     assert hit_publish >= 1, "no kill landed inside a publish"
     with FilterDB.open(db_path, "a"):
         pass
