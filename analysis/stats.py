@@ -17,10 +17,12 @@ p = 1 with a zero-width interval.
   p = (1 + #{T* >= T}) / (1 + N). T is |mean difference| (two-sided);
 - :func:`holm`: Holm's step-down adjustment for multiple comparisons.
 
-The p-values are scipy's. Where scipy uses the normal approximation for any input (Mann-Whitney
-with both groups over 8 models, Wilcoxon over 50 pairs) it is computed here with scipy's
-formulas, so that comparing many models does not import scipy.stats (about 1 s of CPU);
-tests/test_stats.py holds both to 1e-12.
+The p-values are scipy's. Where scipy uses the normal approximation (Mann-Whitney with both
+groups over 8 models or with ties, Wilcoxon over 50 pairs) or its exact null distribution
+(Mann-Whitney with a group of at most 8 and no ties, Wilcoxon up to 50 pairs without ties or
+zeros) the p-value is computed here with scipy's formulas and rules, so that a comparison does
+not import scipy.stats (about 0.5 s of CPU); only Wilcoxon with ties or zero differences among
+at most 50 pairs calls scipy (its permutation test). tests/test_stats.py holds them to 1e-12.
 """
 from __future__ import annotations
 
@@ -48,8 +50,8 @@ def _clean(values) -> np.ndarray:
 
 def mann_whitney_p(a, b) -> float:
     """Two-sided Mann-Whitney U p-value, as ``scipy.stats.mannwhitneyu`` gives it (exact for small
-    samples without ties, else the normal approximation with tie and continuity corrections); NaN
-    if a group is empty."""
+    samples without ties (:func:`mann_whitney_exact_p`), else the normal approximation with tie and
+    continuity corrections); NaN if a group is empty."""
     a, b = _clean(a), _clean(b)
     if len(a) == 0 or len(b) == 0:
         return math.nan
@@ -57,14 +59,54 @@ def mann_whitney_p(a, b) -> float:
         return 1.0  # all values equal: no evidence of a difference (scipy would divide by zero)
     ranks, ties = average_ranks(np.concatenate([a, b]))
     n1, n2 = len(a), len(b)
-    if min(n1, n2) <= 8:  # scipy's exact distribution where it uses one; imported only here
-        from scipy.stats import mannwhitneyu
-        return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
     u1 = ranks[:n1].sum() - n1 * (n1 + 1) / 2
     u = max(u1, n1 * n2 - u1)
+    if min(n1, n2) <= 8 and (ties == 1).all():  # where scipy uses its exact distribution
+        return mann_whitney_exact_p(int(round(u)), n1, n2)
     n = n1 + n2
     sigma = math.sqrt(n1 * n2 / 12 * ((n + 1) - (ties ** 3 - ties).sum() / (n * (n - 1))))
     return min(1.0, 2 * _normal_sf((u - n1 * n2 / 2 - 0.5) / sigma))
+
+
+def mann_whitney_exact_p(u: int, n1: int, n2: int) -> float:
+    """Two-sided exact p-value of U = max(U1, U2) (no ties): ``min(1, 2 P(U' >= u))`` under the null,
+    as scipy's exact method gives it. By symmetry P(U' >= u) = P(U' <= n1 n2 - u); the number of
+    orderings with U' = k is the coefficient of q^k in the Gaussian binomial
+    [n1 + n2 choose n1]_q = prod_{i=1..m} (1 - q^(n+i)) / (1 - q^i) (m, n = the smaller and larger
+    size), counted exactly in integers up to the degree needed.
+
+    >>> mann_whitney_exact_p(4, 2, 2)  # U' over the 6 orderings: 0, 1, 2, 2, 3, 4
+    0.3333333333333333
+    """
+    m, n = min(n1, n2), max(n1, n2)
+    upto = m * n - u
+    if upto < 0:
+        return 0.0
+    counts = np.zeros(upto + 1, dtype=object)
+    counts[0] = 1
+    for i in range(1, m + 1):
+        j = n + i
+        if j <= upto:
+            counts[j:] = counts[j:] - counts[:-j]  # times (1 - q^j)
+        for r in range(i):  # divided by (1 - q^i): each residue class mod i summed up
+            counts[r::i] = np.cumsum(counts[r::i])
+    return min(1.0, 2 * int(counts.sum()) / math.comb(n1 + n2, m))
+
+
+def wilcoxon_exact_p(r_plus: int, n: int) -> float:
+    """Two-sided exact p-value of the signed-rank sum R+ of n differences (no ties, no zeros):
+    ``min(1, 2 min(P(R >= r_plus), P(R <= r_plus)))`` under the null, as scipy's exact method gives
+    it; the number of sign patterns with R = k counts the subsets of {1..n} that sum to k.
+
+    >>> wilcoxon_exact_p(6, 3)  # all three differences positive: 1 pattern of 8 on each side
+    0.25
+    """
+    counts = np.zeros(n * (n + 1) // 2 + 1, dtype=np.int64)  # at most C(50, 25) < 2^63
+    counts[0] = 1
+    for i in range(1, n + 1):
+        counts[i:] = counts[i:] + counts[:-i]
+    tail = min(int(counts[r_plus:].sum()), int(counts[:r_plus + 1].sum()))
+    return min(1.0, 2 * tail / 2 ** n)
 
 
 def average_ranks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -217,8 +259,9 @@ def _whole_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def wilcoxon_p(differences) -> float:
     """Two-sided Wilcoxon signed-rank p-value of the per-pair differences, as ``scipy.stats.wilcoxon``
-    gives it (zeros dropped; exact or by permutation up to 50 differences, else the normal
-    approximation with the tie correction, no continuity correction).
+    gives it (zeros dropped; up to 50 differences exact (:func:`wilcoxon_exact_p`) or, with ties or
+    zeros, scipy's permutation test or approximation; else the normal approximation with the tie
+    correction, no continuity correction).
 
     NaN for fewer than 2 differences; 1.0 if every difference is zero (no evidence either way)."""
     d = _clean(differences)
@@ -226,13 +269,17 @@ def wilcoxon_p(differences) -> float:
         return math.nan
     if not np.any(d != 0):
         return 1.0
-    if len(d) <= 50:  # scipy's exact or permutation distribution; imported only here
+    nonzero = d[d != 0]
+    ranks, ties = average_ranks(np.abs(nonzero))
+    r_plus = ranks[nonzero > 0].sum()
+    if len(d) <= 50:
+        if len(nonzero) == len(d) and (ties == 1).all():  # scipy's exact distribution
+            return wilcoxon_exact_p(int(round(r_plus)), len(d))
+        # ties or zeros: scipy's permutation test (up to 13) or approximation; imported only here
         from scipy.stats import wilcoxon
         return float(wilcoxon(d, alternative="two-sided").pvalue)
-    d = d[d != 0]
+    d = nonzero
     n = len(d)
-    ranks, ties = average_ranks(np.abs(d))
-    r_plus = ranks[d > 0].sum()
     se = math.sqrt((n * (n + 1) * (2 * n + 1) - (ties ** 3 - ties).sum() / 2) / 24)
     return min(1.0, 2 * _normal_sf(abs(r_plus - n * (n + 1) / 4) / se))
 
