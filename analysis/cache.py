@@ -22,11 +22,10 @@ from typing import Any, overload
 
 import numpy as np
 import pandas as pd
-import xxhash
 
 from filterdb.analysis.metrics import Moments
 from filterdb.atomic import atomic_path
-from filterdb.integrity import digest, notice
+from filterdb.integrity import arrays_digest, digest, notice
 
 METRICS_VERSION = "2"  # 2: variance entropy of 1x1 filters is NaN
 CACHE_DIR = "metrics"
@@ -187,7 +186,7 @@ def store_snapshot(db_path, eps: float, snapshot: Snapshot) -> bool:
     arrays["moment_dim"] = np.array([len(m.mean) for m in moments], np.int64)
     arrays["moment_mean"] = np.concatenate([m.mean for m in moments]) if moments else np.empty(0)
     arrays["moment_scatter"] = np.concatenate([m.scatter.ravel() for m in moments]) if moments else np.empty(0)
-    arrays["digest"] = np.array(_arrays_digest(arrays), dtype=np.uint64)
+    arrays["digest"] = np.array(arrays_digest(arrays), dtype=np.uint64)
     path = snapshot_path(db_path)
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -213,20 +212,9 @@ def _snapshot_problem(arrays: dict) -> str:
         return "is not a filterdb metrics snapshot"
     if str(arrays.get("metrics_version")) != METRICS_VERSION:
         return "stale"
-    if int(arrays["digest"]) != _arrays_digest(arrays):
+    if int(arrays["digest"]) != arrays_digest(arrays):
         return "the snapshot of the metrics does not match its checksum (edited or damaged)"
     return ""
-
-
-def _arrays_digest(arrays: dict) -> int:
-    hasher = xxhash.xxh3_64()
-    for name in sorted(arrays):
-        if name == "digest":
-            continue
-        value = np.ascontiguousarray(arrays[name])
-        hasher.update(f"{name}\x1f{value.dtype.str}\x1f{value.shape}\x1f".encode())
-        hasher.update(value.data.cast("B") if value.size else b"")
-    return hasher.intdigest()
 
 
 def _split_moments(arrays: dict) -> "MomentRows":

@@ -159,10 +159,8 @@ class LayerMoments(Mapping):
     ones, and ``rows`` (snapshot row, model_id, layer_index) of the snapshot's, looked up only when
     first read (a comparison on the database's cached basis reads none)."""
 
-    def __init__(self, snapshot_moments) -> None:
-        self.snapshot_moments = snapshot_moments
-        self.rows: tuple = ((), (), ())
-        self.fresh: dict[tuple[str, int], Moments] = {}
+    def __init__(self, snapshot_moments, rows: tuple, fresh: dict[tuple[str, int], Moments]) -> None:
+        self.snapshot_moments, self.rows, self.fresh = snapshot_moments, rows, fresh
 
     @cached_property
     def _index(self) -> dict[tuple[str, int], int]:
@@ -188,16 +186,18 @@ def _select(snapshot: cache.Snapshot, fresh: dict, model_ids: list[str]
     columns = [*LAYER_KEY_COLUMNS, *METRIC_NAMES, *EXTRA_COLUMNS]
     order = {mid: i for i, mid in enumerate(model_ids)}
     parts = []
-    moments = LayerMoments(snapshot.moments)
+    rows: tuple = ((), (), ())  # (snapshot row, model_id, layer_index) of the snapshot's layers
     old = [mid for mid in model_ids if mid not in fresh]
     if old:
         frame = snapshot.frame
         chosen = np.flatnonzero(frame["model_id"].isin(old).to_numpy())
         parts.append(frame.iloc[chosen])
-        moments.rows = (chosen, frame["model_id"].to_numpy()[chosen], frame["layer_index"].to_numpy()[chosen])
+        rows = (chosen, frame["model_id"].to_numpy()[chosen], frame["layer_index"].to_numpy()[chosen])
+    fresh_moments = {}
     for mid, (frame, model_moments) in fresh.items():
         parts.append(frame)
-        moments.fresh.update({(mid, int(i)): m for i, m in zip(frame["layer_index"], model_moments)})
+        fresh_moments.update({(mid, int(i)): m for i, m in zip(frame["layer_index"], model_moments)})
+    moments = LayerMoments(snapshot.moments, rows, fresh_moments)
     if not parts:
         return pd.DataFrame(columns=columns), moments
     frame = pd.concat(parts, ignore_index=True)

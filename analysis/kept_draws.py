@@ -30,14 +30,14 @@ def kept(kind: str, key: str, draw: Callable[[], dict[str, np.ndarray]],
          valid: Callable[[dict[str, np.ndarray]], bool]) -> dict[str, np.ndarray]:
     """The arrays ``draw()`` gives for ``key``, read from its kept file when that file is whole and
     ``valid`` accepts it, else drawn and kept."""
-    import xxhash
+    from filterdb.integrity import arrays_digest
 
     path = folder(kind) / f"{key}-numpy{np.__version__}.npz"
     try:
         with np.load(path) as stored:
             arrays = {name: stored[name] for name in stored.files if name != "digest"}
             recorded = int(stored["digest"])
-        if _digest(arrays, xxhash) == recorded and valid(arrays):
+        if arrays_digest(arrays) == recorded and valid(arrays):
             os.utime(path)  # recently used: pruned last
             return arrays
     except (OSError, ValueError, KeyError, TypeError):
@@ -47,21 +47,12 @@ def kept(kind: str, key: str, draw: Callable[[], dict[str, np.ndarray]],
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as out:
-            np.savez(out, **{**arrays, "digest": np.uint64(_digest(arrays, xxhash))})  # type: ignore[arg-type]
+            np.savez(out, **{**arrays, "digest": np.uint64(arrays_digest(arrays))})  # type: ignore[arg-type]
         os.replace(tmp, path)
         _prune(path.parent, keep=path)
     except OSError:  # a read-only or full home: drawn each time
         tmp.unlink(missing_ok=True)
     return arrays
-
-
-def _digest(arrays: dict[str, np.ndarray], xxhash) -> int:
-    hasher = xxhash.xxh3_64()
-    for name in sorted(arrays):
-        value = np.ascontiguousarray(arrays[name])
-        hasher.update(f"{name}\x1f{value.dtype.str}\x1f{value.shape}\x1f".encode())
-        hasher.update(value.data.cast("B") if value.size else b"")
-    return hasher.intdigest()
 
 
 def _prune(where: Path, keep: Path) -> None:

@@ -64,6 +64,19 @@ def digest(data) -> int:
     return xxhash.xxh3_64_intdigest(data)
 
 
+def arrays_digest(arrays: dict[str, np.ndarray], skip: str = "digest") -> int:
+    """The xxh3-64 digest of named arrays (each name, dtype, shape and bytes, in name order), the array
+    named ``skip`` left out: what a file of arrays records of itself (the metrics snapshot, kept draws)."""
+    hasher = xxhash.xxh3_64()
+    for name in sorted(arrays):
+        if name == skip:
+            continue
+        value = np.ascontiguousarray(arrays[name])
+        hasher.update(f"{name}\x1f{value.dtype.str}\x1f{value.shape}\x1f".encode())
+        hasher.update(value.data.cast("B") if value.size else b"")
+    return hasher.intdigest()
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     """The sha256 hex digest of a file (the model table's ``weights_sha256``, a checkpoint's identity)."""
     digest = hashlib.sha256()
