@@ -25,6 +25,7 @@ import hashlib
 import json
 import zipfile
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,7 @@ def pass_job(db_path: str, kind, rows, targets, absmax, bases, eps) -> dict:
         db.close()
 
 
-def fit_bases(db, groups: dict, values: pd.DataFrame, moments: dict, eps: float = SPARSITY_EPS, executor=None,
+def fit_bases(db, groups: dict, values: pd.DataFrame, moments: Mapping, eps: float = SPARSITY_EPS, executor=None,
               progress: str | None = None, source: str = "") -> dict[object, DivergenceBasis]:
     """One DivergenceBasis per key of ``groups`` (key -> layer rows): the moments of the layers'
     non-sparse scaled filters give the PCA, one pass over their filters the signs and the range."""

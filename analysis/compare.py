@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -413,7 +414,7 @@ def _holm_name(column: str) -> str:
 
 # ---------------------------------------------------------------------------- divergence
 
-def _divergences(db, selected: pd.DataFrame, values, moments: dict, groups: tuple[str, str], basis: str, eps: float,
+def _divergences(db, selected: pd.DataFrame, values, moments: Mapping, groups: tuple[str, str], basis: str, eps: float,
                  seed: int, permutations: int, overlap: bool, executor, progress: bool, pair_of: dict
                  ) -> pd.DataFrame:
     """Divergence per (by, layers, kernel) on the chosen basis, from per-model histogram counts,

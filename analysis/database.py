@@ -148,7 +148,7 @@ def _updated_snapshot(db, snapshot: cache.Snapshot, fresh: dict) -> cache.Snapsh
         frames.append(fresh[mid][0])
         moments += fresh[mid][1]
     files = {mid: f for mid, f in snapshot.files.items() if mid in db.models.index and mid not in written}
-    files.update({mid: (cache_token(db, mid), *stats[mid]) for mid in written})
+    files.update({mid: (cache_token(db, mid), *stat) for mid, stat in stats.items() if stat is not None})
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*LAYER_KEY_COLUMNS, *METRIC_NAMES,
                                                                                       *EXTRA_COLUMNS])
     return cache.Snapshot(files, frame, moments)

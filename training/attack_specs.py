@@ -40,6 +40,8 @@ class AttackSpec:
 
     def config(self, norm: str, eps: float) -> AttackConfig:
         """The PGD configuration of a pgd / cw attack (Madry's step size 2.5 * eps / steps, random start)."""
+        if self.steps is None:
+            raise FilterDBError(f"{self.name} is not a PGD-style attack: it has no PGD configuration")
         return AttackConfig(norm=norm, eps=eps, steps=self.steps, loss="cw" if self.kind == "cw" else "ce")
 
     def params(self, norm: str, eps: float, num_classes: int) -> dict:

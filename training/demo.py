@@ -23,6 +23,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from filterdb import paths
 from filterdb.sources import Leaderboard
@@ -33,7 +34,7 @@ DEMO_EPS = 0.1  # Linf budget on [0, 1] digits (8x8, 16 grey levels): strong eno
 DEMO_SEEDS = range(8)
 DEMO_ARCHITECTURES = ("cnn4-16", "resnet8-8")
 DEMO_EPOCHS = 10
-DEMO_TRAINING = {"batch_size": 128, "lr": 0.05}
+DEMO_TRAINING: dict[str, Any] = {"batch_size": 128, "lr": 0.05}
 
 
 @dataclass(frozen=True)

@@ -173,7 +173,7 @@ def _evaluate(model, dataset, config, device, progress, description) -> Evaluati
     if config.amp != "none":
         attack_model = _Autocast(model, autocast_dtype(config.amp), device.type)
 
-    n = min(config.n_samples, len(dataset))
+    n = min(config.n_samples, len(cast(Sized, dataset)))
     loader = DataLoader(Subset(dataset, range(n)), batch_size=config.batch_size, shuffle=False,
                         pin_memory=device.type == "cuda")
     grid = spatial_grid(config.rotations, config.translations) if config.spatial else []
@@ -336,7 +336,7 @@ def evaluate_checkpoint(checkpoint: str | Path, config: EvaluationConfig | None 
         seconds = autoattack_cost_seconds(model, dataset, config)
         if seconds > 60:
             print(f"{path}: AutoAttack on the CPU may take up to {seconds / 60:.0f} min here "
-                  f"({min(config.n_samples, len(dataset))} images, {len(config.budgets)} budget(s); an upper estimate "
+                  f"({min(config.n_samples, len(cast(Sized, dataset)))} images, {len(config.budgets)} budget(s); an upper estimate "
                   f"from one timed batch). For a quick evaluation use --attacks pgd, or fewer images (-n).",
                   file=sys.stderr, flush=True)
     bar = _stderr_progress() if progress else contextlib.nullcontext(None)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Sized
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import cast
+from typing import cast, overload
 
 import numpy as np
 import torch
@@ -260,9 +260,10 @@ class Trainer:
         cfg = self.config
         train = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download)
         self.test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download)
+        assert cfg.val_fraction is not None  # TrainConfig.__post_init__ sets it
         self.train_set, self.val_set = train_val_split(train, cfg.val_fraction, cfg.seed)
         if cfg.eval_samples is not None:
-            self.test_set = Subset(self.test_set, range(min(cfg.eval_samples, len(self.test_set))))
+            self.test_set = Subset(self.test_set, range(min(cfg.eval_samples, len(cast(Sized, self.test_set)))))
         per_process = max(1, cfg.batch_size // self.ctx.world_size)
         self.sampler: DistributedSampler = DistributedSampler(self.train_set, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
                                           shuffle=True, seed=data_order_seed(cfg.seed))
@@ -350,6 +351,7 @@ class Trainer:
     def evaluate(self, dataset: Dataset, attack: AttackConfig | None = None) -> tuple[float, float]:
         """(clean, robust) accuracy in percent on ``dataset``, shared between the processes."""
         attack = attack or self.config.eval_attack
+        assert attack is not None  # TrainConfig.__post_init__ sets eval_attack
         shard = Subset(dataset, range(self.ctx.rank, len(cast(Sized, dataset)), self.ctx.world_size))
         correct = robust = total = 0
         with eval_mode(self.model):
@@ -365,8 +367,8 @@ class Trainer:
                 correct += int(ok.sum().item())
                 robust += int(ok_adv.sum().item())
                 total += len(y)
-        correct, robust, total = distributed.all_reduce_sum([correct, robust, total], self.ctx)
-        return 100.0 * correct / max(total, 1), 100.0 * robust / max(total, 1)
+        all_correct, all_robust, all_total = distributed.all_reduce_sum([correct, robust, total], self.ctx)
+        return 100.0 * all_correct / max(all_total, 1), 100.0 * all_robust / max(all_total, 1)
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -431,6 +433,11 @@ class Trainer:
     def _score(self, record: dict) -> float:
         return record["val_robust_acc"] if self.config.selection == "best-robust" else record["val_clean_acc"]
 
+    @overload
+    def fit(self, stop_after: None = None) -> TrainResult: ...
+    @overload
+    def fit(self, stop_after: int) -> TrainResult | None: ...
+
     def fit(self, stop_after: int | None = None) -> TrainResult | None:
         """Train up to ``config.epochs`` (or stop after epoch ``stop_after``, as if interrupted,
         returning None), then evaluate the selected checkpoint on the test split."""
@@ -473,7 +480,7 @@ class Trainer:
         assert attack is not None  # TrainConfig.__post_init__ sets it
         clean, robust = self.evaluate(self.test_set, attack)
         return {"clean_acc": clean, "robust_acc": robust, "robust_attack": attack.name, "robust_attack_params": attack.to_dict(),
-                "threat_model": attack.norm, "eps": attack.eps, "split": "test", "n_eval": len(self.test_set),
+                "threat_model": attack.norm, "eps": attack.eps, "split": "test", "n_eval": len(cast(Sized, self.test_set)),
                 "epoch": self.epoch}
 
     def _progress_bar(self):
