@@ -8,7 +8,7 @@ import torch
 torch.set_num_threads(2)
 
 # .ci/run sets this to the FILTERDB_HOME of the main job it has just run (`filterdb demo`): the
-# session's demo database is then built from that job's freshly trained checkpoints instead of
+# test run's demo database is then built from that job's freshly trained checkpoints instead of
 # training the 16 pairs a second time.
 REUSED_DEMO_HOME = os.environ.get("FILTERDB_TEST_DEMO_HOME")
 

@@ -1,4 +1,4 @@
-"""User errors of the CLI are one line and an exit code, found before the work starts (#16):
+"""User errors of the CLI are one line and an exit code, found before the work starts:
 the plot path, Ctrl-C at start-up, model names, a failed add into a new path; and the
 comparison's machine output keeps counts as integers and names its groups."""
 import io

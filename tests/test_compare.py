@@ -341,8 +341,10 @@ def test_compare_help_explains_variants_aggregation_and_paired_statistics():
 
 def test_readme_explains_variants_aggregation_and_paired_statistics():
     from pathlib import Path
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("### Analyse"):readme.index("### Metrics")]
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("### Analyse"):readme.index("### Train and evaluate")]
+    section += (root / "docs" / "definitions.md").read_text()
     for phrase in ("D = Σ_i EVR_i (KL(p_i‖q_i) + KL(q_i‖p_i))", "`--basis`", "`database` (default; the authors'",
                    "`groups`", "`dataset=cifar10`", "`pooled` (the paper's", "w_l = out_channels",
                    "paired: Wilcoxon", "d_k = a_k - b_k", "p = (1 + #{T* >= T}) / (1 + N)", "Holm's step-down",

@@ -113,8 +113,8 @@ def tiny_model(i: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3))
 
 
-# Models in the publish-kill database: 200 in the suite; #13 asks for 1,000, run by hand with
-# FILTERDB_PUBLISH_KILL_MODELS=1000 (23 s in session 9).
+# Models in the publish-kill database: 200 in the suite; the 1,000-model case runs by hand with
+# FILTERDB_PUBLISH_KILL_MODELS=1000 (23 s, docs/benchmarks.md).
 PUBLISH_KILL_MODELS = int(os.environ.get("FILTERDB_PUBLISH_KILL_MODELS", "200"))
 
 

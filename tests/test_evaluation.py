@@ -1,6 +1,6 @@
 """End-to-end tests of ``filterdb evaluate`` on the demo's trained digits checkpoints.
 
-Everything runs on the CPU against the real code: the trainer's checkpoints (the session
+Everything runs on the CPU against the real code: the trainer's checkpoints (the session-scoped
 fixture ``demo_home``), sklearn's bundled digits (8x8 grey images, test split of 360), the
 real attacks (PGD, CW, pyautoattack) and the real database. Checkpoints are copied to a
 private directory before they are evaluated, so results files never land in the shared

@@ -1,4 +1,5 @@
-"""The README stays true: its format tables are the schema's, its commands exist, its setup is two lines."""
+"""The README and docs/ stay true: the format tables are the schema's, the commands exist, the setup is two lines,
+and the code blocks run."""
 import json
 import re
 from pathlib import Path
@@ -6,13 +7,18 @@ from pathlib import Path
 from filterdb import schema
 from filterdb.cli import main
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+FORMAT = (ROOT / "docs" / "format.md").read_text()
+DEVELOPMENT = (ROOT / "docs" / "development.md").read_text()
+# The README first, then docs/ in name order: the runnable blocks of docs/ may use what the README's made.
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def test_format_tables_document_every_column_exactly():
     for heading, columns in (("### /models", schema.MODEL_COLUMNS), ("### /layers", schema.LAYER_COLUMNS)):
-        assert f"{heading}\n\n{schema.markdown_table(columns)}\n" in README, (
-            f"README's {heading} table is out of date: paste the output of 'python -m filterdb.schema'")
+        assert f"{heading}\n\n{schema.markdown_table(columns)}\n" in FORMAT, (
+            f"docs/format.md's {heading} table is out of date: paste the output of 'python -m filterdb.schema'")
 
 
 def test_setup_section_holds_exactly_two_commands():
@@ -28,8 +34,12 @@ def test_every_command_the_readme_uses_exists():
     used = set(re.findall(r"^(?:\.venv/bin/)?filterdb ([a-z-]+)", README, re.M))
     used |= set(re.findall(r"`filterdb ([a-z-]+)", README))
     assert {"build", "compare", "demo", "info", "metrics", "evaluate", "train"} <= used
-    unknown = used - set(main.commands)
-    assert not unknown, f"README uses commands that do not exist: {sorted(unknown)}"
+    for document in DOCUMENTS:
+        text = document.read_text()
+        named = set(re.findall(r"^(?:\.venv/bin/)?filterdb ([a-z-]+)", text, re.M))
+        named |= set(re.findall(r"`filterdb ([a-z-]+)", text))
+        unknown = named - set(main.list_commands(None))
+        assert not unknown, f"{document.name} uses commands that do not exist: {sorted(unknown)}"
 
 
 def test_every_dependency_is_explained():
@@ -38,27 +48,29 @@ def test_every_dependency_is_explained():
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     names = [re.split(r"[<>=\[ ]", dep, maxsplit=1)[0] for dep in project["dependencies"]]
     names += [re.split(r"[<>=\[ ]", dep, maxsplit=1)[0] for dep in project["optional-dependencies"]["dev"]]
-    why = README.split("## Dependencies, and why", 1)[1].split("\n## ", 1)[0]
+    why = DEVELOPMENT.split("## Dependencies, and why", 1)[1].split("\n## ", 1)[0]
     missing = [n for n in names if n not in why]
-    assert not missing, f"README does not say why these dependencies are there: {missing}"
+    assert not missing, f"docs/development.md does not say why these dependencies are there: {missing}"
 
 
-# ------------------------------------------------------------------ the README's code blocks run
+# ------------------------------------------------------------------ the code blocks of the README and docs/ run
 
 MARKER = re.compile(r"<!-- (runnable|not run by tests/test_readme\.py: [^>]+) -->\n```(bash|python)\n(.*?)```", re.S)
 
 
 def readme_blocks() -> list[tuple[str, str, str]]:
-    """(marker, language, code) of every ```bash and ```python block, in order."""
-    return MARKER.findall(README)
+    """(marker, language, code) of every ```bash and ```python block of the README, then of docs/, in order."""
+    return [block for document in DOCUMENTS for block in MARKER.findall(document.read_text())]
 
 
 def test_every_code_block_says_whether_it_runs():
-    fences = re.findall(r"^```(bash|python)$", README, re.M)
-    assert len(readme_blocks()) == len(fences), (
-        "every ```bash / ```python block of README.md needs a marker line right above it: "
-        "'<!-- runnable -->' or '<!-- not run by tests/test_readme.py: WHY -->'")
-    assert sum(marker == "runnable" for marker, _, _ in readme_blocks()) >= 6
+    for document in DOCUMENTS:
+        text = document.read_text()
+        fences = re.findall(r"^```(bash|python)$", text, re.M)
+        assert len(MARKER.findall(text)) == len(fences), (
+            f"every ```bash / ```python block of {document.name} needs a marker line right above it: "
+            "'<!-- runnable -->' or '<!-- not run by tests/test_readme.py: WHY -->'")
+    assert sum(marker == "runnable" for marker, _, _ in readme_blocks()) >= 7
 
 
 def readme_script() -> str:
