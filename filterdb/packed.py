@@ -5,7 +5,7 @@ Layout (root ``encoding-type`` ``filterdb-database``, attribute ``packed`` true)
     /models                 the model table (filterdb.schema.MODEL_COLUMNS), one row per model
     /layers                 the layer table; start/stop index /filters/<kernel> of this file
     /filters/<kernel>       (N, kh, kw) float32, the filters copied in (no virtual datasets, no
-                            shards beside it), chunked (about 1 MiB of filters a chunk) with
+                            shards beside it), chunked (about 256 KiB of filters a chunk) with
                             HDF5's Fletcher-32 filter, so that any HDF5 reader (h5py alone)
                             raises on a damaged chunk instead of returning wrong filters;
                             attributes layer_starts, layer_stops, layer_digests: the xxh3-64
@@ -50,7 +50,7 @@ from filterdb.versions import check_readable
 DIGESTS = "model_digests"
 CACHE_DIR = "cache"
 PACKED_VERSION = "1.1"
-CHUNK_BYTES = 1 << 20  # filters per chunk of /filters/<kernel>: about this many bytes (bench/bench_fletcher.py)
+CHUNK_BYTES = 256 << 10  # filters per chunk of /filters/<kernel>: about this many bytes (bench/bench_fletcher.py)
 CHUNK_CACHE_BYTES = 4 * CHUNK_BYTES  # a reader's HDF5 chunk cache: a layer read twice is checksummed once
 
 
@@ -62,11 +62,14 @@ def chunk_rows(kh: int, kw: int, n: int, chunk_bytes: int = CHUNK_BYTES) -> int:
 # ---------------------------------------------------------------------------- writing
 
 def write_packed(db, out: str | os.PathLike, models: list[str] | None = None, layers: pd.DataFrame | None = None,
-                 *, force: bool = False, selection: str = "", layer_selector: str = "") -> Path:
+                 *, force: bool = False, selection: str = "", layer_selector: str = "",
+                 chunk_bytes: int = CHUNK_BYTES) -> Path:
     """Pack ``models`` (ids; default all) of a database (a ``FilterDB`` or a ``PackedDB``) and, of
     them, the ``layers`` rows given (default: every layer) into one file ``out``, written under a
     temporary name and renamed into place. ``n_layers``/``n_filters`` of the model rows count what
-    the file holds; ``selection`` and ``layer_selector`` are recorded as root attributes."""
+    the file holds; ``selection`` and ``layer_selector`` are recorded as root attributes. ``chunk_bytes``
+    sizes the filter datasets' chunks (0: contiguous without checksums, format 1.0's layout, for
+    bench/bench_fletcher.py)."""
     out = Path(out).expanduser()
     if out.is_dir():
         raise FilterDBError(f"{out} is a directory; give the path of the .h5 file to write")
@@ -95,7 +98,7 @@ def write_packed(db, out: str | os.PathLike, models: list[str] | None = None, la
             f.attrs["layer_selector"] = layer_selector
             write_table(f, "models", model_rows, schema.MODEL_COLUMNS, index="model_id")
             write_table(f, "layers", rows, schema.LAYER_COLUMNS)
-            layer_digests = _copy_filters(db, f, source, rows)
+            layer_digests = _copy_filters(db, f, source, rows, chunk_bytes)
             ids = list(model_rows.index)
             of_model = rows.groupby("model_id", sort=False).indices  # model_id -> positions of its layers
             model_digests = np.array([_model_digest(db.shard_digest(mid), layer_digests[of_model.get(mid, [])])
@@ -112,7 +115,7 @@ def write_packed(db, out: str | os.PathLike, models: list[str] | None = None, la
     return out
 
 
-def _copy_filters(db, f: h5py.File, source: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
+def _copy_filters(db, f: h5py.File, source: pd.DataFrame, rows: pd.DataFrame, chunk_bytes: int) -> np.ndarray:
     """Copy every layer's filters (``source`` rows, read and verified through ``db``) into /filters/<kernel>
     at the rows of ``rows``; their digests."""
     digests = np.zeros(len(rows), np.uint64)
@@ -120,7 +123,7 @@ def _copy_filters(db, f: h5py.File, source: pd.DataFrame, rows: pd.DataFrame) ->
     for kernel, frame in rows.groupby("kernel", sort=True):
         kh, kw = map(int, kernel.split("x"))
         n = int(frame["stop"].max())
-        target = create_filter_dataset(group, kernel, (n, kh, kw))
+        target = create_filter_dataset(group, kernel, (n, kh, kw), chunk_bytes)
         with ChunkWriter(target) as writer:
             for position in frame.index:  # in the order of their rows, one after another
                 filters = db.read_layer(source.loc[position])
@@ -134,9 +137,10 @@ def _copy_filters(db, f: h5py.File, source: pd.DataFrame, rows: pd.DataFrame) ->
 
 def create_filter_dataset(group: h5py.Group, name: str, shape: tuple[int, int, int],
                           chunk_bytes: int = CHUNK_BYTES) -> h5py.Dataset:
-    """An (n, kh, kw) float32 filter dataset, chunked with Fletcher-32 (contiguous when empty: no chunk to check)."""
+    """An (n, kh, kw) float32 filter dataset, chunked with Fletcher-32 (contiguous when empty, no chunk to
+    check, or when ``chunk_bytes`` is 0)."""
     n, kh, kw = shape
-    layout = {"chunks": (chunk_rows(kh, kw, n, chunk_bytes), kh, kw), "fletcher32": True} if n else {}
+    layout = {"chunks": (chunk_rows(kh, kw, n, chunk_bytes), kh, kw), "fletcher32": True} if n and chunk_bytes else {}
     dataset = group.create_dataset(name, shape=shape, dtype="<f4", **layout)
     dataset.attrs["encoding-type"] = FILTERS_ENCODING
     dataset.attrs["encoding-version"] = schema.FORMAT_VERSION
