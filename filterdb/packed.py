@@ -4,11 +4,18 @@ Layout (root ``encoding-type`` ``filterdb-database``, attribute ``packed`` true)
 
     /models                 the model table (filterdb.schema.MODEL_COLUMNS), one row per model
     /layers                 the layer table; start/stop index /filters/<kernel> of this file
-    /filters/<kernel>       (N, kh, kw) float32, contiguous, the filters copied in (no virtual
-                            datasets, no shards beside it); attributes layer_starts,
-                            layer_stops, layer_digests: the xxh3-64 digest of each layer's rows
+    /filters/<kernel>       (N, kh, kw) float32, the filters copied in (no virtual datasets, no
+                            shards beside it), chunked (about 256 KiB of filters a chunk) with
+                            HDF5's Fletcher-32 filter, so that any HDF5 reader (h5py alone)
+                            raises on a damaged chunk instead of returning wrong filters;
+                            attributes layer_starts, layer_stops, layer_digests: the xxh3-64
+                            digest of each layer's rows
     /model_digests          model_id, digest: each model's identity (its source shard digest
                             combined with the digests of its exported layers)
+
+Format versions (root ``encoding-version``): 1.0 wrote /filters/<kernel> contiguous and
+unfiltered; 1.1 (``PACKED_VERSION``) chunked with Fletcher-32. Both read the same way (HDF5
+hides the layout), and filterdb's own digests are checked on either.
 
 The root attribute ``tables_digest`` covers both tables and /model_digests; a reader checks
 it on open and each layer's digest on every read, as for a database directory.
@@ -38,19 +45,31 @@ from filterdb.errors import FilterDBError
 from filterdb.h5table import read_table, write_table
 from filterdb.master import DATABASE_ENCODING, MASTER_NAME
 from filterdb.shards import FILTERS_ENCODING, root_attrs
+from filterdb.versions import check_readable
 
 DIGESTS = "model_digests"
 CACHE_DIR = "cache"
+PACKED_VERSION = "1.1"
+CHUNK_BYTES = 256 << 10  # filters per chunk of /filters/<kernel>: about this many bytes (bench/bench_fletcher.py)
+CHUNK_CACHE_BYTES = 4 * CHUNK_BYTES  # a reader's HDF5 chunk cache: a layer read twice is checksummed once
+
+
+def chunk_rows(kh: int, kw: int, n: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Filters per chunk of an (n, kh, kw) float32 dataset: about ``chunk_bytes``, at most n, at least 1."""
+    return max(1, min(n, chunk_bytes // (kh * kw * 4)))
 
 
 # ---------------------------------------------------------------------------- writing
 
 def write_packed(db, out: str | os.PathLike, models: list[str] | None = None, layers: pd.DataFrame | None = None,
-                 *, force: bool = False, selection: str = "", layer_selector: str = "") -> Path:
+                 *, force: bool = False, selection: str = "", layer_selector: str = "",
+                 chunk_bytes: int = CHUNK_BYTES) -> Path:
     """Pack ``models`` (ids; default all) of a database (a ``FilterDB`` or a ``PackedDB``) and, of
     them, the ``layers`` rows given (default: every layer) into one file ``out``, written under a
     temporary name and renamed into place. ``n_layers``/``n_filters`` of the model rows count what
-    the file holds; ``selection`` and ``layer_selector`` are recorded as root attributes."""
+    the file holds; ``selection`` and ``layer_selector`` are recorded as root attributes. ``chunk_bytes``
+    sizes the filter datasets' chunks (0: contiguous without checksums, format 1.0's layout, for
+    bench/bench_fletcher.py)."""
     out = Path(out).expanduser()
     if out.is_dir():
         raise FilterDBError(f"{out} is a directory; give the path of the .h5 file to write")
@@ -72,14 +91,14 @@ def write_packed(db, out: str | os.PathLike, models: list[str] | None = None, la
     rows["start"], rows["stop"] = ends - rows["n_filters"].to_numpy(np.int64), ends
     try:
         with atomic_path(out) as tmp, h5py.File(tmp, "w", libver="latest") as f:
-            root_attrs(f, DATABASE_ENCODING)
+            root_attrs(f, DATABASE_ENCODING, PACKED_VERSION)
             f.attrs["n_models"] = len(model_rows)
             f.attrs["packed"] = True
             f.attrs["selection"] = selection
             f.attrs["layer_selector"] = layer_selector
             write_table(f, "models", model_rows, schema.MODEL_COLUMNS, index="model_id")
             write_table(f, "layers", rows, schema.LAYER_COLUMNS)
-            layer_digests = _copy_filters(db, f, source, rows)
+            layer_digests = _copy_filters(db, f, source, rows, chunk_bytes)
             ids = list(model_rows.index)
             of_model = rows.groupby("model_id", sort=False).indices  # model_id -> positions of its layers
             model_digests = np.array([_model_digest(db.shard_digest(mid), layer_digests[of_model.get(mid, [])])
@@ -96,24 +115,74 @@ def write_packed(db, out: str | os.PathLike, models: list[str] | None = None, la
     return out
 
 
-def _copy_filters(db, f: h5py.File, source: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
+def _copy_filters(db, f: h5py.File, source: pd.DataFrame, rows: pd.DataFrame, chunk_bytes: int) -> np.ndarray:
     """Copy every layer's filters (``source`` rows, read and verified through ``db``) into /filters/<kernel>
     at the rows of ``rows``; their digests."""
     digests = np.zeros(len(rows), np.uint64)
     group = f.create_group("filters")
     for kernel, frame in rows.groupby("kernel", sort=True):
         kh, kw = map(int, kernel.split("x"))
-        target = group.create_dataset(kernel, shape=(int(frame["stop"].max()), kh, kw), dtype="<f4")
-        target.attrs["encoding-type"] = FILTERS_ENCODING
-        target.attrs["encoding-version"] = schema.FORMAT_VERSION
-        for position in frame.index:
-            filters = db.read_layer(source.loc[position])
-            target[int(rows.at[position, "start"]):int(rows.at[position, "stop"])] = filters
-            digests[position] = integrity.filter_digest(filters)
+        n = int(frame["stop"].max())
+        target = create_filter_dataset(group, kernel, (n, kh, kw), chunk_bytes)
+        with ChunkWriter(target) as writer:
+            for position in frame.index:  # in the order of their rows, one after another
+                filters = db.read_layer(source.loc[position])
+                writer.write(filters)
+                digests[position] = integrity.filter_digest(filters)
         target.attrs["layer_starts"] = frame["start"].to_numpy(np.int64)
         target.attrs["layer_stops"] = frame["stop"].to_numpy(np.int64)
         target.attrs["layer_digests"] = digests[frame.index.to_numpy()]
     return digests
+
+
+def create_filter_dataset(group: h5py.Group, name: str, shape: tuple[int, int, int],
+                          chunk_bytes: int = CHUNK_BYTES) -> h5py.Dataset:
+    """An (n, kh, kw) float32 filter dataset, chunked with Fletcher-32 (contiguous when empty, no chunk to
+    check, or when ``chunk_bytes`` is 0)."""
+    n, kh, kw = shape
+    layout = {"chunks": (chunk_rows(kh, kw, n, chunk_bytes), kh, kw), "fletcher32": True} if n and chunk_bytes else {}
+    dataset = group.create_dataset(name, shape=shape, dtype="<f4", **layout)
+    dataset.attrs["encoding-type"] = FILTERS_ENCODING
+    dataset.attrs["encoding-version"] = schema.FORMAT_VERSION
+    return dataset
+
+
+class ChunkWriter:
+    """Appends filters to a chunked dataset from row 0 on, a whole chunk per HDF5 write: HDF5 then
+    never reads a chunk back to fill it in part (and checksums each chunk once)."""
+
+    def __init__(self, dataset: h5py.Dataset):
+        self.dataset = dataset
+        rows = dataset.chunks[0] if dataset.chunks else max(1, len(dataset))
+        self.buffer = np.empty((rows, *dataset.shape[1:]), np.float32)
+        self.filled = 0
+        self.row = 0
+
+    def write(self, filters: np.ndarray) -> None:
+        size, i = len(self.buffer), 0
+        while i < len(filters):
+            if self.filled == 0 and len(filters) - i >= size:  # whole chunks straight from the layer
+                whole = (len(filters) - i) // size * size
+                self.dataset[self.row:self.row + whole] = filters[i:i + whole]
+                self.row, i = self.row + whole, i + whole
+                continue
+            take = min(size - self.filled, len(filters) - i)
+            self.buffer[self.filled:self.filled + take] = filters[i:i + take]
+            self.filled, i = self.filled + take, i + take
+            if self.filled == size:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.filled:
+            self.dataset[self.row:self.row + self.filled] = self.buffer[:self.filled]
+            self.row, self.filled = self.row + self.filled, 0
+
+    def __enter__(self) -> "ChunkWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.flush()
 
 
 def _model_digest(source_digest: str, layer_digests: np.ndarray) -> int:
@@ -138,7 +207,7 @@ class PackedDB:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path).expanduser()
         try:
-            self._file = h5py.File(self.path, "r")
+            self._file = h5py.File(self.path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES)
         except (OSError, ValueError, RuntimeError):
             raise FilterDBError(f"{self.path} is neither a filterdb database directory nor a filterdb export "
                                 "(not an HDF5 file); give --db a database directory or a file from "
@@ -158,6 +227,7 @@ class PackedDB:
             hint = (f"; it is the master file of the database directory {self.path.parent}: pass that directory"
                     if self.path.name == MASTER_NAME else "")
             raise FilterDBError(f"{self.path} is not a packed filterdb export{hint}")
+        check_readable(attrs.get("encoding-version", "1.0"), PACKED_VERSION, f"{self.path}: export format")
         if attrs.get("integrity") != integrity.ALGORITHM or "tables_digest" not in attrs:
             raise FilterDBError(f"{self.path} has no checksums (exported by an older filterdb); export it again "
                                 "from its database directory")
@@ -239,7 +309,11 @@ class PackedDB:
                 dataset.read_direct(out, source_sel=np.s_[start:stop])
             recorded = self._digests(kernel).get((start, stop))
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
-            raise self._damaged(f"the filters of model {model_id}, layer {name} cannot be read "
+            model_name = self._models.loc[model_id, "name"] if model_id in self._models.index else "?"
+            if "filter returned failure" in str(exc) and dataset.fletcher32:
+                raise self._damaged(f"the filters of model {model_id} ({model_name}), layer {name} fail their "
+                                    "HDF5 Fletcher-32 checksum (the file is damaged)") from None
+            raise self._damaged(f"the filters of model {model_id} ({model_name}), layer {name} cannot be read "
                                 f"({' '.join(str(exc).split())[:160]})") from None
         if recorded != integrity.filter_digest(out):
             model_name = self._models.loc[model_id, "name"] if model_id in self._models.index else "?"

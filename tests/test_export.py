@@ -139,7 +139,7 @@ def test_damaged_or_foreign_files_are_one_line_errors(source, tmp_path):
     with open_database(path) as db:
         db.export(out)
     with h5py.File(out, "r") as f:
-        offset = f["filters/3x3"].id.get_offset()
+        offset = f["filters/3x3"].id.get_chunk_info(0).byte_offset  # chunked since export format 1.1
     with open(out, "r+b") as fh:
         fh.seek(offset + 8)
         byte = fh.read(1)
@@ -164,7 +164,7 @@ def test_verify_checks_an_export(source, tmp_path):
     good = run("verify", "--db", out)
     assert good.exit_code == 0 and "export whole, 6 model(s), 24 layer(s)" in good.output
     with h5py.File(out, "r") as f:
-        offset = f["filters/1x1"].id.get_offset()
+        offset = f["filters/1x1"].id.get_chunk_info(0).byte_offset
     with open(out, "r+b") as fh:
         fh.seek(offset)
         fh.write(b"\x7f\x7f\x7f\x7f")

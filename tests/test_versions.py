@@ -137,3 +137,25 @@ def test_table_encoding_1_0_variable_length_strings_still_read(tmp_path):
         group["text"].attrs["kind"], group["n"].attrs["kind"] = "str", "int"
         frame = read_table(group, STR_COLUMNS)
     assert frame["text"].tolist() == ["ab", "é", ""] and frame["n"].tolist() == [1, 2, 3]
+
+
+def test_export_versions(db_path, tmp_path):
+    """Exports of format 1.1 chunk their filters with Fletcher-32; 1.0 (contiguous) still reads, a newer one is refused."""
+    out = tmp_path / "x.h5"
+    with open_database(db_path) as db:
+        db.export(out)
+        want = db.read_layer(db.layers.iloc[0])
+    with h5py.File(out, "r") as f:
+        assert f.attrs["encoding-version"] == "1.1" and f["filters/3x3"].fletcher32
+    with h5py.File(out, "a") as f:
+        data = f["filters/3x3"][()]
+        attrs = dict(f["filters/3x3"].attrs)
+        del f["filters/3x3"]
+        f["filters"].create_dataset("3x3", data=data).attrs.update(attrs)  # as format 1.0 wrote it
+        f.attrs["encoding-version"] = "1.0"
+    with open_database(out) as db:
+        np.testing.assert_array_equal(db.read_layer(db.layers.iloc[0]), want)
+    with h5py.File(out, "a") as f:
+        f.attrs["encoding-version"] = "1.2"
+    with pytest.raises(FilterDBError, match=r"x.h5: export format version 1.2 is newer than this filterdb reads \(1.1\)"):
+        open_database(out)

@@ -27,6 +27,7 @@ A checkpoint is one ``torch.save`` file holding a plain dict (loadable with
 """
 from __future__ import annotations
 
+import math
 import platform
 import zipfile
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from torch import nn
 
 from filterdb.atomic import atomic_path
 from filterdb.errors import FilterDBError
+from filterdb.training.attacks import NORMS
+from filterdb.training.methods import METHODS
 from filterdb.versions import check_readable
 
 FORMAT = "filterdb-training-checkpoint"
@@ -137,22 +140,102 @@ def _read(path: Path) -> dict:
     return payload
 
 
-def _shape(values) -> tuple[int, int, int]:
-    c, h, w = (int(v) for v in values)
-    return c, h, w
+SELECTIONS = ("last", "best-clean", "best-robust")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _one_of(choices: tuple[str, ...]):
+    return (lambda v: isinstance(v, str) and v in choices), f"one of {', '.join(choices)}"
+
+
+_TEXT = (lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string")
+_STR = (lambda v: isinstance(v, str), "a string")
+_BOOL = (lambda v: isinstance(v, bool), "true or false")
+_POSITIVE_INT = (lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+_COUNT = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+_INT = (_is_int, "an integer")
+_NON_NEGATIVE = (lambda v: _is_number(v) and v >= 0, "a finite number >= 0")
+_POSITIVE = (lambda v: _is_number(v) and v > 0, "a finite number > 0")
+_PERCENT = (lambda v: _is_number(v) and 0 <= v <= 100, "a number from 0 to 100 (percent)")
+_DICT = (lambda v: isinstance(v, dict), "a dict")
+_SHAPE = (lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(_is_int(x) and x >= 1 for x in v),
+          "three integers >= 1 (C, H, W)")
+_HISTORY = (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, dict) for x in v), "a list of dicts (one per epoch)")
+_VERSIONS = (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+             "a dict of version strings")
+_STATE = (lambda v: isinstance(v, dict) and bool(v) and all(isinstance(k, str) and isinstance(x, torch.Tensor)
+                                                            for k, x in v.items()),
+          "a state dict (parameter names to tensors)")
+
+# Required fields, then optional ones (absent or None: their default). Sub-fields of a dict field are
+# optional too; None is accepted where the trainer writes None (an attack's step size, an accuracy
+# not measured).
+_REQUIRED = {"model_string": _TEXT, "dataset": _TEXT, "num_classes": _POSITIVE_INT, "in_chans": _POSITIVE_INT,
+             "input_shape": _SHAPE, "method": _one_of(METHODS), "model_state": _STATE}
+_OPTIONAL = {"attack": _DICT, "method_params": _DICT, "selection": _one_of(SELECTIONS), "selected": _BOOL,
+             "metrics": _DICT, "versions": _VERSIONS, "epoch": _COUNT, "history": _HISTORY, "pairing": _DICT,
+             "config": _DICT, "train_state": _DICT}
+_SUB_FIELDS = {
+    "attack": {"norm": _one_of(NORMS), "eps": _NON_NEGATIVE, "steps": _POSITIVE_INT, "step_size": _POSITIVE,
+               "random_start": _BOOL, "restarts": _POSITIVE_INT, "loss": _STR},
+    "method_params": {"beta": _NON_NEGATIVE, "cusp": _DICT},
+    "metrics": {"clean_acc": _PERCENT, "robust_acc": _PERCENT, "robust_attack": _STR, "robust_attack_params": _DICT,
+                "threat_model": _STR, "eps": _NON_NEGATIVE, "split": _STR, "n_eval": _COUNT, "epoch": _COUNT},
+    "pairing": {"seed": _INT, "data_seed": _INT, "init_sha256": _STR, "pair": _STR, "role": _STR},
+}
+_NULLABLE = {"attack.step_size", "method_params.beta", "metrics.clean_acc", "metrics.robust_acc", "metrics.eps"}
+
+
+def _shown(value) -> str:
+    text = repr(value) if not isinstance(value, dict) or len(repr(value)) <= 60 else "{...}"
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} (a {type(value).__name__})"
+
+
+def _bad(path: Path, name: str, value, expected: str) -> FilterDBError:
+    return FilterDBError(f"{path}: checkpoint field '{name}' is {_shown(value)}; expected {expected}; "
+                         f"correct the field or retrain with 'filterdb train'")
+
+
+def check_fields(path: Path, payload: dict) -> None:
+    """Every metadata field of a checkpoint has the type the format says (module docstring); the first
+    that does not is a ``FilterDBError`` naming the file, the field and what was expected."""
+    missing = [k for k in _REQUIRED if k not in payload]
+    if missing:
+        raise FilterDBError(f"{path}: checkpoint lacks {', '.join(missing)}; retrain it with 'filterdb train'")
+    for name, (ok, expected) in {**_REQUIRED, **_OPTIONAL}.items():
+        value = payload.get(name)
+        if name in _OPTIONAL and value is None:
+            continue
+        if not ok(value):
+            raise _bad(path, name, value, expected)
+        for sub, (sub_ok, sub_expected) in _SUB_FIELDS.get(name, {}).items():
+            full = f"{name}.{sub}"
+            if sub in value and not (value[sub] is None and full in _NULLABLE) and not sub_ok(value[sub]):
+                raise _bad(path, full, value[sub], sub_expected)
+    if payload["input_shape"][0] != payload["in_chans"]:
+        raise _bad(path, "input_shape", payload["input_shape"],
+                   f"{payload['in_chans']} channels first, as 'in_chans' says")
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint written by the trainer; ``FilterDBError`` naming the file if it is not one."""
     path = Path(path)
     p = _read(path)
-    missing = [k for k in ("dataset", "num_classes", "in_chans", "input_shape", "method") if k not in p]
-    if missing:
-        raise FilterDBError(f"{path}: checkpoint lacks {', '.join(missing)}; retrain it with 'filterdb train'")
-    return Checkpoint(path=path, model_string=p["model_string"], dataset=p["dataset"], num_classes=int(p["num_classes"]),
-                      in_chans=int(p["in_chans"]), input_shape=_shape(p["input_shape"]), method=p["method"],
+    check_fields(path, p)
+    c, h, w = p["input_shape"]
+    return Checkpoint(path=path, model_string=p["model_string"], dataset=p["dataset"], num_classes=p["num_classes"],
+                      in_chans=p["in_chans"], input_shape=(c, h, w), method=p["method"],
                       attack=p.get("attack"), metrics=dict(p.get("metrics") or {}), versions=dict(p.get("versions") or {}),
-                      selection=p.get("selection", "last"), selected=bool(p.get("selected", False)), epoch=int(p.get("epoch", 0)),
+                      selection=p.get("selection") or "last", selected=bool(p.get("selected")), epoch=p.get("epoch") or 0,
                       method_params=dict(p.get("method_params") or {}), pairing=dict(p.get("pairing") or {}),
                       history=list(p.get("history") or []), config=dict(p.get("config") or {}), payload=p)
 

@@ -36,13 +36,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from filterdb.errors import FilterDBError
 from filterdb.training import distributed
 from filterdb.training.attacks import AttackConfig, eval_mode, pgd
-from filterdb.training.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic, versions
+from filterdb.training.checkpoint import FORMAT, FORMAT_VERSION, SELECTIONS, load_checkpoint, save_atomic, versions
 from filterdb.training.curriculum import Budgets, CuspCurriculum, random_spatial
 from filterdb.training.data import augment_batch, dataset_info, load_dataset, to_float, train_val_split
 from filterdb.training.methods import DEFAULT_BETA, check_method, effective_attack, method_loss
 from filterdb.training.precision import AMP_MODES, autocast_dtype
 
-SELECTIONS = ("last", "best-clean", "best-robust")
 SCHEDULES = ("multistep", "cosine", "constant")
 
 # The attack that measures robust accuracy when none is given, per dataset.
