@@ -32,6 +32,7 @@ import platform
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -212,7 +213,7 @@ def check_fields(path: Path, payload: dict) -> None:
     if missing:
         raise FilterDBError(f"{path}: checkpoint lacks {', '.join(missing)}; retrain it with 'filterdb train'")
     for name, (ok, expected) in {**_REQUIRED, **_OPTIONAL}.items():
-        value = payload.get(name)
+        value: Any = payload.get(name)
         if name in _OPTIONAL and value is None:
             continue
         if not ok(value):
