@@ -174,7 +174,7 @@ class OnnxLoader:
 
         layers, facts = read_onnx(self.path, str(self.path))
         LOAD_NOTES[spec.key] = f"{len(layers)} Conv initializers read from the ONNX graph"
-        shape = tuple(self.input_shape) if self.input_shape else facts["input_shape"]
+        shape: Any = tuple(self.input_shape) if self.input_shape else facts["input_shape"]  # () when unknown
         return LoadedModel(spec, [], shape, weights_path=self.path, layers=layers, n_params=facts["n_params"],
                            record={"skipped_convs": facts["skipped_convs"], **self.columns})
 
@@ -194,8 +194,7 @@ class TrustedLoader:
         if self.kind == "pickle":
             model = trusted.load_pickled_module(self.path)
             LOAD_NOTES[spec.key] = "pickled module loaded (--trust-code)"
-            shape = _input_shape(self.input_shape, self.columns, None, label)
-            return LoadedModel(spec, [model], shape, weights_path=self.path, record=dict(self.columns))
+            return LoadedModel(spec, [model], _input_shape(self.input_shape, self.columns, None, label), weights_path=self.path, record=dict(self.columns))
         from filterdb.extract import _layer
 
         convs, n_params = trusted.torchscript_convs(self.path, label)
@@ -208,7 +207,7 @@ class TrustedLoader:
             layer.info["layer_index"] = depth
             layers.append(layer)
         LOAD_NOTES[spec.key] = "TorchScript archive loaded (--trust-code), convolutions probed"
-        shape = tuple(self.input_shape) if self.input_shape else ()
+        shape: Any = tuple(self.input_shape) if self.input_shape else ()  # no forward pass: '' when not given
         return LoadedModel(spec, [], shape, weights_path=self.path, layers=layers, n_params=n_params,
                            record=dict(self.columns))
 
@@ -286,7 +285,7 @@ def spec_for_file(path: Path, *, arch: str | None, arch_kwargs: dict | None, col
         columns = check_columns(columns)
         if "name" in columns:
             spec = dataclasses.replace(spec, name=columns.pop("name"))
-        return dataclasses.replace(spec, load=WithColumns(spec.load, columns)) if columns else spec  # type: ignore[arg-type]
+        return dataclasses.replace(spec, load=WithColumns(spec.load, columns)) if columns else spec
     return own_spec(path, arch, arch_kwargs, columns, input_shape, trust_code)
 
 
@@ -348,7 +347,7 @@ def add_module(db, model, *, name: str, input_shape: tuple[int, int, int], **col
 
     record = check_columns(columns)
     record.pop("name", None)
-    return _add(db, model, source=SOURCE, name=name, input_shape=tuple(input_shape), record=record)
+    return _add(db, model, source=SOURCE, name=name, input_shape=input_shape, record=record)
 
 
 def add_state_dict(db, path_or_dict, *, arch: str, name: str | None = None, arch_kwargs: dict | None = None,

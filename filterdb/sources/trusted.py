@@ -38,7 +38,7 @@ def _graph_order(scripted) -> list[str]:
         graph = scripted.inlined_graph
     except Exception:  # noqa: BLE001 - no forward: definition order
         return names
-    path_of = {}
+    path_of: dict[str, str] = {}
     for node in graph.nodes():
         if node.kind() == "prim::GetAttr":
             base = node.inputs().__next__()
@@ -75,10 +75,10 @@ def torchscript_convs(path: Path, label: str):
         padding = m.padding if isinstance(m.padding, str) else tuple(m.padding)
         conv = nn.Conv2d(in_g * groups, out_c, (kh, kw), stride=tuple(m.stride), padding=padding,
                          dilation=tuple(m.dilation), groups=groups, bias=m.bias is not None,
-                         padding_mode=str(m.padding_mode))
+                         padding_mode=str(m.padding_mode))  # type: ignore[arg-type]
         with torch.no_grad():
             conv.weight.copy_(weight)
-            if m.bias is not None:
+            if m.bias is not None and conv.bias is not None:
                 conv.bias.copy_(m.bias.detach())
         x = torch.randn((1, in_g * groups, max(8, kh * 2), max(8, kw * 2)), generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
