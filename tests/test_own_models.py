@@ -346,3 +346,15 @@ def test_python_api(tmp_path):
     with pytest.raises(filterdb.FilterDBError, match="valid"):
         with filterdb.FilterDB.open(tmp_path / "db", "a") as db:
             filterdb.add_module(db, model, name="x", input_shape=(1, 8, 8), colour="red")
+
+
+def test_pickled_module_is_added_with_trust_code(tmp_path):
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Conv2d(3, 2, 3))
+    torch.save(model, tmp_path / "whole.pt")
+    r = cli("add", tmp_path / "whole.pt", "--db", tmp_path / "db")
+    assert r.exit_code == 1 and "--trust-code" in r.output
+    r = cli("add", tmp_path / "whole.pt", "--trust-code", "--input-shape", "1,8,8", "--db", tmp_path / "db")
+    assert r.exit_code == 0, r.output
+    filters, _ = stored_filters(tmp_path / "db", "whole@")
+    assert_bitwise(filters, [model[0], model[2]])
