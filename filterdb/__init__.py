@@ -8,13 +8,16 @@ compare adversarially robust models with normally trained ones.
 """
 from filterdb.errors import FilterDBError
 
-__all__ = ["FilterDB", "FilterDBError", "open_database", "__version__"]
+__all__ = ["FilterDB", "FilterDBError", "add_module", "add_state_dict", "open_database", "__version__"]
 
 
 def __getattr__(name: str):
     if name in ("FilterDB", "open_database"):
         from filterdb import store
         return getattr(store, name)
+    if name in ("add_module", "add_state_dict"):  # the researcher's own models (torch loads on use)
+        from filterdb import own_models
+        return getattr(own_models, name)
     if name == "__version__":  # the package metadata scan costs more than the rest of the import
         from importlib.metadata import PackageNotFoundError, version
         try:

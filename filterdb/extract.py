@@ -59,6 +59,7 @@ WEIGHT_KINDS: dict[str, str] = {
     "probe_verified": "a Conv2d with its own forward or an unknown forward pre-hook: its output on a probe input "
                       "checked against F.conv2d with the stored filters",
     "condconv_expert": "one expert kernel of timm CondConv2d (layer '<module>:expert<i>'), (out, in/groups, kh, kw)",
+    "onnx_initializer": "an ONNX Conv node's stored weight (filterdb.sources.onnx_model), as the exporter wrote it",
 }
 PROBE_TOLERANCE = {torch.float64: 1e-4, torch.float32: 1e-4}  # max |difference| / max |output|; else 1e-2
 

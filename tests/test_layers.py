@@ -26,6 +26,9 @@ NO_MODEL_LIBRARIES = {"core", "format", "analysis"}
 
 RANK = {"core": 0, "format": 1, "ingestion": 2, "analysis": 2, "training": 3, "top": 4}
 PEERS = {("ingestion", "analysis"), ("analysis", "ingestion")}
+# The package's public face: `filterdb.add_module` / `filterdb.add_state_dict` are attributes that
+# `filterdb.__getattr__` imports on first use, so `import filterdb` stays light; nothing else goes up.
+PUBLIC_FACE = {("filterdb", "filterdb.own_models")}
 
 # module -> layer; "pkg.*" covers a package's modules.
 LAYERS = {
@@ -67,6 +70,9 @@ LAYERS = {
     "filterdb.sources.cnn_filter_db": "ingestion",
     "filterdb.sources.direct_io": "ingestion",
     "filterdb.sources.pandas_hdf": "ingestion",
+    "filterdb.sources.state_dict": "ingestion",
+    "filterdb.sources.onnx_model": "ingestion",
+    "filterdb.sources.trusted": "ingestion",
     # analysis: metrics and comparisons of what the database holds
     "filterdb.analysis": "analysis",
     "filterdb.analysis.basis": "analysis",
@@ -107,6 +113,7 @@ LAYERS = {
     # top: the command line and the figures
     "filterdb.entry": "top",
     "filterdb.catalog": "top",
+    "filterdb.own_models": "top",
     "filterdb.cli": "top",
     "filterdb.cli.*": "top",
     "filterdb.verify": "top",
@@ -204,7 +211,7 @@ def back_edges() -> list[str]:
     for module, path in sorted(files.items()):
         for target in sorted(imported_modules(module, path, known)):
             a, b = layer_of(module), layer_of(target)
-            if a is not None and b is not None and not allowed(a, b):
+            if a is not None and b is not None and not allowed(a, b) and (module, target) not in PUBLIC_FACE:
                 problems.append(f"{module} ({a}) imports {target} ({b})")
     return problems
 

@@ -129,7 +129,8 @@ def _read(path: Path) -> dict:
     if payload.get("format") != FORMAT:
         if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
             raise FilterDBError(f"{path}: a bare state dict without a model string; filterdb cannot tell its "
-                                f"architecture: train with 'filterdb train' or wrap it with filterdb.training.checkpoint.wrap_state_dict")
+                                f"architecture: give it with --arch (filterdb add {path} --arch ARCH, e.g. torchvision:resnet18 or "
+                                f"a filterdb model string)")
         raise FilterDBError(f"{path}: not a filterdb training checkpoint (no format '{FORMAT}'); "
                             f"give a .pt file written by 'filterdb train'")
     check_readable(payload.get("format_version", FORMAT_VERSION), FORMAT_VERSION, f"{path}: checkpoint format")

@@ -22,8 +22,9 @@ from filterdb.errors import FilterDBError
 # tests/test_imports.py checks that each help line is the command's own.
 COMMANDS = {
     "add": ("filterdb.cli.database", "add",
-        "Add models: filterdb training checkpoints (FILE.pt), pretrained names (timm:NAME, torchvision:NAME) "
-        "or RobustBench ids (robustbench:cifar10/Linf/Standard: the published weights)."),
+        "Add models: filterdb training checkpoints (FILE.pt), your own state dicts (FILE --arch ARCH), "
+        "safetensors, ONNX (.onnx) and, with --trust-code, TorchScript; pretrained names (timm:NAME, "
+        "torchvision:NAME) or RobustBench ids (robustbench:cifar10/Linf/Standard: the published weights)."),
     "build": ("filterdb.cli.database", "build",
         "Build (or complete) a filter database from a leaderboard or a checkpoint directory."),
     "compare": ("filterdb.cli.analysis", "compare",

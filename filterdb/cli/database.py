@@ -113,31 +113,69 @@ def build(leaderboard, checkpoints, models, db_path, force, jobs, scheduler, off
 
 
 @click.command()
-@click.argument("models", nargs=-1, required=True)
+@click.argument("models", nargs=-1)
 @db_option
+@click.option("--arch", default=None, metavar="ARCH",
+              help="Architecture of state-dict FILEs (.pt .pth .bin .ckpt .safetensors): a filterdb model string, "
+                   "timm:NAME, torchvision:NAME, robustbench:DATASET/THREAT/NAME (random weights, nothing "
+                   "downloaded) or MODULE:CALLABLE.")
+@click.option("--arch-kwargs", default=None, metavar="JSON", help="Keyword arguments of the architecture, as JSON.")
+@click.option("--set", "sets", multiple=True, metavar="COLUMN=VALUE",
+              help="Set a model-table column of the added models (repeatable): training=robust, dataset=cifar10, "
+                   "threat_model=Linf, eps=8/255, training_method=trades, paper=..., name=...")
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A CSV of models, one a row: path (relative to the CSV), arch, arch_kwargs, input_shape and "
+                   "any model-table column.")
+@click.option("--trust-code", is_flag=True,
+              help="Load TorchScript archives and pickled whole models, which runs code from the file.")
 @click.option("--force", is_flag=True, help="Extract again even if already in the database.")
 @offline_option
 @input_shape_option
-def add(models, db_path, force, offline, input_shape):
-    """Add models: filterdb training checkpoints (FILE.pt), pretrained names (timm:NAME, torchvision:NAME)
-    or RobustBench ids (robustbench:cifar10/Linf/Standard: the published weights)."""
+def add(models, db_path, arch, arch_kwargs, sets, manifest, trust_code, force, offline, input_shape):
+    """Add models: filterdb training checkpoints (FILE.pt), your own state dicts (FILE --arch ARCH),
+    safetensors, ONNX (.onnx) and, with --trust-code, TorchScript; pretrained names (timm:NAME,
+    torchvision:NAME) or RobustBench ids (robustbench:cifar10/Linf/Standard: the published weights)."""
     import os
 
     if offline:  # read by filterdb.sources.pretrained and by the Hugging Face hub that timm downloads through
         os.environ.update(FILTERDB_OFFLINE="1", HF_HUB_OFFLINE="1")
+    from filterdb.build import ModelOutcome
     from filterdb.build import build as run_build
     from filterdb.catalog import spec_for_argument
+    from filterdb.own_models import LOAD_NOTES, manifest_specs, parse_sets, spec_for_file
     from filterdb.sources.base import with_input_shape
+    from filterdb.sources.state_dict import parse_arch_kwargs
     from filterdb.store import FilterDB
 
+    if not models and manifest is None:
+        raise FilterDBError("give the models to add (FILE, timm:NAME, ...) or --manifest models.csv")
+    columns = parse_sets(sets)
+    kwargs = parse_arch_kwargs(arch_kwargs)
+    failures: list[tuple[str, str]] = []
+    specs = []
+    for m in models:
+        path = Path(m)
+        if path.is_file():
+            specs.extend(with_input_shape([spec_for_file(path, arch=arch, arch_kwargs=kwargs, columns=columns,
+                                                         input_shape=input_shape, trust_code=trust_code)],
+                                          input_shape))
+        else:
+            specs.extend(with_input_shape([spec_for_argument(m, offline=offline)], input_shape))
+    if manifest is not None:
+        found, failures = manifest_specs(manifest, trust_code=trust_code)
+        specs.extend(found)
     db_dir = resolve_db(db_path)
     db = FilterDB.open(db_dir, "a") if db_dir.exists() else None  # a damaged database is named first
     with removed_if_left_empty(db_dir):
         try:
-            specs = with_input_shape([spec_for_argument(m, offline=offline) for m in models], input_shape)
             db = db or FilterDB.open(db_dir, "a")
             report = run_build(db, specs, force=force, description="add")
+            report.outcomes.extend(ModelOutcome(label, "", "failed", error=f"{label}: {error}")
+                                   for label, error in failures)
             report_skipped_convs(db, report)
+            for outcome in report.outcomes:
+                if outcome.status == "added" and outcome.key in LOAD_NOTES:
+                    click.echo(f"{outcome.key}: {LOAD_NOTES[outcome.key]}", err=True)
         finally:
             if db is not None:
                 db.close()

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from filterdb.ids import model_id, model_key
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass
@@ -44,6 +45,9 @@ class LoadedModel:
     weights_path: Path | None = None  # the file whose sha256 goes into the model table
     record: dict = field(default_factory=dict)  # model-table columns learned while loading
     cleanup: Callable[[], None] | None = field(default=None, repr=False)  # e.g. delete weights once stored
+    # Layers read without a network (ONNX initializers): stored as given, with n_params; members stay empty.
+    layers: list | None = field(default=None, repr=False)
+    n_params: int = 0
 
 
 @dataclass(frozen=True)
