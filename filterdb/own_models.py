@@ -285,6 +285,7 @@ def spec_for_file(path: Path, *, arch: str | None, arch_kwargs: dict | None, col
         columns = check_columns(columns)
         if "name" in columns:
             spec = dataclasses.replace(spec, name=columns.pop("name"))
+        assert spec.load is not None  # checkpoint_spec always gives its loader
         return dataclasses.replace(spec, load=WithColumns(spec.load, columns)) if columns else spec
     return own_spec(path, arch, arch_kwargs, columns, input_shape, trust_code)
 
