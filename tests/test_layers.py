@@ -47,6 +47,7 @@ LAYERS = {
     "filterdb.lock": "format",
     "filterdb.shards": "format",
     "filterdb.master": "format",
+    "filterdb.layout": "format",
     "filterdb.store": "format",
     "filterdb.pairs": "format",
     "filterdb.evaluations": "format",
