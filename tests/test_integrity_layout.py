@@ -1,7 +1,10 @@
 """A database directory whose layout is wrong (``shards`` a file, ``filterdb.h5`` a directory with
 no shard beside it) is one error line naming the path, never an empty result: ``info`` and
 ``export`` exit 1 and ``export`` writes no file."""
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +81,49 @@ def test_a_master_that_is_a_directory_beside_the_shards_is_still_read_around(db,
     result = run("info", "--db", db, "--json")
     assert result.exit_code == 0 and '"models": 2' in result.stdout, result.output
     assert "reading the shards directly" in result.stderr
+
+
+# --------------------------------------------------------------------------- temporary files
+
+def dead_pid() -> int:
+    """The id of a process that has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_verify_lists_every_stray_or_stale_temp_file_and_repair_quarantines_them(db):
+    from filterdb.ids import model_id
+
+    mid, pid = model_id("layout", "m0"), dead_pid()
+    (db / "metrics").mkdir(exist_ok=True)
+    strays = [db / "shards" / "foo.h5.tmp", db / "metrics" / f".{mid}.json.{pid}.tmp",
+              db / "shards" / f".{mid}.{pid}.tmp", db / "deep" / "er" / "x.tmp"]
+    for path in strays:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    in_progress = db / "shards" / f".{mid}.{os.getpid()}.tmp"  # a live writer's: not a problem
+    in_progress.write_bytes(b"being written")
+    checked = run("verify", "--db", db)
+    assert checked.exit_code == 1 and f"{len(strays)} problem(s)" in checked.stderr, checked.output
+    for path in strays:
+        assert f"problem: {path}" in checked.stderr
+    assert f"process {pid}, which is no longer running" in checked.stderr and str(in_progress) not in checked.stderr
+    repaired = run("verify", "--db", db, "--repair")
+    assert repaired.exit_code == 0, repaired.output  # no model was lost
+    for path in strays:
+        assert not path.exists() and list((db / "quarantine").rglob(path.name))
+    # the repair holds the writer lock, under which no write is in progress: the writer's open removed it
+    assert not in_progress.exists()
+    assert run("verify", "--db", db).exit_code == 0
+
+
+def test_a_builds_end_removes_its_dead_workers_temp_shards(tmp_path):
+    from filterdb.strays import remove_dead_temps
+
+    dead, live = dead_pid(), os.getpid()
+    files = {name: tmp_path / name for name in (f".abc.{dead}.tmp", f".abd.{live}.tmp", "abc.h5", "foo.h5.tmp")}
+    for path in files.values():
+        path.write_bytes(b"x")
+    assert remove_dead_temps(tmp_path) == [files[f".abc.{dead}.tmp"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".abd.{live}.tmp", "abc.h5", "foo.h5.tmp"])

@@ -48,6 +48,7 @@ LAYERS = {
     "filterdb.shards": "format",
     "filterdb.master": "format",
     "filterdb.layout": "format",
+    "filterdb.strays": "format",
     "filterdb.store": "format",
     "filterdb.pairs": "format",
     "filterdb.evaluations": "format",
