@@ -18,8 +18,10 @@ import pandas as pd
 from filterdb.errors import FilterDBError
 from filterdb.progress import progress_bar
 from filterdb.records import extract_loaded
+from filterdb.shards import SHARD_DIR
 from filterdb.sources.base import LoadedModel, ModelSpec
 from filterdb.store import FilterDB, write_shard
+from filterdb.strays import remove_dead_temps
 from filterdb.workers import worker_pool
 
 
@@ -146,6 +148,13 @@ def _ingest_here(db: FilterDB, spec: ModelSpec) -> ModelOutcome:
 def _ingest_parallel(db: FilterDB, todo: list[ModelSpec], jobs: int, report: BuildReport, on_done) -> None:
     started: dict[Future, tuple[ModelSpec, float]] = {}
     lock = db._lock.fileno() if db._lock is not None else None
+    try:
+        _run_pool(db, todo, jobs, report, on_done, started, lock)
+    finally:  # workers that died (killed, out of memory) leave their temporary shards: remove them
+        remove_dead_temps(db.path / SHARD_DIR)
+
+
+def _run_pool(db: FilterDB, todo: list[ModelSpec], jobs: int, report: BuildReport, on_done, started, lock) -> None:
     with worker_pool(jobs, (lock,) if lock is not None else ()) as pool:
         for spec in todo:
             started[pool.submit(ingest_to_shard, os.fspath(db.path), spec)] = (spec, time.perf_counter())

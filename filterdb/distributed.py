@@ -19,8 +19,10 @@ import time
 from filterdb.build import BuildReport, ModelOutcome, describe_error, ingest_to_shard, plan_build
 from filterdb.errors import FilterDBError
 from filterdb.progress import progress_bar
+from filterdb.shards import SHARD_DIR
 from filterdb.sources.base import ModelSpec
 from filterdb.store import FilterDB
+from filterdb.strays import remove_dead_temps
 
 POLL_SECONDS = 1.0
 
@@ -66,6 +68,7 @@ def build_on_dask(db: FilterDB, specs: list[ModelSpec], scheduler_address: str, 
             client.close(timeout=5)
         except Exception:  # noqa: BLE001 - a lost scheduler cannot be told goodbye
             pass
+        remove_dead_temps(db.path / SHARD_DIR)  # the temporary shards of workers that were killed
     return report
 
 

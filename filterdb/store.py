@@ -45,6 +45,7 @@ from filterdb.atomic import remove_stale_temps
 from filterdb.errors import FilterDBError
 from filterdb.h5table import read_table
 from filterdb.integrity import DamagedDatabaseError, MasterDamaged
+from filterdb.layout import check_layout
 from filterdb.lock import WriterLock
 from filterdb.master import (
     INDEX_COLUMNS,
@@ -153,6 +154,8 @@ class FilterDB:
                 return PackedDB(path)  # type: ignore[return-value]
             raise FilterDBError(f"{path} is a file, not a filterdb database directory (an export is read only); "
                                 "choose another --db path")
+        if path.is_dir():
+            check_layout(path)
         if mode == "r" and not (path / MASTER_NAME).exists() and not (path / SHARD_DIR).is_dir():
             from filterdb.paths import demo_db_path
 

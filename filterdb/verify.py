@@ -26,6 +26,7 @@ from filterdb import integrity
 from filterdb.atomic import TMP_SUFFIX
 from filterdb.errors import FilterDBError
 from filterdb.store import MASTER_NAME, SHARD_DIR, FilterDB, read_verified_shard
+from filterdb.strays import find_strays
 
 QUARANTINE_DIR = "quarantine"
 CACHE_DIR = "metrics"
@@ -151,6 +152,8 @@ def verify_database(db: Path) -> Verification:
     lock = db / ".lock"
     if lock.exists() and not lock.is_file():
         result.add(lock, "the writer lock is not a file")
+    for stray in find_strays(db):  # temporary files anywhere: a killed writer's, or no writer's
+        result.add(stray.path, stray.reason)
     _verify_cache(result)
     return result
 

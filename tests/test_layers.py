@@ -50,6 +50,8 @@ LAYERS = {
     "filterdb.lock": "format",
     "filterdb.shards": "format",
     "filterdb.master": "format",
+    "filterdb.layout": "format",
+    "filterdb.strays": "format",
     "filterdb.store": "format",
     "filterdb.pairs": "format",
     "filterdb.evaluations": "format",
