@@ -1,6 +1,6 @@
 """CPU time per filter of each stage of the divergence's histogram pass, on 2M random 3x3 filters
 in memory (no read): sparsity mask, L-inf scaling, the BLAS projection, the binning, and the
-whole ``Histograms.add`` and ``RangeScan.add``,.
+whole ``Histograms.add`` and ``RangeScan.add``.
 
     OPENBLAS_NUM_THREADS=1 python bench/bench_divergence_stages.py
 """
