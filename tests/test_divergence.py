@@ -207,3 +207,26 @@ def test_split_divergences_equal_the_divergence_of_each_split():
         assert value == pytest.approx(divergence_from_counts(basis, a, b).value, rel=1e-13, abs=1e-15)
     flat_basis = SplitDivergences(per_model.sum(axis=0), edges, np.full(d, np.nan))
     assert (flat_basis(masks[2:].astype(np.float32) @ flat) == 0).all()
+
+
+def test_binning_kernel_is_numpys_histogram_at_the_edges_and_outside():
+    """The compiled binning (a vectorised guess, numpy's correction for values near an edge) counts
+    what numpy.histogram counts: random projections, every edge exactly and one ulp either side, the
+    range's max (the last bin is closed), values outside, and a range far from zero whose bins are
+    a few ulps wide (where every value is corrected)."""
+    from filterdb.analysis.projection_kernels import add_bin_counts
+
+    rng = np.random.default_rng(7)
+    for lo, hi in ((-1.7, 2.3), (0.0, 1e-300), (1e6, 1e6 + 1e-7), (-3.0, -3.0 + 70 * 2.0 ** -40)):
+        edges = np.linspace(lo, hi, 71)
+        special = np.concatenate([edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf),
+                                  [lo - 1, hi + 1, hi, hi, lo]])
+        p = rng.uniform(lo - (hi - lo) * 0.1, hi + (hi - lo) * 0.1, (9, 70_001))
+        p[:, :len(special)] = special
+        p[3] = rng.permutation(p[3])
+        counts = np.zeros((9, 70), np.int64)
+        add_bin_counts(p, edges, counts)
+        add_bin_counts(p[:, :1001], edges, counts)  # counts add up across calls
+        for i in range(9):
+            expected = np.histogram(p[i], bins=edges)[0] + np.histogram(p[i, :1001], bins=edges)[0]
+            np.testing.assert_array_equal(counts[i], expected)
