@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from filterdb.analysis.database import _open, cache_token, layer_metrics_frame
 from filterdb.analysis.divergence import N_BINS, DivergenceBasis, Histograms, PCABasis, RangeScan
 from filterdb.analysis.metrics import SPARSITY_EPS, Moments
+from filterdb.analysis.metrics_table import _open, cache_token, layer_metrics_frame
 from filterdb.atomic import atomic_path
 from filterdb.errors import FilterDBError
 from filterdb.integrity import digest, notice

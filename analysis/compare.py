@@ -45,10 +45,10 @@ from filterdb.analysis.basis import (
     run_pass,
 )
 from filterdb.analysis.blas import single_threaded_blas
-from filterdb.analysis.database import MODEL_INFO_COLUMNS, _open, layer_metrics_frame
 from filterdb.analysis.divergence import N_BINS, SplitDivergences, divergence_from_counts
 from filterdb.analysis.groups import ALIASES, select_layers, select_models
 from filterdb.analysis.metrics import DEFAULT_VE, METRIC_NAMES, SPARSITY_EPS
+from filterdb.analysis.metrics_table import MODEL_INFO_COLUMNS, _open, layer_metrics_frame
 from filterdb.analysis.stats import (
     CONFIDENCE,
     FEWER_THAN_TWO,

@@ -89,7 +89,7 @@ def phase_raw(db_path: Path) -> dict:
 
 def phase_analysis(db_path: Path, jobs: int) -> dict:
     from filterdb.analysis.compare import compare_groups
-    from filterdb.analysis.database import worker_pool
+    from filterdb.analysis.metrics_table import worker_pool
     t = time.perf_counter()
     if jobs > 1:
         with worker_pool(jobs) as executor:

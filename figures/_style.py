@@ -141,12 +141,12 @@ def require_both_groups(models: pd.DataFrame, what: str) -> None:
 
 
 def matched_pairs(db, robust: str | None = None, normal: str | None = None) -> list[tuple[pd.Series, pd.Series]]:
-    """(robust, normal) pairs of models, best matches first (``filterdb.pairs.ranked_pairs``):
+    """(robust, normal) pairs of models, best matches first (``filterdb.model_pairs.ranked_pairs``):
     twins trained as a matched pair, then same dataset, same architecture, same run name.
 
     ``robust`` / ``normal`` (a model id or name) fix that side of every pair.
     """
-    from filterdb.pairs import ranked_pairs
+    from filterdb.model_pairs import ranked_pairs
 
     models = db.models
     require_both_groups(models, "this figure")

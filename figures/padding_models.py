@@ -45,7 +45,7 @@ def _finished(path: Path) -> bool:
 
 def _evaluated(path: Path, key: tuple[str, str, str]) -> bool:
     """Whether ``path`` has evaluation results of its current weights that include ``key``."""
-    from filterdb.evaluations import load_evaluation, maps_path
+    from filterdb.evaluation_files import load_evaluation, maps_path
     try:
         summary = load_evaluation(path)
     except FilterDBError:

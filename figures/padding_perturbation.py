@@ -55,7 +55,7 @@ def mode_of(model_string: str) -> str:
 def load_results(db_path: Path) -> list[dict]:
     """One entry per model of the database with evaluation results: its name, mode, results and maps.
     Models whose maps cannot be read (moved, or of other weights) are left out with a note on stderr."""
-    from filterdb.evaluations import load_perturbation_maps, with_ratios
+    from filterdb.evaluation_files import load_perturbation_maps, with_ratios
 
     with _style.open_db(db_path) as db:
         models = db.models

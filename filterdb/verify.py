@@ -215,7 +215,7 @@ def repair_database(result: Verification, echo=print) -> list[str]:
         n_models = len(writer.models)
     echo(f"master rebuilt: {n_models} model(s)")
     if n_models:
-        from filterdb.analysis.database import database_metrics
+        from filterdb.analysis.metrics_table import database_metrics
 
         database_metrics(db)
         echo(f"metrics cache rebuilt for {n_models} model(s)")

@@ -58,7 +58,7 @@ def test_demo_build_is_cached_and_info_reports_it(demo_home, monkeypatch, tmp_pa
 
 def test_demo_pairs_share_initial_weights_and_data_order(demo_home):
     from filterdb.training.demo import DEMO_PAIRS
-    from filterdb.training.pairs import check_pair
+    from filterdb.training.pair_training import check_pair
 
     for pair in DEMO_PAIRS:
         out = demo_home / "demo-checkpoints" / pair.name

@@ -73,7 +73,7 @@ def evaluated(demo_home, tmp_path_factory) -> dict:
                     "--format", "json", "--no-progress")
     seconds = time.perf_counter() - t0
     assert result.exit_code == 0, result.output
-    from filterdb.evaluations import load_evaluation
+    from filterdb.evaluation_files import load_evaluation
     return {"paths": paths, "summaries": {role: load_evaluation(p) for role, p in paths.items()},
             "records": json.loads(result.stdout), "stderr": result.stderr, "seconds": seconds}
 
@@ -84,7 +84,7 @@ def evaluated(demo_home, tmp_path_factory) -> dict:
 def test_results_file_matches_the_returned_result_and_defaults(demo_home, tmp_path):
     """Default budgets; the JSON beside the checkpoint is the returned summary (NaN as null);
     the same seed gives the same numbers and maps."""
-    from filterdb.evaluations import evaluation_path, load_perturbation_maps, maps_path
+    from filterdb.evaluation_files import evaluation_path, load_perturbation_maps, maps_path
     from filterdb.integrity import sha256_file
     from filterdb.output import json_safe
     from filterdb.training.evaluation import evaluate_checkpoint
@@ -191,7 +191,7 @@ def test_cli_prints_what_the_files_hold(evaluated):
 
 
 def test_perturbation_maps(evaluated):
-    from filterdb.evaluations import load_perturbation_maps, maps_path
+    from filterdb.evaluation_files import load_perturbation_maps, maps_path
     from filterdb.training.perturbation import border_stats
 
     for role, path in evaluated["paths"].items():
@@ -324,7 +324,7 @@ def test_autoattack_standard_version(demo_home, tmp_path):
     result = invoke("evaluate", *paths, "-a", "autoattack", "--linf", "0.1", "--l2", "none", "-n", 8,
                     "--no-spatial", "--no-progress", "--format", "json")
     assert result.exit_code == 0, result.output
-    from filterdb.evaluations import load_evaluation
+    from filterdb.evaluation_files import load_evaluation
 
     robust = {}
     for role, path in zip(ROLES, paths):
@@ -391,7 +391,7 @@ def test_a_full_test_evaluation_replaces_the_training_figures(demo_home, tmp_pat
 
 
 def evaluation_path_of(path: Path) -> Path:
-    from filterdb.evaluations import evaluation_path
+    from filterdb.evaluation_files import evaluation_path
     return evaluation_path(path)
 
 
@@ -413,7 +413,7 @@ def test_cpu_default_is_pgd_and_autoattack_cost_is_estimated(demo_home):
 
 def test_results_of_earlier_weights_are_not_used(demo_home, tmp_path):
     """A checkpoint rewritten after 'filterdb evaluate' (retrained) loses its results everywhere."""
-    from filterdb.evaluations import evaluation_record, load_evaluation, load_perturbation_maps
+    from filterdb.evaluation_files import evaluation_record, load_evaluation, load_perturbation_maps
     from filterdb.store import open_database
     from filterdb.training.checkpoint import load_checkpoint
 

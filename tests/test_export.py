@@ -13,7 +13,7 @@ from torch import nn
 
 from filterdb import open_database
 from filterdb.analysis.compare import compare_groups
-from filterdb.analysis.database import database_metrics
+from filterdb.analysis.metrics_table import database_metrics
 from filterdb.build import add_module
 from filterdb.errors import FilterDBError
 from filterdb.ids import model_id

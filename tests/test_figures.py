@@ -182,7 +182,7 @@ def test_padding_figure_reads_evaluation_results(home, tmp_path):
     ones are left out; the key is chosen."""
     import shutil
 
-    from filterdb.evaluations import evaluation_path, maps_path
+    from filterdb.evaluation_files import evaluation_path, maps_path
     from filterdb.training.evaluation import evaluate_checkpoint
     from filterdb.training.evaluation_config import EvaluationConfig
 

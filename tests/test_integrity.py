@@ -569,7 +569,7 @@ def test_random_byte_flips_in_shards_never_give_a_number_computed_from_them(pris
 
 def test_every_commit_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
     """The order of the real system calls while a model, its master, a cache file and a checkpoint are written."""
-    from filterdb.analysis.database import database_metrics
+    from filterdb.analysis.metrics_table import database_metrics
     from filterdb.training.checkpoint import save_atomic
 
     events = []

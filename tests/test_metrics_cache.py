@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from filterdb.analysis import cache
-from filterdb.analysis.database import layer_metrics_frame
+from filterdb.analysis.metrics_table import layer_metrics_frame
 from filterdb.build import add_module
 from filterdb.store import FilterDB, open_database
 

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from filterdb import open_database
 from filterdb.cli import main
-from filterdb.pairs import TWIN_COLUMNS, ranked_pairs, twin_pairs
+from filterdb.model_pairs import TWIN_COLUMNS, ranked_pairs, twin_pairs
 
 
 def table(rows) -> pd.DataFrame:
@@ -87,7 +87,7 @@ def test_pairs_are_detected_from_the_demo_database(demo_db):
 def test_train_pair_then_add_names_the_twin(tmp_path):
     """'filterdb train pair' writes two matched checkpoints; added to a database, 'pairs' names the twin."""
     from filterdb.training.checkpoint import load_checkpoint
-    from filterdb.training.pairs import check_pair
+    from filterdb.training.pair_training import check_pair
 
     out, db = tmp_path / "run-a", tmp_path / "db"
     args = ["train", "pair", "-m", "cnn1-2", "-e", "1", "--eval-samples", "16", "--steps", "1", "--eval-steps", "1",

@@ -7,8 +7,8 @@ import torch
 from cli_results import one_error_line, run
 from torch import nn
 
-from filterdb.analysis.database import database_metrics
 from filterdb.analysis.groups import find_model
+from filterdb.analysis.metrics_table import database_metrics
 from filterdb.build import add_module
 from filterdb.errors import FilterDBError
 from filterdb.ids import model_id

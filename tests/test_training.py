@@ -14,7 +14,7 @@ from filterdb.training.checkpoint import load_checkpoint
 from filterdb.training.curriculum import Budgets, CuspCurriculum, random_spatial
 from filterdb.training.data import load_dataset
 from filterdb.training.methods import METHODS, effective_attack
-from filterdb.training.pairs import check_pair, pair_configs, train_pair
+from filterdb.training.pair_training import check_pair, pair_configs, train_pair
 from filterdb.training.trainer import TrainConfig, Trainer, initial_weights, state_sha256
 
 MODEL = "cnn4-16"

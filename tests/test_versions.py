@@ -99,7 +99,7 @@ def test_checkpoint_versions(tmp_path):
 def test_evaluation_file_versions(tmp_path):
     import json
 
-    from filterdb.evaluations import RESULTS_FORMAT, load_evaluation
+    from filterdb.evaluation_files import RESULTS_FORMAT, load_evaluation
 
     results = tmp_path / "m.pt.eval.json"
     for version, readable in ((1, True), ("1.0", True), ("1.9", False)):

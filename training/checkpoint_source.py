@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 
 from filterdb.errors import FilterDBError
-from filterdb.evaluations import evaluation_record
+from filterdb.evaluation_files import evaluation_record
 from filterdb.integrity import sha256_file
 from filterdb.sources.base import LoadedModel, ModelSpec
 

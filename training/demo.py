@@ -55,7 +55,7 @@ def demo_attack():
 
 
 def pair_config(pair: DemoPair):
-    """The robust run's TrainConfig (``training.pairs.pair_configs`` derives the normal one)."""
+    """The robust run's TrainConfig (``training.pair_training.pair_configs`` derives the normal one)."""
     from filterdb.training.trainer import TrainConfig
     return TrainConfig(model_string=pair.model_string, dataset="digits", method="pgd", attack=demo_attack(),
                        seed=pair.seed, epochs=pair.epochs, **DEMO_TRAINING)
@@ -98,7 +98,7 @@ def train_missing(cache: Path, workers: int | None = None) -> list[str]:
 def _train_pair(pair: DemoPair, cache: Path) -> None:
     import torch
 
-    from filterdb.training.pairs import train_pair_config
+    from filterdb.training.pair_training import train_pair_config
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -116,7 +116,7 @@ def is_cached(pair: DemoPair, cache: Path) -> bool:
     """Both checkpoints of ``pair`` finished (test metrics recorded) with today's demo settings."""
     from filterdb.errors import FilterDBError
     from filterdb.training.checkpoint import load_checkpoint
-    from filterdb.training.pairs import pair_configs
+    from filterdb.training.pair_training import pair_configs
 
     for role, config in zip(ROLES, pair_configs(pair_config(pair))):
         path = cache / pair.name / role / "last.pt"

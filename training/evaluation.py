@@ -25,7 +25,7 @@ projected back, and the attack's notes say so).
 
 What to measure is an ``EvaluationConfig`` (``filterdb.training.evaluation_config``; attacks as
 written, ``filterdb.training.attack_specs``). ``evaluate_checkpoint`` writes the results beside the
-checkpoint, in the files ``filterdb.evaluations`` defines and reads (``run/best.pt.eval.json``,
+checkpoint, in the files ``filterdb.evaluation_files`` defines and reads (``run/best.pt.eval.json``,
 ``run/best.pt.eval.h5``).
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from filterdb.eps import format_eps
 from filterdb.errors import FilterDBError
-from filterdb.evaluations import FORMAT_VERSION, RESULTS_FORMAT, evaluation_frame, maps_path, save_evaluation
+from filterdb.evaluation_files import FORMAT_VERSION, RESULTS_FORMAT, evaluation_frame, maps_path, save_evaluation
 from filterdb.training.attack_specs import AttackSpec, check_budgets
 from filterdb.training.attacks import AttackConfig, project
 from filterdb.training.autoattack import AUTOATTACK_GRADIENTS, AUTOATTACK_QUERIES, autoattack_version

@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from filterdb.evaluations import ratio
+from filterdb.evaluation_files import ratio
 
 
 def border_mask(height: int, width: int, frame: int) -> np.ndarray:

@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from filterdb.errors import FilterDBError
-from filterdb.training import distributed
+from filterdb.training import ddp
 from filterdb.training.attacks import AttackConfig, eval_mode, pgd
 from filterdb.training.checkpoint import FORMAT, FORMAT_VERSION, SELECTIONS, load_checkpoint, save_atomic, versions
 from filterdb.training.curriculum import Budgets, CuspCurriculum, random_spatial
@@ -211,7 +211,7 @@ class Trainer:
         self.config = config
         self.out_dir = Path(out_dir)
         self.progress = progress
-        self.ctx = distributed.setup(config.device)
+        self.ctx = ddp.setup(config.device)
         self.device = self.ctx.device
         self.info = dataset_info(config.dataset, config.data_dir)
         seed_everything(config.seed)
@@ -335,7 +335,7 @@ class Trainer:
             bar.remove_task(task)
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
-        loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum, correct, seen], self.ctx)
+        loss_sum, correct, seen = ddp.all_reduce_sum([loss_sum, correct, seen], self.ctx)
         if not math.isfinite(loss_sum):
             raise FilterDBError(f"training diverged at epoch {epoch + 1} (loss {loss_sum}); lower --lr or use --amp bf16/none")
         record = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "train_acc": 100.0 * correct / seen,
@@ -366,7 +366,7 @@ class Trainer:
                 correct += int(ok.sum().item())
                 robust += int(ok_adv.sum().item())
                 total += len(y)
-        all_correct, all_robust, all_total = distributed.all_reduce_sum([correct, robust, total], self.ctx)
+        all_correct, all_robust, all_total = ddp.all_reduce_sum([correct, robust, total], self.ctx)
         return 100.0 * all_correct / max(all_total, 1), 100.0 * all_robust / max(all_total, 1)
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -457,7 +457,7 @@ class Trainer:
                     self.save(last)
                     if improved:
                         self.save(best)
-                distributed.barrier(self.ctx)
+                ddp.barrier(self.ctx)
                 if bar:
                     bar.update(epochs_task, advance=1, status=f"loss {record['train_loss']:.4f} acc {record['train_acc']:.1f}%")
                 if stop_after is not None and self.epoch >= stop_after and self.epoch < cfg.epochs:
@@ -471,7 +471,7 @@ class Trainer:
             payload["metrics"] = metrics
             payload["selected"] = True
             save_atomic(payload, selected)
-        distributed.barrier(self.ctx)
+        ddp.barrier(self.ctx)
         return TrainResult(checkpoint=selected, last=last, metrics=metrics, history=list(self.history))
 
     def test_metrics(self) -> dict:

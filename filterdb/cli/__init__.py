@@ -19,7 +19,7 @@ import click
 from filterdb.errors import FilterDBError
 
 # Every command: name -> (module, attribute, the command's one-line help).
-# tests/test_imports.py checks that each help line is the command's own.
+# tests/test_lazy_imports.py checks that each help line is the command's own.
 COMMANDS = {
     "add": ("filterdb.cli.database", "add",
         "Add models: filterdb training checkpoints (FILE.pt), your own state dicts (FILE --arch ARCH), "

@@ -41,7 +41,7 @@ def _executor(jobs: int, scheduler: str | None):
         with client:
             yield client
     elif jobs > 1:
-        from filterdb.analysis.database import worker_pool
+        from filterdb.analysis.metrics_table import worker_pool
         with worker_pool(jobs) as pool:
             yield pool
     else:
@@ -74,7 +74,7 @@ column says why.
               help="Only layers of this kernel size; 'all' for every size.")
 @scheduler_option
 def metrics(db_path, models, select, fmt, jobs, kernel, scheduler):
-    from filterdb.analysis.database import database_metrics, resolve_models
+    from filterdb.analysis.metrics_table import database_metrics, resolve_models
     from filterdb.store import open_database
     with open_database(resolve_db(db_path)) as db, _executor(jobs, scheduler) as executor:
         wanted = resolve_models(db.models, _split(models)) if models else list(db.models.index)
@@ -223,8 +223,8 @@ def show(model, layer, db_path, plot, npy, fmt):
         raise FilterDBError("--plot and --npy draw or save one layer's filters: give MODEL LAYER")
     check_output_file(plot, PLOT_SUFFIXES, "--plot")
     check_output_file(npy, ("npy",), "--npy")
-    from filterdb.analysis.database import database_metrics
     from filterdb.analysis.groups import find_model
+    from filterdb.analysis.metrics_table import database_metrics
     from filterdb.store import open_database
 
     with open_database(resolve_db(db_path)) as db:

@@ -104,7 +104,7 @@ def build(leaderboard, checkpoints, models, db_path, force, jobs, scheduler, off
     with removed_if_left_empty(db_dir), FilterDB.open(db_dir, "a") as db:
         click.echo(f"database {db.path}: {len(specs)} model(s) to check", err=True)
         if scheduler:
-            from filterdb.distributed import build_on_dask
+            from filterdb.dask_build import build_on_dask
             report = build_on_dask(db, specs, scheduler, force=force)
         else:
             report = run_build(db, specs, force=force, jobs=jobs, description=leaderboard or "checkpoints")

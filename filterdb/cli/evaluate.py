@@ -7,7 +7,7 @@ import click
 import pandas as pd
 
 from filterdb.cli.options import format_option
-from filterdb.evaluations import evaluation_path
+from filterdb.evaluation_files import evaluation_path
 from filterdb.output import emit
 from filterdb.training.evaluation import evaluate_checkpoint
 from filterdb.training.evaluation_config import (

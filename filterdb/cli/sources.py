@@ -77,7 +77,7 @@ PAIR_TABLE_COLUMNS = ["robust_model", "dataset", "architecture", "normal_models"
 def pair_table(models: pd.DataFrame) -> pd.DataFrame:
     """One row per robust model: the normal models of the same dataset and architecture, those
     still missing, and its twin (the normal model trained with it as a matched pair) if any."""
-    from filterdb.pairs import ranked_pairs, twin_pairs
+    from filterdb.model_pairs import ranked_pairs, twin_pairs
 
     keys = models["key"]
     ranked = ranked_pairs(models)

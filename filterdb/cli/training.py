@@ -157,7 +157,7 @@ def run_command(model_string, method, **o):
 def pair_command(model_string, robust_method, **o):
     """Train a matched pair: a normal and a robust model with the same seed, initial
     weights, data order and checkpoint-selection rule (into OUT/normal and OUT/<method>)."""
-    from filterdb.training.pairs import pair_configs, train_pair_config
+    from filterdb.training.pair_training import pair_configs, train_pair_config
 
     robust_cfg = pair_configs(_config(model_string, robust_method, o))[1]
     out = _run_dir(o, f"pair-{robust_cfg.model_string}-{robust_cfg.dataset}-{robust_method}-s{robust_cfg.seed}")
@@ -174,7 +174,7 @@ def pair_command(model_string, robust_method, **o):
 def counterpart_command(ctx, robustbench_id, threat_model, **o):
     """Train a normal model of ROBUSTBENCH_ID's architecture (e.g. Carmon2019Unlabeled), the
     counterpart to compare the robust model with; on the id's dataset unless --dataset says otherwise."""
-    from filterdb.training.pairs import counterpart_model_string
+    from filterdb.training.pair_training import counterpart_model_string
 
     if ctx.get_parameter_source("dataset") == click.core.ParameterSource.DEFAULT:
         o["dataset"] = _robustbench_dataset(robustbench_id, threat_model)
