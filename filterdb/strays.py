@@ -70,9 +70,9 @@ def find_strays(db_dir: str | os.PathLike) -> list[Stray]:
 
 def remove_dead_temps(directory: str | os.PathLike) -> list[Path]:
     """Remove the ``.<name>.<pid>.tmp`` files in ``directory`` whose process is gone; the paths removed."""
-    removed = []
+    removed: list[Path] = []
     try:
-        entries = list(os.scandir(directory))
+        entries = list(os.scandir(os.fspath(directory)))
     except OSError:
         return removed
     for entry in entries:
