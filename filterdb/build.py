@@ -18,8 +18,9 @@ import pandas as pd
 from filterdb.errors import FilterDBError
 from filterdb.progress import progress_bar
 from filterdb.records import extract_loaded
+from filterdb.shards import write_shard
 from filterdb.sources.base import LoadedModel, ModelSpec
-from filterdb.store import FilterDB, write_shard
+from filterdb.store import FilterDB
 from filterdb.workers import worker_pool
 
 
