@@ -32,7 +32,7 @@ from filterdb.build import add_module
 from filterdb.compat import import_robustbench
 from filterdb.extract import conv_modules, execution_order, extract_members
 from filterdb.ids import model_id
-from filterdb.store import FilterDB
+from filterdb.store import FilterDB, open_database
 
 
 def wrn_28_10() -> torch.nn.Module:
@@ -124,7 +124,7 @@ def main() -> None:
     t_save = statistics.median(batched["save"])
     t_extract, t_single, t_one_off = (statistics.median(t["add"]) for t in (batched, single, one_offs))
     t_forward = timed(lambda: execution_order(model, [m for _, m in conv_modules(model)], (3, 32, 32)), args.repeat)
-    with FilterDB.open(db_dir, "r") as db:
+    with open_database(db_dir) as db:
         back = db.read_model(mid)
         assert np.array_equal(back, array)
         t_read = timed(lambda: db.read_model(mid), args.repeat)

@@ -31,7 +31,7 @@ import xxhash
 
 from filterdb.build import add_module
 from filterdb.integrity import _pread_exact
-from filterdb.store import FilterDB
+from filterdb.store import FilterDB, open_database
 
 
 def wrn_28_10(seed: int) -> torch.nn.Module:
@@ -95,7 +95,7 @@ def main() -> None:
         for i in range(args.models):
             add_module(writer, wrn_28_10(i), source="bench", name=f"wrn{i}", input_shape=(3, 32, 32))
 
-    with FilterDB.open(db_path) as db:
+    with open_database(db_path) as db:
         mids = list(db.models.index)
         layers = db.layers
         n_bytes = int(layers.loc[layers["kernel"] == "3x3", "n_filters"].sum()) * 36

@@ -18,9 +18,9 @@ import pandas as pd
 from filterdb.errors import FilterDBError
 from filterdb.progress import progress_bar
 from filterdb.records import extract_loaded
-from filterdb.shards import SHARD_DIR
+from filterdb.shards import SHARD_DIR, write_shard
 from filterdb.sources.base import LoadedModel, ModelSpec
-from filterdb.store import FilterDB, write_shard
+from filterdb.store import FilterDB
 from filterdb.strays import remove_dead_temps
 from filterdb.workers import worker_pool
 

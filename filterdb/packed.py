@@ -19,8 +19,8 @@ hides the layout), and filterdb's own digests are checked on either.
 
 The root attribute ``tables_digest`` covers both tables and /model_digests; a reader checks
 it on open and each layer's digest on every read, as for a database directory.
-:class:`PackedDB` reads the file with the reading API of ``FilterDB`` (models, layers,
-read_layer, iter_filter_chunks, ...), so ``open_database("x.h5")`` serves every read-only
+:class:`PackedDB` reads the file with the reading API every database shares
+(:class:`filterdb.reading.DatabaseReading`: models, layers, read_layer, iter_filter_chunks, ...), so ``open_database("x.h5")`` serves every read-only
 command and the figures. Derived data (the metrics cache, the divergence basis) cannot live
 beside a single file: it is kept in ``$FILTERDB_HOME/cache/<tables digest>/`` (``cache_dir``),
 keyed by the file's content, so a copy of the file anywhere shares it and a different file
@@ -44,6 +44,7 @@ from filterdb.atomic import atomic_path, io_failure
 from filterdb.errors import FilterDBError
 from filterdb.h5table import read_table, write_table
 from filterdb.master import DATABASE_ENCODING, MASTER_NAME
+from filterdb.reading import DatabaseReading
 from filterdb.shards import FILTERS_ENCODING, root_attrs
 from filterdb.versions import check_readable
 
@@ -199,13 +200,12 @@ def _tables_digest(models: pd.DataFrame, layers: pd.DataFrame, ids: list[str], d
 
 # ---------------------------------------------------------------------------- reading
 
-class PackedDB:
-    """A packed database file, read only, with the reading API of ``FilterDB``."""
-
-    mode = "r"
+class PackedDB(DatabaseReading):
+    """A packed database file, read only (:class:`filterdb.reading.DatabaseReading`)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path).expanduser()
+        self._file: h5py.File | None = None
         try:
             self._file = h5py.File(self.path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES)
         except (OSError, ValueError, RuntimeError):
@@ -238,8 +238,8 @@ class PackedDB:
             digests = self._file[DIGESTS]["digest"][()].astype(np.uint64)
         except (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeDecodeError) as exc:
             raise self._damaged(f"its tables cannot be read ({' '.join(str(exc).split())[:160]})") from None
-        self._tables = int(attrs["tables_digest"])
-        if _tables_digest(self._models, self._layers, ids, digests) != self._tables:
+        self._content_digest = int(attrs["tables_digest"])
+        if _tables_digest(self._models, self._layers, ids, digests) != self._content_digest:
             raise self._damaged("its tables do not match their checksum (the file is damaged)")
         self._model_digests = dict(zip(ids, digests.tolist()))
         self._layer_digests: dict[str, dict[tuple[int, int], int]] = {}
@@ -252,34 +252,13 @@ class PackedDB:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> "PackedDB":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"PackedDB({str(self.path)!r}, {len(self._models)} models, {len(self._layers)} layers)"
-
-    @property
-    def models(self) -> pd.DataFrame:
-        return self._models
-
-    @property
-    def layers(self) -> pd.DataFrame:
-        return self._layers
-
-    @property
-    def kernels(self) -> list[str]:
-        return sorted(self._layers["kernel"].unique(), key=lambda k: (int(k.split("x")[0]) * int(k.split("x")[1]), k))
+    def _tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return self._models, self._layers
 
     @property
     def cache_dir(self) -> Path:
         """Where derived data (metrics cache, divergence basis) of this file lives: keyed by its content."""
-        return paths.home() / CACHE_DIR / f"{self._tables:016x}"
-
-    def has_model(self, model_id: str) -> bool:
-        return model_id in self._models.index
+        return paths.home() / CACHE_DIR / f"{self._content_digest:016x}"
 
     def shard_digest(self, model_id: str) -> str:
         return f"{integrity.ALGORITHM}:{self._model_digests[model_id]:016x}"
@@ -325,15 +304,6 @@ class PackedDB:
         """The filters of one layer-table row, float32 (n, kh, kw), verified."""
         return self._read(row["model_id"], row["kernel"], int(row["start"]), int(row["stop"]), row["name"])
 
-    def read_model(self, model_id: str, kernel: str = "3x3") -> np.ndarray:
-        rows = self._layers[(self._layers["model_id"] == model_id) & (self._layers["kernel"] == kernel)]
-        return self.read_filters(rows, kernel)
-
-    def iter_layers(self, layers: pd.DataFrame | None = None) -> Iterator[tuple[pd.Series, np.ndarray]]:
-        frame = self._layers if layers is None else layers
-        for _, row in frame.iterrows():
-            yield row, self.read_layer(row)
-
     def iter_filter_chunks(self, kernel: str = "3x3", layers: pd.DataFrame | None = None,
                            chunk_rows: int = 1 << 20) -> Iterator[np.ndarray]:
         """The filters of the selected layers of one kernel size, a layer at a time (verified), in
@@ -345,14 +315,3 @@ class PackedDB:
             filters = self._read(mid, kernel, start, stop, name)
             for lo in range(0, len(filters), chunk_rows):
                 yield filters[lo:lo + chunk_rows]
-
-    def read_filters(self, layers: pd.DataFrame, kernel: str = "3x3") -> np.ndarray:
-        parts = list(self.iter_filter_chunks(kernel, layers))
-        if not parts:
-            return np.empty((0, *map(int, kernel.split("x"))), np.float32)
-        return np.concatenate(parts)
-
-    def export(self, out: str | os.PathLike, models: list[str] | None = None, layers: pd.DataFrame | None = None,
-               **options) -> Path:
-        """Pack this file (or a subset) again: see :func:`write_packed`."""
-        return write_packed(self, out, models, layers, **options)

@@ -25,7 +25,9 @@ import numpy as np
 from filterdb import integrity
 from filterdb.atomic import TMP_SUFFIX
 from filterdb.errors import FilterDBError
-from filterdb.store import MASTER_NAME, SHARD_DIR, FilterDB, read_verified_shard
+from filterdb.master import MASTER_NAME
+from filterdb.shards import SHARD_DIR, read_verified_shard
+from filterdb.store import FilterDB
 from filterdb.strays import find_strays
 
 QUARANTINE_DIR = "quarantine"

@@ -37,10 +37,10 @@ from filterdb.ids import model_id as make_model_id
 from filterdb.ids import model_key
 from filterdb.output import json_safe
 from filterdb.progress import progress_bar
-from filterdb.shards import tool_version
+from filterdb.shards import shard_writer, tool_version
 from filterdb.sources.direct_io import DirectFile, aligned_buffer, window
 from filterdb.sources.pandas_hdf import is_missing, read_fixed_frame
-from filterdb.store import FilterDB, shard_writer
+from filterdb.store import FilterDB
 
 SOURCE = "cnn-filter-db"
 FILTER_DATASETS = ("filters", "filter")  # the code writes /filters, the CNN-Filter-DB README says /filter
