@@ -163,7 +163,7 @@ class DirectoryReading(DatabaseReading):
         if offset < 0:
             return None
         if self._digest_of is None:
-            layer_rows = self._layers
+            layer_rows = self.layers
             self._digest_of = {(k, a): (b, d) for k, a, b, d in zip(layer_rows["kernel"], layer_rows["start"].tolist(),
                                                                     layer_rows["stop"].tolist(),
                                                                     self._layer_digests.tolist())}

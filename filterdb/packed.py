@@ -218,8 +218,14 @@ class PackedDB(DatabaseReading):
             self.close()
             raise
 
+    @property
+    def _open_file(self) -> h5py.File:
+        if self._file is None:
+            raise FilterDBError(f"{self.path}: the export was closed; open it again with filterdb.open_database")
+        return self._file
+
     def _load(self) -> None:
-        attrs = self._file.attrs
+        attrs = self._open_file.attrs
         if attrs.get("format") != schema.FORMAT_NAME or attrs.get("encoding-type") != DATABASE_ENCODING:
             raise FilterDBError(f"{self.path} is an HDF5 file but not a filterdb export; give --db a database "
                                 "directory or a file from 'filterdb export'")
@@ -232,10 +238,10 @@ class PackedDB(DatabaseReading):
             raise FilterDBError(f"{self.path} has no checksums (exported by an older filterdb); export it again "
                                 "from its database directory")
         try:
-            self._models = read_table(self._file["models"], schema.MODEL_COLUMNS)
-            self._layers = read_table(self._file["layers"], schema.LAYER_COLUMNS)
-            ids = [str(i) for i in self._file[DIGESTS]["model_id"].asstr()[()]]
-            digests = self._file[DIGESTS]["digest"][()].astype(np.uint64)
+            self._models = read_table(self._open_file["models"], schema.MODEL_COLUMNS)
+            self._layers = read_table(self._open_file["layers"], schema.LAYER_COLUMNS)
+            ids = [str(i) for i in self._open_file[DIGESTS]["model_id"].asstr()[()]]
+            digests = self._open_file[DIGESTS]["digest"][()].astype(np.uint64)
         except (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeDecodeError) as exc:
             raise self._damaged(f"its tables cannot be read ({' '.join(str(exc).split())[:160]})") from None
         self._content_digest = int(attrs["tables_digest"])
@@ -267,14 +273,14 @@ class PackedDB(DatabaseReading):
         return self.path.stat().st_size
 
     def filters(self, kernel: str = "3x3") -> h5py.Dataset:
-        if kernel not in self._file["filters"]:
+        if kernel not in self._open_file["filters"]:
             raise FilterDBError(f"no {kernel} filters in {self.path}; kernels present: {', '.join(self.kernels) or 'none'}")
-        return self._file["filters"][kernel]
+        return self._open_file["filters"][kernel]
 
     def _digests(self, kernel: str) -> dict[tuple[int, int], int]:
         table = self._layer_digests.get(kernel)
         if table is None:
-            attrs = self._file["filters"][kernel].attrs
+            attrs = self._open_file["filters"][kernel].attrs
             table = dict(zip(zip(attrs["layer_starts"].tolist(), attrs["layer_stops"].tolist()),
                              attrs["layer_digests"].tolist()))
             self._layer_digests[kernel] = table
