@@ -9,7 +9,7 @@ the layout before (contiguous, unfiltered), in the same run, on:
 - read through h5py alone: every filter dataset read whole (``ds[()]``), and layer by layer;
 
 and, for shards, what the same layout would cost filterdb's shard read path: today's (contiguous
-shards, mapped/preadv reads hashed with xxh3 by ``FilterDB.iter_layers``) against h5py reads of
+shards, mapped/preadv reads hashed with xxh3 by ``iter_layers``) against h5py reads of
 a chunked Fletcher-32 copy of each shard's filters plus the same xxh3 check. Files are in the
 page cache (a warm analysis); layouts take turns round by round and each ratio is the median of
 per-round ratios (time of the Fletcher-32 layout / time of today's). Run by hand:
@@ -34,7 +34,8 @@ from torch import nn
 from filterdb import integrity
 from filterdb.build import add_module
 from filterdb.packed import CHUNK_BYTES, ChunkWriter, PackedDB, create_filter_dataset, write_packed
-from filterdb.store import FilterDB
+from filterdb.reading import DatabaseReading
+from filterdb.store import FilterDB, open_database
 
 CHUNK_SIZES = (CHUNK_BYTES, 1 << 20, 4 << 20)
 
@@ -71,7 +72,7 @@ def read_h5py_layers(path: Path) -> None:
             f["filters"][kernel][start:stop]
 
 
-def read_shards(db: FilterDB) -> None:
+def read_shards(db: DatabaseReading) -> None:
     """Every layer of an open database through filterdb's shard reader (xxh3-checked)."""
     for _ in db.iter_layers():
         pass
@@ -80,7 +81,7 @@ def read_shards(db: FilterDB) -> None:
 def fletcher_shard_copies(db_dir: Path, out: Path) -> list[tuple[Path, list[tuple[str, int, int, int]]]]:
     """Per shard, a file with its filters chunked with Fletcher-32 and its layers' (kernel, start, stop, digest)."""
     copies = []
-    with FilterDB.open(db_dir, "r") as db:
+    with open_database(db_dir) as db:
         for mid in db.models.index:
             path = out / f"{mid}.h5"
             rows = db.layers[db.layers["model_id"] == mid]
@@ -135,7 +136,7 @@ def main() -> None:
 
     layouts = {"contiguous": 0, **{f"fletcher {c >> 10} KiB": c for c in CHUNK_SIZES}}
     times: dict[tuple[str, str], list[float]] = {}
-    with FilterDB.open(db_dir, "r") as db:
+    with open_database(db_dir) as db:
         for _ in range(args.repeat):
             for name, chunk in layouts.items():
                 out = work / f"{chunk}.h5"
@@ -162,7 +163,7 @@ def main() -> None:
     copies = fletcher_shard_copies(db_dir, copies_dir)
     files = [(h5py.File(path, "r", rdcc_nbytes=4 * CHUNK_BYTES), layers) for path, layers in copies]
     today, fletcher = [], []
-    with FilterDB.open(db_dir, "r") as db:
+    with open_database(db_dir) as db:
         read_shards(db)
         read_fletcher_shards(files)
         for _ in range(args.repeat):

@@ -66,7 +66,7 @@ def test_a_newer_database_is_refused_not_rebuilt(db_path):
         f.attrs["encoding-version"] = "3.0"
     for mode in ("r", "a"):
         with pytest.raises(FilterDBError, match="database format version 3.0 is newer than this filterdb reads"):
-            FilterDB.open(db_path, mode)
+            open_database(db_path, mode)
     with h5py.File(db_path / "filterdb.h5", "r") as f:
         assert f.attrs["encoding-version"] == "3.0"  # left as it was
 
