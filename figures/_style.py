@@ -8,6 +8,7 @@ version strings, so a rerun on the same inputs gives the same bytes.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -109,6 +110,22 @@ def open_db(path: Path | None):
         return open_database(path)
     except FilterDBError as exc:
         raise SystemExit(str(exc)) from None
+
+
+def database_figure_main(argv, doc: str | None, name: str, what: str, compute: Callable[..., pd.DataFrame],
+                         plot: Callable[[pd.DataFrame], plt.Figure], empty: str) -> list[Path]:
+    """The ``main`` of a figure drawn from one robust-vs-normal table: parse --db and --out, open
+    the database, check that it holds both groups (``what`` names the figure in the message),
+    ``compute(db)`` the table, stop with ``empty`` if it has no rows, then ``plot`` it and save
+    it as ``<out>/<name>.png`` and ``.pdf``."""
+    args = parser(doc).parse_args(argv)
+    apply_style()
+    with open_db(args.db) as db:
+        require_both_groups(db.models, what)
+        values = compute(db)
+    if values.empty:
+        raise SystemExit(empty)
+    return save(plot(values), args.out, name)
 
 
 def save(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:

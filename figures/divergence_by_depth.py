@@ -119,14 +119,8 @@ def plot(values: pd.DataFrame) -> plt.Figure:
 
 
 def main(argv=None) -> list[Path]:
-    args = _style.parser(__doc__).parse_args(argv)
-    _style.apply_style()
-    with _style.open_db(args.db) as db:
-        _style.require_both_groups(db.models, "The divergence figure")
-        values = divergences(db)
-    if values.empty:
-        raise SystemExit("no depth group has 3x3 filters of both robust and normal models of one dataset")
-    return _style.save(plot(values), args.out, NAME)
+    return _style.database_figure_main(argv, __doc__, NAME, "The divergence figure", divergences, plot,
+                                       "no depth group has 3x3 filters of both robust and normal models of one dataset")
 
 
 if __name__ == "__main__":

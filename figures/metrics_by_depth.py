@@ -61,7 +61,8 @@ def summarize(long: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot(long: pd.DataFrame, datasets: list[str]) -> plt.Figure:
+def plot(long: pd.DataFrame) -> plt.Figure:
+    datasets = sorted(long["dataset"].unique())
     stats = summarize(long)
     fig, axes = plt.subplots(len(METRICS), len(datasets), figsize=(1.4 + 4.4 * len(datasets), 8.2),
                              sharex=True, sharey="row", squeeze=False)
@@ -101,14 +102,8 @@ def plot(long: pd.DataFrame, datasets: list[str]) -> plt.Figure:
 
 
 def main(argv=None) -> list[Path]:
-    args = _style.parser(__doc__).parse_args(argv)
-    _style.apply_style()
-    with _style.open_db(args.db) as db:
-        _style.require_both_groups(db.models, "The metrics-by-depth figure")
-        long = model_means(db)
-    if long.empty:
-        raise SystemExit("no 3x3 convolution layers with defined metrics in the database")
-    return _style.save(plot(long, sorted(long["dataset"].unique())), args.out, NAME)
+    return _style.database_figure_main(argv, __doc__, NAME, "The metrics-by-depth figure", model_means, plot,
+                                       "no 3x3 convolution layers with defined metrics in the database")
 
 
 if __name__ == "__main__":

@@ -61,76 +61,44 @@ COMMANDS = {
 }
 
 
-class LazyCommands(dict):
-    """The group's name -> command mapping; a contributed command is imported on first lookup."""
-
-    def __init__(self, lazy: dict[str, tuple[str, str, str]]):
-        super().__init__()
-        self.lazy = dict(lazy)
-
-    def _load(self, name: str) -> None:
-        if dict.__contains__(self, name) or name not in self.lazy:
-            return
-        module_name, attribute, _ = self.lazy[name]
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            del self.lazy[name]  # an optional part that is not installed
-            return
-        dict.__setitem__(self, name, getattr(module, attribute))
-
-    def loaded(self, name: str) -> bool:
-        return dict.__contains__(self, name)
-
-    def __getitem__(self, name):
-        self._load(name)
-        return dict.__getitem__(self, name)
-
-    def get(self, name, default=None):
-        self._load(name)
-        return dict.get(self, name, default)
-
-    def __contains__(self, name) -> bool:
-        return dict.__contains__(self, name) or name in self.lazy
-
-    def __iter__(self):
-        return iter(sorted({*dict.keys(self), *self.lazy}))
-
-    def __len__(self) -> int:
-        return len({*dict.keys(self), *self.lazy})
-
-    def keys(self):
-        return list(self)
-
-    def values(self):
-        return [self[name] for name in self]
-
-    def items(self):
-        return [(name, self[name]) for name in self]
-
-
 class FilterDBGroup(click.Group):
-    """Turns FilterDBError into a one-line message and exit code 1, Ctrl-C into one line and
-    exit code 130 (no traceback); lists contributed commands without importing them."""
+    """The group: a command of ``lazy_commands`` (name -> module, attribute, help) is imported
+    when it is looked up (``get_command``) and listed from its help line without importing it
+    (click's extension points for lazy subcommands); FilterDBError becomes a one-line message
+    and exit code 1, Ctrl-C one line and exit code 130 (no traceback)."""
 
-    commands: LazyCommands  # main.commands = LazyCommands(COMMANDS), below
+    def __init__(self, *args, lazy_commands: dict[str, tuple[str, str, str]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = lazy_commands
+
+    def list_commands(self, ctx: click.Context | None) -> list[str]:
+        return sorted({*self.commands, *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands or cmd_name not in self.lazy_commands:
+            return super().get_command(ctx, cmd_name)
+        module_name, attribute, _ = self.lazy_commands[cmd_name]
+        command: click.Command = getattr(importlib.import_module(module_name), attribute)
+        return command
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as exc:  # click suggests near names from self.commands alone
+            raise click.exceptions.NoSuchCommand(exc.command_name, possibilities=self.list_commands(ctx),
+                                                 ctx=ctx) from None
 
     def format_commands(self, ctx, formatter):
-        helps = {}  # name -> the command's one-line help (a function of the width)
-        for name in self.list_commands(ctx):
-            if self.commands.loaded(name):
-                if not self.commands[name].hidden:
-                    helps[name] = self.commands[name].get_short_help_str
-            else:
-                helps[name] = lambda limit, text=self.commands.lazy[name][2]: click.utils.make_default_short_help(text, limit)
-        if not helps:
+        # A lazy command is listed through a stand-in carrying its help line, so that click shortens
+        # it as it would the command's own, and the command's module is not imported.
+        rows = [(name, command) for name in self.list_commands(ctx)
+                for command in [self.commands.get(name) or click.Command(name, help=self.lazy_commands[name][2])]
+                if not command.hidden]
+        if not rows:
             return
-        limit = formatter.width - 6 - max(len(name) for name in helps)
-        rows = [(name, short_help(limit)) for name, short_help in helps.items()]
+        limit = formatter.width - 6 - max(len(name) for name, _ in rows)
         with formatter.section("Commands"):
-            formatter.write_dl(rows)
+            formatter.write_dl([(name, command.get_short_help_str(limit)) for name, command in rows])
 
     def invoke(self, ctx):
         try:
@@ -143,12 +111,7 @@ class FilterDBGroup(click.Group):
             sys.exit(130)
 
 
-@click.group(cls=FilterDBGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=FilterDBGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="filterdb")
 def main():
     """filterdb: convolution filters of robust and normal CNNs, in one HDF5 database."""
-
-
-main.commands = LazyCommands(COMMANDS)
-
-
