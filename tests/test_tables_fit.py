@@ -137,3 +137,19 @@ def test_the_demo_tells_its_finding_on_one_screen(demo_db, monkeypatch):
     assert "filterdb report robust normal" in text and "filterdb compare robust normal --layer deciles" in text
     assert len(baseline.models) == 16 and set(baseline.models["group"]) == {"normal,seed=0|1|2|3",
                                                                              "normal,seed=4|5|6|7"}
+
+
+def test_only_rank_0_prints_a_training_result(monkeypatch, capsys):
+    import pandas as pd
+
+    from filterdb.cli.training import _emit_result
+    frame = pd.DataFrame([{"model": "cnn4-16", "clean_acc": 98.3}])
+    monkeypatch.setenv("RANK", "1")
+    _emit_result(frame, "table", "training result")
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    _emit_result(frame, "table", "training result")
+    assert "cnn4-16" in capsys.readouterr().out
+    monkeypatch.delenv("RANK")
+    _emit_result(frame, "csv", "training result")
+    assert capsys.readouterr().out.splitlines()[1] == "cnn4-16,98.3"

@@ -192,9 +192,10 @@ def find_layer(layers, query: str):
     if hits.empty and query.lstrip("-").isdigit():
         hits = layers[layers["layer_index"] == int(query)]
     if hits.empty:
-        names = ", ".join(f"{i}:{n}" for i, n in zip(layers["layer_index"], layers["name"]))
+        from filterdb.output import first_few
+        names = first_few([f"{i}:{n}" for i, n in zip(layers["layer_index"], layers["name"])], 8)
         raise FilterDBError(f"no layer {query!r} in this model; give a module name or a layer index "
-                            f"(index:name): {names[:600]}")
+                            f"(index:name): {names}; 'filterdb show MODEL' lists them all")
     return hits.iloc[0]
 
 
