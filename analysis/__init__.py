@@ -12,7 +12,7 @@ Single layers and in-memory groups: :func:`layer_metrics`, the metric functions 
 database-wide basis the authors use).
 """
 from filterdb.analysis.basis import reference_basis
-from filterdb.analysis.compare import Comparison, compare_groups, emit_comparison, plot_comparison
+from filterdb.analysis.compare import Comparison, compare_groups
 from filterdb.analysis.divergence import divergence
 from filterdb.analysis.metrics import (
     DEFAULT_VE,
@@ -28,6 +28,7 @@ from filterdb.analysis.metrics import (
     variance_entropy_raw,
 )
 from filterdb.analysis.metrics_table import database_metrics, plot_metrics
+from filterdb.analysis.rendering import emit_comparison, plot_comparison
 
 __all__ = ["Comparison", "DEFAULT_VE", "METRIC_NAMES", "compare_groups", "database_metrics", "divergence",
            "emit_comparison", "l1_norm", "l2_norm", "layer_metrics", "normalized_variance_entropy", "orthogonality",

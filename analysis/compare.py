@@ -122,27 +122,14 @@ class Comparison:
                 ".to_frame(), .display(), .groups, .per_model, .divergence, .plot())")
 
     def _repr_html_(self) -> str:
-        """What a notebook shows: the groups, the statistics table and the divergence, as in the terminal."""
-        from html import escape
-
-        def table(frame: pd.DataFrame) -> str:
-            return frame.to_html(index=False, na_rep="nan", float_format=lambda v: f"{v:.4g}", border=0)
-
-        groups = self.groups[[c for c in self.groups.columns if not c.endswith((" mean", " std", " median"))]]
-        parts = [f"<h4>A = {escape(self.group_a)}, B = {escape(self.group_b)}: layers {escape(self.layer)}, "
-                 f"kernel {escape(self.kernel)}, aggregate {escape(self.aggregate)}</h4>",
-                 table(groups), "<p><b>A - B</b> (unpaired: Mann-Whitney U, bootstrap CI, Cliff's delta; paired: "
-                 "Wilcoxon signed-rank; perm p: permutation null; p Holm over metrics x layer groups)</p>",
-                 table(self.display())]
-        if len(self.divergence):
-            parts += [f"<p><b>Divergence</b> of the groups' filters (basis: {escape(self.basis)})</p>",
-                      table(self.divergence.drop(columns=["perm_exact"], errors="ignore"))]
-        parts.append(f"<p><small>{escape('; '.join(self.notes))}</small></p>")
-        return "\n".join(parts)
+        """What a notebook shows: the groups, the statistics table and the divergence (:mod:`.rendering`)."""
+        from filterdb.analysis.rendering import comparison_html
+        return comparison_html(self)
 
     def plot(self, path=None):
         """A figure (one panel per metric: mean ± std of each group per layer group); saved to ``path``
         (.png, .pdf, .svg) when given. Returns the matplotlib Figure."""
+        from filterdb.analysis.rendering import plot_comparison
         return plot_comparison(self, path)
 
     def display(self) -> pd.DataFrame:
@@ -534,50 +521,11 @@ def _drop_by(result: Comparison) -> Comparison:
     return result
 
 
-# ---------------------------------------------------------------------------- output
-
-def emit_comparison(result: Comparison, fmt: str = "table", file=None, max_pair_rows: int = 60) -> None:
-    """Print a comparison: tables (groups, statistics, per-pair differences, divergence) or one flat CSV/JSON table."""
-    from filterdb.output import emit
-    if fmt != "table":
-        emit(result.to_frame(), fmt, file=file)
-        return
-    title = f"{result.group_a} vs {result.group_b}, layers: {result.layer}, kernel: {result.kernel}"
-    groups = result.groups[[c for c in result.groups.columns if not c.endswith((" mean", " std", " median"))]]
-    emit(groups, "table", title=f"Groups ({title})", file=file)
-    emit(result.display(), "table", file=file,
-         title=f"A = {result.group_a}, B = {result.group_b}, kernel {result.kernel}, aggregate: {result.aggregate}\n"
-               "unpaired rows: p (MWU) = Mann-Whitney U, bootstrap CI of the difference of means, Cliff's delta; "
-               "paired rows: p = Wilcoxon signed-rank on per-pair differences, paired bootstrap CI;\n"
-               f"perm p: permutation null ({_permutation_words(result)}), null med = its median |A - B|; "
-               "p Holm: Holm-adjusted over metrics x layer groups")
-    if len(result.pairs) and len(result.pairs) <= max_pair_rows * len(set(result.pairs["metric"])):
-        keys = (["by"] if result.by else []) + ["layers", "pair"]
-        wide = result.pairs.pivot_table(index=keys, columns="metric", values="difference", observed=True,
-                                        sort=False).reset_index()
-        names = dict(zip(result.models["model_id"], result.models["name"]))
-        first = result.pairs.drop_duplicates(keys).set_index(keys)
-        wide.insert(len(keys), "A model", [names.get(first.loc[tuple(k), "model_a"], "") for k in wide[keys].to_numpy()])
-        wide.insert(len(keys) + 1, "B model", [names.get(first.loc[tuple(k), "model_b"], "") for k in wide[keys].to_numpy()])
-        emit(wide, "table", title="Per-pair differences A - B", file=file)
-    if len(result.divergence):
-        emit(result.divergence.drop(columns=["perm_exact"]), "table", file=file,
-             title=f"Divergence of the groups' filters (basis: {result.basis}; D = sum_i EVR_i (KL(p_i||q_i) + "
-                   f"KL(q_i||p_i))), with its permutation null over models")
-    print("; ".join(result.notes), file=file)
-
-
-def _permutation_words(result: Comparison) -> str:
-    t = result.tests
-    exact = t.loc[t["perm_exact"].astype(bool), "n_permutations"]
-    if len(exact) and len(exact) == len(t):
-        return f"exact, all {int(exact.iloc[0])} labelings"
-    return f"{result.permutations} label shuffles over models; within pairs for paired rows"
-
-
 def baseline_halves(db, group: str = "normal") -> tuple[str, str]:
-    """Two group expressions splitting ``group`` into halves, alternating in (architecture, seed,
-    name) order: a null comparison of models trained alike."""
+    """Two group expressions splitting ``group`` into halves: a null comparison of models trained
+    alike. By seed where the models have two or more seeds (``normal,seed=0|1|2|3`` and
+    ``normal,seed=4|5|6|7``: each architecture on both sides), else alternating model ids in
+    (architecture, name) order."""
     db, owned = _open(db)
     try:
         models = select_models(db.models, group).sort_values(["architecture", "seed", "name"])
@@ -587,50 +535,27 @@ def baseline_halves(db, group: str = "normal") -> tuple[str, str]:
     ids = list(models.index)
     if len(ids) < 2:
         raise FilterDBError(f"group {group!r} has {len(ids)} model(s); a baseline needs two halves")
+    seeds = sorted({int(s) for s in pd.to_numeric(models["seed"], errors="coerce").dropna()})
+    if len(seeds) >= 2 and models["seed"].notna().all():
+        half = seeds[:len(seeds) // 2], seeds[len(seeds) // 2:]
+        return tuple(f"{group},seed=" + "|".join(str(s) for s in h) for h in half)  # type: ignore[return-value]
     return f"{group},model_id=" + "|".join(ids[0::2]), f"{group},model_id=" + "|".join(ids[1::2])
 
 
-def print_demo_comparison(db_path, fmt: str = "table", permutations: int = PERMUTATIONS) -> tuple[Comparison, Comparison]:
-    """What ``filterdb demo`` prints: robust vs normal on the first 3x3 layer (unpaired, paired and
-    permutation statistics over the demo's matched pairs), then the normal-vs-normal baseline."""
-    from filterdb.output import emit
-    result = compare_groups(db_path, "robust", "normal", layer="first", kernel=DEFAULT_KERNEL,
-                            permutations=permutations, progress=fmt == "table")
-    half_a, half_b = baseline_halves(db_path, "normal")
-    baseline = compare_groups(db_path, half_a, half_b, layer="first", kernel=DEFAULT_KERNEL,
-                              permutations=permutations, paired_by=None, progress=fmt == "table")
-    if fmt != "table":
-        emit(pd.concat([result.to_frame().assign(comparison="robust vs normal"),
-                        baseline.to_frame().assign(comparison="normal vs normal (baseline)")], ignore_index=True), fmt)
-        return result, baseline
-    emit_comparison(result, fmt)
-    print("\nBaseline: normal vs normal (the normal models split in two halves, alternating by architecture "
-          "and seed): what models trained alike give", flush=True)
-    emit_comparison(baseline, fmt)
-    return result, baseline
-
-
-def plot_comparison(result: Comparison, path=None):
-    """One panel per metric: mean ± std over models of each group, per layer group; saved to ``path``
-    (written under a temporary name) when given. Returns the Figure (a notebook shows it); it is
-    not registered with pyplot, so no backend is touched and nothing needs closing."""
-    from matplotlib.figure import Figure
-    t = result.tests
-    metrics = list(dict.fromkeys(t["metric"]))
-    fig = Figure(figsize=(3.2 * len(metrics), 3.2))
-    axes = fig.subplots(1, len(metrics), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        rows = t[t["metric"] == metric]
-        x = np.arange(len(rows))
-        for side, name, shift in (("a", result.group_a, -0.1), ("b", result.group_b, 0.1)):
-            ax.errorbar(x + shift, rows[f"mean_{side}"], yerr=rows[f"std_{side}"].fillna(0), fmt="o-", capsize=3,
-                        label=name)
-        ax.set_xticks(x, rows["layers"].astype(str), rotation=45 if len(rows) > 3 else 0, ha="right", fontsize=7)
-        ax.set_title(metric)
-    axes[0][0].legend()
-    fig.suptitle(f"{result.group_a} vs {result.group_b} (each model counts once)", fontsize=9)
-    fig.tight_layout()
-    if path is not None:
-        from filterdb.analysis.filter_plots import save_figure
-        save_figure(fig, path)
-    return fig
+def group_label(expression: str) -> str:
+    """A group expression as a person names it: ``normal,seed=0|1|2|3`` -> ``normal, seeds 0-3``;
+    a list of model ids -> ``normal, 8 models``."""
+    parts = []
+    for term in expression.split(","):
+        column, _, value = term.partition("=")
+        values = value.split("|")
+        if column == "seed" and all(v.isdigit() for v in values):
+            numbers = sorted(int(v) for v in values)
+            run = numbers == list(range(numbers[0], numbers[-1] + 1))
+            parts.append(f"seed{'s' if len(numbers) > 1 else ''} "
+                         + (f"{numbers[0]}-{numbers[-1]}" if run and len(numbers) > 2 else ", ".join(map(str, numbers))))
+        elif column == "model_id" and len(values) > 1:
+            parts.append(f"{len(values)} models")
+        else:
+            parts.append(term)
+    return ", ".join(parts)

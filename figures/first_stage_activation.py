@@ -33,6 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from filterdb import paths  # noqa: E402
 from filterdb.integrity import sha256_file  # noqa: E402
+from filterdb.output import first_few  # noqa: E402
 from filterdb.training.checkpoint import load_checkpoint  # noqa: E402
 
 NAME = "first_stage_activation"
@@ -95,8 +96,8 @@ def attackable_pair(pairs: list, directories: list[Path]) -> tuple[dict, dict, o
         models = {t: load_checkpoint(checkpoints[m["weights_sha256"]]).build_model().eval() for t, m in pair.items()}
         return pair, models, datasets[dataset]
     raise SystemExit("this figure attacks whole models, and no robust/normal pair of one dataset can be attacked: "
-                     + "; ".join(dict.fromkeys(problems)) + f". Checkpoints are searched (by sha256) under "
-                     f"{', '.join(map(str, directories))}: pass --checkpoints DIR")
+                     + first_few(dict.fromkeys(problems), 3, "; ") + ". Checkpoints are searched (by sha256) under "
+                     f"{first_few(directories)}: pass --checkpoints DIR")
 
 
 def pick_image(models: dict, data, attack) -> tuple[torch.Tensor, int, dict]:

@@ -19,6 +19,9 @@ INFO_COLUMNS = ["model_id", "source", "name", "dataset", "training", "architectu
                 "clean_acc", "robust_acc", "n_layers", "n_filters"]
 COUNT_COLUMNS = ("source", "training", "dataset", "architecture")
 TABLE_ROWS = 20  # model rows shown on a terminal without --all
+# What a narrow terminal keeps first (filterdb.output.fit_columns); model_id leads and is always shown.
+INFO_PRIORITY = ["name", "training", "architecture", "dataset", "clean_acc", "robust_acc", "eps", "threat_model",
+                 "n_filters", "n_layers", "source"]
 TOP_VALUES = 10  # values listed per column in the counts; the rest are summed in one row
 
 
@@ -80,7 +83,7 @@ def print_info(db, fmt: str = "table", rows: int | None = TABLE_ROWS, file=None,
     title = f"{summary['models']} models in {summary['path']}"
     if len(shown) < len(models):
         title += f" (the first {len(shown)})"
-    emit(shown, "table", title=title, file=file)
+    emit(shown, "table", title=title, file=file, priority=INFO_PRIORITY)
     if more_rows_line(len(models), len(shown)):
         print(more_rows_line(len(models), len(shown)), file=file)
     if len(models):

@@ -12,11 +12,12 @@ from torch import nn
 
 from filterdb import open_database
 from filterdb.analysis import cache
-from filterdb.analysis.compare import compare_groups, print_demo_comparison
+from filterdb.analysis.compare import compare_groups
 from filterdb.analysis.divergence import divergence
 from filterdb.analysis.metrics_table import database_metrics
 from filterdb.build import add_module
 from filterdb.cli import main
+from filterdb.cli.demo import print_demo_comparison
 from filterdb.errors import FilterDBError
 from filterdb.store import FilterDB
 

@@ -93,6 +93,7 @@ LAYERS = {
     "filterdb.analysis.layer_sums": "analysis",
     "filterdb.analysis.metrics": "analysis",
     "filterdb.analysis.projection_kernels": "analysis",
+    "filterdb.analysis.rendering": "analysis",
     "filterdb.analysis.stats": "analysis",
     # training: models, methods, attacks, evaluation
     "filterdb.training": "training",

@@ -1,6 +1,7 @@
 """`filterdb info` on a database of more models than a terminal shows: counts, the first rows, --all, CSV, JSON."""
 import io
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -45,9 +46,8 @@ def test_table_shows_counts_and_the_first_rows(many_models):
     assert shown == names[:TABLE_ROWS]
     assert f"{N_MODELS} models in {many_models} (the first {TABLE_ROWS})" in out
     assert f"... and {N_MODELS - TABLE_ROWS} more models; use --all for every row" in out
-    counts = {tuple(line.strip("│ ").split("│")[:2]): line.split("│")[3].strip() for line in out.splitlines()
-              if line.count("│") == 4}
-    counts = {(c.strip(), v.strip()): int(n) for (c, v), n in counts.items() if n.isdigit()}
+    cells = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()]  # columns are 2+ spaces apart
+    counts = {(c[0], c[1]): int(c[2]) for c in cells if len(c) == 3 and c[2].isdigit()}
     assert counts == {("source", "test"): 25, ("training", "normal"): 16, ("training", "robust"): 9,
                       ("dataset", "digits"): 25, ("architecture", "net-a"): 12, ("architecture", "net-b"): 8,
                       ("architecture", "net-c"): 5}

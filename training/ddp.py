@@ -26,6 +26,12 @@ class DistContext:
         return self.world_size > 1
 
 
+def is_main_process() -> bool:
+    """Whether this process prints results: rank 0 under torchrun (its RANK), the only process otherwise.
+    Read from the environment, so it holds before, during and after the process group."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
 def pick_device(device: str | None = None) -> torch.device:
     if device:
         return torch.device(device)

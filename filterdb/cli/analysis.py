@@ -87,7 +87,8 @@ def metrics(db_path, models, select, fmt, jobs, kernel, scheduler):
                                  progress=fmt == "table", kernel=None if kernel == "all" else kernel)
     if fmt == "table":
         frame = frame[list(_TABLE_COLUMNS)].rename(columns={"name": "layer"})
-    emit(frame, fmt, title=f"Per-layer metrics, kernel {kernel} (default variance entropy: ve_linf)")
+    emit(frame, fmt, priority=["model", "layer", "ve_linf", "orthogonality", "sparsity", "l2_norm", "l1_norm"],
+         title=f"Per-layer metrics, kernel {kernel} (default variance entropy: ve_linf)")
 
 
 _COMPARE_HELP = """Compare two groups of models, e.g. `filterdb compare robust normal --layer first`.
@@ -163,11 +164,8 @@ Divergence of the groups' filters (the robustness paper's, natural log):
 @scheduler_option
 def compare(group_a, group_b, layer, by, metric_names, kernel, aggregate, basis, paired_by, permutations,
             no_divergence, seed, fmt, plot, db_path, jobs, scheduler):
-    from filterdb.analysis.compare import (
-        compare_groups,
-        emit_comparison,
-        plot_comparison,
-    )
+    from filterdb.analysis.compare import compare_groups
+    from filterdb.analysis.rendering import emit_comparison, plot_comparison
     with _executor(jobs, scheduler) as executor:
         result = compare_groups(resolve_db(db_path), group_a, group_b, layer, by=by,
                                 metrics=list(metric_names) or None, kernel=kernel, basis=basis, aggregate=aggregate,
@@ -194,9 +192,10 @@ def find_layer(layers, query: str):
     if hits.empty and query.lstrip("-").isdigit():
         hits = layers[layers["layer_index"] == int(query)]
     if hits.empty:
-        names = ", ".join(f"{i}:{n}" for i, n in zip(layers["layer_index"], layers["name"]))
+        from filterdb.output import first_few
+        names = first_few([f"{i}:{n}" for i, n in zip(layers["layer_index"], layers["name"])], 8)
         raise FilterDBError(f"no layer {query!r} in this model; give a module name or a layer index "
-                            f"(index:name): {names[:600]}")
+                            f"(index:name): {names}; 'filterdb show MODEL' lists them all")
     return hits.iloc[0]
 
 
@@ -236,8 +235,11 @@ def show(model, layer, db_path, plot, npy, fmt):
         if row is not None:
             frame = frame[frame["layer_index"] == int(row["layer_index"])]
             filters = db.read_layer(row) if plot or npy else None
-    title = f"{facts['name']}: " + ", ".join(f"{c}={facts[c]}" for c in MODEL_FACTS if str(facts[c]) not in ("", "nan"))
-    emit(frame.reset_index(drop=True), fmt, title=title)
+    from filterdb.output import cell_text
+    title = f"{facts['name']}: " + ", ".join(f"{c}={cell_text(facts[c])}" for c in MODEL_FACTS
+                                             if str(facts[c]) not in ("", "nan"))
+    emit(frame.reset_index(drop=True), fmt, title=title,
+         priority=["layer_index", "name", "ve_linf", "orthogonality", "sparsity", "kernel", "l2_norm", "l1_norm"])
     if npy:
         import numpy as np
 

@@ -256,7 +256,7 @@ def demo(db_path, fmt):
         report = run_build(db, leaderboard_specs("demo"), description="demo")
     if report.failed:
         report_build(report)
-    from filterdb.analysis.compare import print_demo_comparison
+    from filterdb.cli.demo import print_demo_comparison
     print_demo_comparison(db_path, fmt)
     click.echo(demo_next_steps(db_path), err=True)
 

@@ -12,8 +12,24 @@ from filterdb.output import FORMATS
 DB_HELP = "Database directory [default: $FILTERDB_DB, else $FILTERDB_HOME/db]."
 
 db_option = click.option("--db", "db_path", type=click.Path(path_type=Path), default=None, help=DB_HELP)
-format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-                             help="Output: a table on the terminal, or CSV / JSON on standard output.")
+_format = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+                       help="Output: a table on the terminal, or CSV / JSON on standard output.")
+
+
+def _set_wide(ctx, param, value: bool) -> bool:
+    from filterdb.output import set_wide
+    set_wide(value)
+    return value
+
+
+_wide = click.option("--wide", is_flag=True, expose_value=False, callback=_set_wide,
+                     help="Tables show every column, whatever the terminal's width [default: the columns that fit "
+                          "$COLUMNS, the terminal, else 100 characters].")
+
+
+def format_option(command):
+    """``--format`` and ``--wide``: every command that prints a table takes both."""
+    return _format(_wide(command))
 jobs_option = click.option("--jobs", "-j", default=1, show_default=True, help="Worker processes.")
 scheduler_option = click.option("--scheduler", default=None, metavar="ADDRESS",
                                 help="Dask scheduler address: run the work on that cluster.")

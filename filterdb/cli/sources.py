@@ -7,7 +7,7 @@ import click
 import pandas as pd
 
 from filterdb.cli.options import db_option, format_option, resolve_db, select_option, selected_models
-from filterdb.output import emit
+from filterdb.output import emit, first_few
 
 LEADERBOARD_SORTS = ("board", "robust_acc", "clean_acc", "name")
 
@@ -107,6 +107,9 @@ def pairs(db_path, select, fmt):
     missing, and its twin: the normal model trained with it as a matched pair (same seed,
     initial weights and data order; the paired statistics compare twins).
 
+    On the terminal, normal_models is their count and missing the first of them; --format csv or
+    json lists every one.
+
     A missing robustbench counterpart is added with 'filterdb build --leaderboard ... --models NAME',
     a pretrained one with 'filterdb add timm:NAME' or 'filterdb add torchvision:NAME'.
     """
@@ -117,7 +120,12 @@ def pairs(db_path, select, fmt):
         if select:  # the robust models of the selection; their counterparts come from the whole database
             table = table[table["robust_model"].isin(set(selected_models(db.models, select)["key"]))]
     twins = int((table["twin"] != "").sum())
-    emit(table, fmt, title=f"{len(table)} robust models and their normal counterparts ({twins} with a twin)")
+    shown = table
+    if fmt == "table":  # one line per robust model: its twin, how many normal counterparts, the first missing
+        shown = table.assign(normal_models=[len(v.split(", ")) if v else 0 for v in table["normal_models"]],
+                             missing=[first_few(v.split(", "), 1) if v else "" for v in table["missing"]])
+        shown = shown[["robust_model", "twin", "normal_models", "architecture", "dataset", "missing", "pair"]]
+    emit(shown, fmt, priority=["robust_model", "twin", "normal_models", "architecture"], title=f"{len(table)} robust models and their normal counterparts ({twins} with a twin)")
     unpaired = int((table["normal_models"] == "").sum())
     if unpaired:
         click.echo(f"{unpaired} robust model(s) have no normal counterpart in the database", err=True)

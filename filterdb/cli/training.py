@@ -118,6 +118,13 @@ def _fit(config: TrainConfig, out_dir: Path, o: dict, **trainer_args) -> TrainRe
     return trainer.fit()
 
 
+def _emit_result(frame: pd.DataFrame, fmt: str, title: str) -> None:
+    """A run's result, printed once: by rank 0 alone under torchrun (every rank trains, one reports)."""
+    from filterdb.training.ddp import is_main_process
+    if is_main_process():
+        emit(frame, fmt, title=title)
+
+
 def _row(result: TrainResult, config: TrainConfig) -> dict:
     m = result.metrics
     return {"model": config.model_string, "dataset": config.dataset, "method": config.method,
@@ -147,7 +154,7 @@ def run_command(model_string, method, **o):
     config = _config(model_string, method, o)
     out = _run_dir(o, f"{config.model_string}-{config.dataset}-{method}-s{config.seed}")
     result = _fit(config, out, o)
-    emit(pd.DataFrame([_row(result, config)]), o["fmt"], title="training result")
+    _emit_result(pd.DataFrame([_row(result, config)]), o["fmt"], "training result")
 
 
 @train.command("pair")
@@ -163,7 +170,7 @@ def pair_command(model_string, robust_method, **o):
     out = _run_dir(o, f"pair-{robust_cfg.model_string}-{robust_cfg.dataset}-{robust_method}-s{robust_cfg.seed}")
     results = train_pair_config(robust_cfg, out, fit=lambda cfg, run_dir, **kw: _fit(cfg, run_dir, o, **kw))
     rows = [_row(result, cfg) for result, cfg in zip(results, pair_configs(robust_cfg))]
-    emit(pd.DataFrame(rows), o["fmt"], title="matched pair")
+    _emit_result(pd.DataFrame(rows), o["fmt"], "matched pair")
 
 
 @train.command("counterpart")
@@ -182,7 +189,7 @@ def counterpart_command(ctx, robustbench_id, threat_model, **o):
     config = _config(model_string, "standard", o)
     out = _run_dir(o, f"counterpart-{model_string}-s{config.seed}")
     result = _fit(config, out, o, pairing={"counterpart_of": model_string})
-    emit(pd.DataFrame([_row(result, config)]), o["fmt"], title="normal counterpart")
+    _emit_result(pd.DataFrame([_row(result, config)]), o["fmt"], "normal counterpart")
 
 
 def _robustbench_dataset(robustbench_id: str, threat_model: str) -> str:
