@@ -94,6 +94,7 @@ LAYERS = {
     "filterdb.analysis.metrics": "analysis",
     "filterdb.analysis.projection_kernels": "analysis",
     "filterdb.analysis.rendering": "analysis",
+    "filterdb.analysis.report": "analysis",
     "filterdb.analysis.stats": "analysis",
     # training: models, methods, attacks, evaluation
     "filterdb.training": "training",

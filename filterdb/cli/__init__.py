@@ -1,7 +1,7 @@
 """The ``filterdb`` command line: one click group, each command a thin layer over the Python API.
 
 The commands live in the modules of this package, one per part of the toolkit
-(``database``: build/add/export/info/demo; ``analysis``: metrics/compare; ``sources``:
+(``database``: build/add/export/info/demo; ``analysis``: metrics/compare; ``report``; ``sources``:
 leaderboards/pairs; ``importing``: import; ``training``: train/models; ``evaluate``;
 ``verify``), and share the options of ``filterdb.cli.options``. Importing this package costs
 click and nothing else: a command's module loads on first use (``--help`` lists the commands
@@ -52,6 +52,9 @@ COMMANDS = {
         "For each robust model, the normal models of the same architecture, the counterparts still missing, "
         "and its twin: the normal model trained with it as a matched pair (same seed, initial weights and "
         "data order; the paired statistics compare twins)."),
+    "report": ("filterdb.cli.report", "report",
+        "Write one self-contained HTML report: the database's overview, and with two groups their comparison, "
+        "by depth, and their first-layer filters."),
     "show": ("filterdb.cli.analysis", "show",
         "A model's layers with their metrics; a layer's filters as a picture or a .npy."),
     "train": ("filterdb.cli.training", "train",

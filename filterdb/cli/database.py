@@ -245,7 +245,8 @@ def demo(db_path, fmt):
 
     Prints, for the first 3x3 convolution, the unpaired (Mann-Whitney U), paired (Wilcoxon
     signed-rank over the matched pairs) and permutation statistics, the divergence with its
-    permutation null, and the same for a normal-vs-normal baseline (the normal models in two halves).
+    permutation null, and the same for a normal-vs-normal baseline (the normal models in two halves
+    by seed); then writes 'filterdb report robust normal' beside the database (demo-report.html).
     """
     from filterdb.build import build as run_build
     from filterdb.catalog import leaderboard_specs
@@ -257,7 +258,13 @@ def demo(db_path, fmt):
     if report.failed:
         report_build(report)
     from filterdb.cli.demo import print_demo_comparison
+    from filterdb.cli.report import write_report
     print_demo_comparison(db_path, fmt)
+    written = write_report(db_path, Path(db_path).parent / "demo-report.html", "robust", "normal")
+    if fmt == "table":
+        click.echo(f"Report (one HTML file to open or share): {written}")
+    else:
+        click.echo(f"report written to {written}", err=True)
     click.echo(demo_next_steps(db_path), err=True)
 
 

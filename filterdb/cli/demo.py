@@ -3,7 +3,6 @@ then the normal-vs-normal baseline), and the commands that show the rest."""
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 
 import pandas as pd
 
@@ -18,8 +17,8 @@ from filterdb.analysis.compare import (
 from filterdb.output import emit, say
 
 
-def print_demo_comparison(db_path, fmt: str = "table", permutations: int = PERMUTATIONS, file=None,
-                          report: Path | None = None) -> tuple[Comparison, Comparison]:
+def print_demo_comparison(db_path, fmt: str = "table", permutations: int = PERMUTATIONS, file=None
+                          ) -> tuple[Comparison, Comparison]:
     """Robust vs normal on the first 3x3 layer (unpaired, paired and permutation statistics over
     the demo's matched pairs), then the normal-vs-normal baseline (two halves of the seeds)."""
     from filterdb.analysis.rendering import emit_headline
@@ -36,11 +35,11 @@ def print_demo_comparison(db_path, fmt: str = "table", permutations: int = PERMU
     emit_headline(result, file=file)
     say("\nBaseline: normal vs normal, two halves by seed: what models trained alike give", file=file)
     emit_headline(baseline, file=file, labels=(group_label(half_a), group_label(half_b)), legend=False)
-    say(more_commands(db_path, report), file=file)
+    say(more_commands(db_path), file=file)
     return result, baseline
 
 
-def more_commands(db_path, report: Path | None = None) -> str:
+def more_commands(db_path) -> str:
     """The commands that show everything the headline leaves out."""
     db = shlex.quote(str(db_path))
     lines = ["\nMore: every depth and the pairs; one HTML file to share; the models and their pairs:",
@@ -48,6 +47,4 @@ def more_commands(db_path, report: Path | None = None) -> str:
              f"  filterdb report robust normal -o report.html --db {db}",
              f"  filterdb info --db {db}",
              f"  filterdb pairs --db {db}"]
-    if report is not None:
-        lines.append(f"Report written to {report}")
     return "\n".join(lines)
