@@ -118,11 +118,9 @@ LAYERS = {
     "filterdb.training.models.*": "training",
     # top: the command line and the figures
     "filterdb.entry": "top",
-    "filterdb.catalog": "top",
     "filterdb.own_models": "top",
     "filterdb.cli": "top",
     "filterdb.cli.*": "top",
-    "filterdb.verify": "top",
     "figures.*": "top",
 }
 

@@ -309,8 +309,8 @@ def test_index_follows_the_shards(tmp_path):
     (shards / f"{model_id('s', 'b')}.h5").unlink()
     # issue 17: a shard the index lists that is gone is named, never silently a model less;
     # 'filterdb verify --repair' then rewrites the master without it
+    from filterdb.cli.database_check import repair_database, verify_database
     from filterdb.integrity import DamagedDatabaseError
-    from filterdb.verify import repair_database, verify_database
 
     with pytest.raises(DamagedDatabaseError, match="missing"):
         open_database(tmp_path / "db")

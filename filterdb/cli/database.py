@@ -86,7 +86,7 @@ def build(leaderboard, checkpoints, models, db_path, force, jobs, scheduler, off
     Models already in the database are skipped, so a rerun resumes an interrupted build.
     """
     from filterdb.build import build as run_build
-    from filterdb.catalog import leaderboard_specs
+    from filterdb.cli.catalog import leaderboard_specs
     from filterdb.sources import select_specs
     from filterdb.sources.base import with_input_shape
     from filterdb.store import FilterDB
@@ -141,7 +141,7 @@ def add(models, db_path, arch, arch_kwargs, sets, manifest, trust_code, force, o
         os.environ.update(FILTERDB_OFFLINE="1", HF_HUB_OFFLINE="1")
     from filterdb.build import ModelOutcome
     from filterdb.build import build as run_build
-    from filterdb.catalog import spec_for_argument
+    from filterdb.cli.catalog import spec_for_argument
     from filterdb.own_models import LOAD_NOTES, manifest_specs, parse_sets, spec_for_file
     from filterdb.sources.base import with_input_shape
     from filterdb.sources.state_dict import parse_arch_kwargs
@@ -248,7 +248,7 @@ def demo(db_path, fmt):
     permutation null, and the same for a normal-vs-normal baseline (the normal models in two halves).
     """
     from filterdb.build import build as run_build
-    from filterdb.catalog import leaderboard_specs
+    from filterdb.cli.catalog import leaderboard_specs
     from filterdb.store import FilterDB
 
     db_path = db_path or paths.demo_db_path()
