@@ -66,6 +66,7 @@ LAYERS = {
     "filterdb.compat": "ingestion",
     "filterdb.extract": "ingestion",
     "filterdb.records": "ingestion",
+    "filterdb.outcomes": "ingestion",
     "filterdb.build": "ingestion",
     "filterdb.dask_build": "ingestion",
     "filterdb.data.refresh_robustbench": "ingestion",

@@ -139,9 +139,9 @@ def add(models, db_path, arch, arch_kwargs, sets, manifest, trust_code, force, o
 
     if offline:  # read by filterdb.sources.pretrained and by the Hugging Face hub that timm downloads through
         os.environ.update(FILTERDB_OFFLINE="1", HF_HUB_OFFLINE="1")
-    from filterdb.build import ModelOutcome
     from filterdb.build import build as run_build
     from filterdb.cli.catalog import spec_for_argument
+    from filterdb.outcomes import ModelOutcome
     from filterdb.own_models import LOAD_NOTES, manifest_specs, parse_sets, spec_for_file
     from filterdb.sources.base import with_input_shape
     from filterdb.sources.state_dict import parse_arch_kwargs

@@ -31,10 +31,10 @@ import h5py
 import numpy as np
 
 from filterdb import schema
-from filterdb.build import BuildReport, ModelOutcome
 from filterdb.errors import FilterDBError
 from filterdb.ids import model_id as make_model_id
 from filterdb.ids import model_key
+from filterdb.outcomes import BuildReport, ModelOutcome
 from filterdb.output import json_safe
 from filterdb.progress import progress_bar
 from filterdb.shards import shard_writer, tool_version
