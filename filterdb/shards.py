@@ -25,7 +25,7 @@ from filterdb import integrity, schema
 from filterdb.atomic import TMP_SUFFIX, io_failure, publish
 from filterdb.errors import FilterDBError
 from filterdb.h5table import read_table, table_columns, table_frame, write_table
-from filterdb.versions import check_readable
+from filterdb.versions import TOOL_VERSION, check_readable
 
 
 class LayerFilters(Protocol):
@@ -45,17 +45,12 @@ SHARD_ENCODING = "filterdb-shard"
 FILTERS_ENCODING = "filter-array"
 
 
-def tool_version() -> str:
-    from filterdb import __version__
-    return __version__
-
-
 def root_attrs(f: h5py.File, encoding: str, version: str = schema.FORMAT_VERSION) -> None:
     f.attrs["format"] = schema.FORMAT_NAME
     f.attrs["format_version"] = version
     f.attrs["encoding-type"] = encoding
     f.attrs["encoding-version"] = version
-    f.attrs["tool_version"] = tool_version()
+    f.attrs["tool_version"] = TOOL_VERSION
 
 
 def shard_path(db_dir: str | os.PathLike, model_id: str) -> Path:
