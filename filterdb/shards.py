@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from filterdb import integrity, schema
-from filterdb.atomic import TMP_SUFFIX, io_failure, publish
+from filterdb.atomic import TMP_SUFFIX, io_failure, publish, remove_quietly
 from filterdb.errors import FilterDBError
 from filterdb.h5table import read_table, table_columns, table_frame, write_table
 from filterdb.versions import TOOL_VERSION, check_readable
@@ -109,12 +109,12 @@ def _nothing_left_on_failure(tmp: Path, final: Path, record: dict) -> Iterator[N
     try:
         yield
     except (OSError, RuntimeError) as exc:  # HDF5 reports a failed write (a full disk) as RuntimeError
-        _remove(tmp)
+        remove_quietly(tmp)
         raise FilterDBError(f"{final}: cannot write the shard of {record.get('key', record['model_id'])} "
                             f"({io_failure(exc)}); nothing of it was stored - free space or fix the directory "
                             "and rerun") from None
     except BaseException:
-        _remove(tmp)
+        remove_quietly(tmp)
         raise
 
 
@@ -124,13 +124,6 @@ def _seal(tmp: Path, final: Path, model_id: str, tables_digest: int, layer_rows:
     with h5py.File(tmp, "r+", libver="latest") as f:
         integrity.write_shard_digests(f, model_id, tables_digest, _kernel_layers(layer_rows), digests)
     publish(tmp, final)
-
-
-def _remove(tmp: Path) -> None:
-    try:
-        tmp.unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 def _kernel_layers(rows: list[dict]) -> dict[str, list[tuple[int, int, int]]]:
