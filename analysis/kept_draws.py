@@ -30,6 +30,7 @@ def kept(kind: str, key: str, draw: Callable[[], dict[str, np.ndarray]],
          valid: Callable[[dict[str, np.ndarray]], bool]) -> dict[str, np.ndarray]:
     """The arrays ``draw()`` gives for ``key``, read from its kept file when that file is whole and
     ``valid`` accepts it, else drawn and kept."""
+    from filterdb.atomic import atomic_path
     from filterdb.integrity import arrays_digest
 
     path = folder(kind) / f"{key}-numpy{np.__version__}.npz"
@@ -43,15 +44,13 @@ def kept(kind: str, key: str, draw: Callable[[], dict[str, np.ndarray]],
     except (OSError, ValueError, KeyError, TypeError):
         pass
     arrays = draw()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as out:
+        with atomic_path(path) as tmp, open(tmp, "wb") as out:  # a failed write leaves no temporary file
             np.savez(out, **{**arrays, "digest": np.uint64(arrays_digest(arrays))})  # type: ignore[arg-type]
-        os.replace(tmp, path)
         _prune(path.parent, keep=path)
     except OSError:  # a read-only or full home: drawn each time
-        tmp.unlink(missing_ok=True)
+        pass
     return arrays
 
 

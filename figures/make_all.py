@@ -37,7 +37,7 @@ FIGURES = ("metrics_by_depth", "divergence_by_depth", "pca_basis", "filter_grids
 
 def build_demo(path: Path) -> None:
     from filterdb.build import build
-    from filterdb.catalog import leaderboard_specs
+    from filterdb.cli.catalog import leaderboard_specs
     from filterdb.store import FilterDB
 
     if not (path / "filterdb.h5").exists():

@@ -58,11 +58,17 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         publish(tmp, final)
     except BaseException:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # e.g. the directory itself vanished; nothing of ours is left to remove
+        remove_quietly(tmp)
         raise
+
+
+def remove_quietly(path: str | os.PathLike) -> None:
+    """Remove a temporary file if it is there; one that cannot be removed (its directory vanished, a
+    directory of that name, no permission) is left, never an error on top of the one being handled."""
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def io_failure(exc: BaseException) -> str:
@@ -79,7 +85,4 @@ def io_failure(exc: BaseException) -> str:
 def remove_stale_temps(directory: str | os.PathLike) -> None:
     """Remove temporary files left in ``directory`` by killed processes (never complete, never published)."""
     for stale in Path(directory).glob(TMP_GLOB):
-        try:
-            stale.unlink(missing_ok=True)
-        except OSError:
-            pass  # a directory of that name, or no permission: not ours to force
+        remove_quietly(stale)  # a directory of that name, or no permission: not ours to force

@@ -10,12 +10,10 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
 from filterdb.errors import FilterDBError
+from filterdb.outcomes import BuildReport, ModelOutcome
 from filterdb.progress import progress_bar
 from filterdb.records import extract_loaded
 from filterdb.shards import SHARD_DIR, write_shard
@@ -33,33 +31,6 @@ def add_module(db: FilterDB, module, *, source: str, name: str, input_shape: tup
     c, h, w = input_shape
     loaded = LoadedModel(spec, members, (c, h, w), Path(weights_path) if weights_path else None)
     return db.add_extracted(*extract_loaded(loaded))
-
-
-@dataclass
-class ModelOutcome:
-    key: str
-    model_id: str
-    status: str  # "added", "skipped" or "failed"
-    n_layers: int = 0
-    n_filters: int = 0
-    seconds: float = 0.0
-    error: str = ""
-
-
-@dataclass
-class BuildReport:
-    outcomes: list[ModelOutcome] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[ModelOutcome]:
-        return [o for o in self.outcomes if o.status == "failed"]
-
-    def count(self, status: str) -> int:
-        return sum(o.status == status for o in self.outcomes)
-
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([o.__dict__ for o in self.outcomes],
-                            columns=["key", "model_id", "status", "n_layers", "n_filters", "seconds", "error"])
 
 
 def describe_error(exc: BaseException, spec: ModelSpec | None = None) -> str:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import time
 
-from filterdb.build import BuildReport, ModelOutcome, describe_error, ingest_to_shard, plan_build
+from filterdb.build import describe_error, ingest_to_shard, plan_build
 from filterdb.errors import FilterDBError
+from filterdb.outcomes import BuildReport, ModelOutcome
 from filterdb.progress import progress_bar
 from filterdb.shards import SHARD_DIR
 from filterdb.sources.base import ModelSpec

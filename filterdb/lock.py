@@ -11,9 +11,11 @@ LOCK_NAME = ".lock"
 
 
 class WriterLock:
-    """An exclusive, non-blocking lock on a database directory, released by ``release`` or process death."""
+    """An exclusive, non-blocking lock on a database directory, released by ``release`` (or leaving
+    its ``with`` block) or process death. ``busy`` is what the error tells the user to do when another
+    process holds it."""
 
-    def __init__(self, db_dir: Path):
+    def __init__(self, db_dir: Path, busy: str = "wait for it to finish or use another --db"):
         self.path = Path(db_dir) / LOCK_NAME
         try:
             self._fh: IO[str] | None = open(self.path, "a+")
@@ -24,8 +26,13 @@ class WriterLock:
             fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             self._fh.close()
-            raise FilterDBError(f"{db_dir} is being written by another filterdb process; "
-                                "wait for it to finish or use another --db") from exc
+            raise FilterDBError(f"{db_dir} is being written by another filterdb process; {busy}") from exc
+
+    def __enter__(self) -> WriterLock:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
 
     def fileno(self) -> int:
         """The lock file's descriptor (worker processes close it: a lock held by a dead build is free)."""

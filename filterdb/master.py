@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from filterdb import integrity, schema
-from filterdb.atomic import io_failure, publish
+from filterdb.atomic import io_failure, publish, remove_quietly
 from filterdb.errors import FilterDBError
 from filterdb.h5table import append_rows, read_table, write_table
 from filterdb.schema import Column
@@ -205,10 +205,10 @@ def write_master(db_dir: Path, models: pd.DataFrame, layers: pd.DataFrame, index
             mtime = _finish(f, db_dir, len(models), clean)
         commit(tmp, master_path(db_dir))
     except (OSError, RuntimeError) as exc:  # HDF5 reports a failed write (a full disk) as RuntimeError
-        _remove(tmp)
+        remove_quietly(tmp)
         raise _write_error(db_dir, exc) from None
     except BaseException:
-        _remove(tmp)
+        remove_quietly(tmp)
         raise
     return MasterState(MASTER_VERSION, index.reset_index(drop=True), _totals(layers, {}), len(layers), clean, mtime)
 
@@ -234,10 +234,10 @@ def append_master(db_dir: Path, state: MasterState, models: pd.DataFrame, layers
             mtime = _finish(f, db_dir, after, clean)
         commit(tmp, master_path(db_dir))
     except (OSError, RuntimeError) as exc:
-        _remove(tmp)
+        remove_quietly(tmp)
         raise _write_error(db_dir, exc) from None
     except BaseException:
-        _remove(tmp)
+        remove_quietly(tmp)
         raise
     return MasterState(MASTER_VERSION, pd.concat([state.index, index], ignore_index=True),
                        _totals(layers, state.totals), state.n_layers + len(layers), clean, mtime,
@@ -300,13 +300,6 @@ def _require_room(db_dir: Path) -> None:
         return
     if stat.f_bavail * stat.f_frsize < size + ROOM:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(db_dir))
-
-
-def _remove(tmp: Path) -> None:
-    try:
-        tmp.unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 def _write_error(db_dir: Path, exc: BaseException) -> FilterDBError:

@@ -10,8 +10,8 @@ from filterdb.admission import check_admissible
 from filterdb.ids import model_id as make_model_id
 from filterdb.ids import model_key
 from filterdb.integrity import sha256_file
-from filterdb.shards import tool_version
 from filterdb.sources.base import LoadedModel
+from filterdb.versions import TOOL_VERSION
 
 if TYPE_CHECKING:
     from filterdb.extract import ExtractedLayer
@@ -25,7 +25,7 @@ def model_record(source: str, name: str, layers: list[ExtractedLayer], record: d
         model_id=make_model_id(source, name), key=model_key(source, name), source=source, name=name,
         n_params=int(n_params), n_members=int(n_members), input_shape="x".join(str(int(s)) for s in input_shape),
         n_layers=len(layers), n_filters=int(sum(layer.info["n_filters"] for layer in layers)),
-        weights_sha256=weights_sha256 or row.get("weights_sha256", ""), tool_version=tool_version(),
+        weights_sha256=weights_sha256 or row.get("weights_sha256", ""), tool_version=TOOL_VERSION,
         extracted_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     return schema.complete_record(row, schema.MODEL_COLUMNS, "model")

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 from filterdb import integrity, schema
-from filterdb.atomic import TMP_SUFFIX, io_failure, publish
+from filterdb.atomic import TMP_SUFFIX, io_failure, publish, remove_quietly
 from filterdb.errors import FilterDBError
 from filterdb.h5table import read_table, table_columns, table_frame, write_table
-from filterdb.versions import check_readable
+from filterdb.versions import TOOL_VERSION, check_readable
 
 
 class LayerFilters(Protocol):
@@ -45,17 +45,12 @@ SHARD_ENCODING = "filterdb-shard"
 FILTERS_ENCODING = "filter-array"
 
 
-def tool_version() -> str:
-    from filterdb import __version__
-    return __version__
-
-
 def root_attrs(f: h5py.File, encoding: str, version: str = schema.FORMAT_VERSION) -> None:
     f.attrs["format"] = schema.FORMAT_NAME
     f.attrs["format_version"] = version
     f.attrs["encoding-type"] = encoding
     f.attrs["encoding-version"] = version
-    f.attrs["tool_version"] = tool_version()
+    f.attrs["tool_version"] = TOOL_VERSION
 
 
 def shard_path(db_dir: str | os.PathLike, model_id: str) -> Path:
@@ -114,12 +109,12 @@ def _nothing_left_on_failure(tmp: Path, final: Path, record: dict) -> Iterator[N
     try:
         yield
     except (OSError, RuntimeError) as exc:  # HDF5 reports a failed write (a full disk) as RuntimeError
-        _remove(tmp)
+        remove_quietly(tmp)
         raise FilterDBError(f"{final}: cannot write the shard of {record.get('key', record['model_id'])} "
                             f"({io_failure(exc)}); nothing of it was stored - free space or fix the directory "
                             "and rerun") from None
     except BaseException:
-        _remove(tmp)
+        remove_quietly(tmp)
         raise
 
 
@@ -129,13 +124,6 @@ def _seal(tmp: Path, final: Path, model_id: str, tables_digest: int, layer_rows:
     with h5py.File(tmp, "r+", libver="latest") as f:
         integrity.write_shard_digests(f, model_id, tables_digest, _kernel_layers(layer_rows), digests)
     publish(tmp, final)
-
-
-def _remove(tmp: Path) -> None:
-    try:
-        tmp.unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 def _kernel_layers(rows: list[dict]) -> dict[str, list[tuple[int, int, int]]]:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from filterdb.errors import FilterDBError
 
+# The filterdb release: the one place it is written. pyproject.toml reads it ([tool.setuptools.dynamic]),
+# the package shows it as ``filterdb.__version__``, and every file filterdb writes records it (``tool_version``).
+TOOL_VERSION = "0.1.0"
+
 
 def parse_version(value) -> tuple[int, int]:
     """``"2.0"`` -> (2, 0); an integer n -> (n, 0); a third part (anndata's ``"0.2.0"``) is not

@@ -29,6 +29,10 @@ PEERS = {("ingestion", "analysis"), ("analysis", "ingestion")}
 # The package's public face: `filterdb.add_module` / `filterdb.add_state_dict` are attributes that
 # `filterdb.__getattr__` imports on first use, so `import filterdb` stays light; nothing else goes up.
 PUBLIC_FACE = {("filterdb", "filterdb.own_models")}
+# Within a layer, two directions are still wrong: a source importing the build that consumes sources,
+# and a module of the package importing the package root (its public face is for users; the version
+# every file records is filterdb.versions.TOOL_VERSION).
+CONSUMERS_OF_SOURCES = {"filterdb.build", "filterdb.dask_build"}
 
 # module -> layer; "pkg.*" covers a package's modules.
 LAYERS = {
@@ -66,6 +70,7 @@ LAYERS = {
     "filterdb.compat": "ingestion",
     "filterdb.extract": "ingestion",
     "filterdb.records": "ingestion",
+    "filterdb.outcomes": "ingestion",
     "filterdb.build": "ingestion",
     "filterdb.dask_build": "ingestion",
     "filterdb.data.refresh_robustbench": "ingestion",
@@ -120,11 +125,9 @@ LAYERS = {
     "filterdb.training.models.*": "training",
     # top: the command line and the figures
     "filterdb.entry": "top",
-    "filterdb.catalog": "top",
     "filterdb.own_models": "top",
     "filterdb.cli": "top",
     "filterdb.cli.*": "top",
-    "filterdb.verify": "top",
     "figures.*": "top",
 }
 
@@ -240,6 +243,22 @@ def test_reading_layers_never_load_a_model_library():
                 for module, path in sorted(module_files().items())
                 if layer_of(module) in NO_MODEL_LIBRARIES and (found := third_party_imports(path) & MODEL_LIBRARIES)]
     assert not problems, "model libraries below ingestion:\n  " + "\n  ".join(problems)
+
+
+def test_sources_never_import_the_build_that_consumes_them():
+    files = module_files()
+    problems = [f"{module} imports {', '.join(sorted(found))}" for module, path in sorted(files.items())
+                if module.startswith("filterdb.sources")
+                and (found := imported_modules(module, path, set(files)) & CONSUMERS_OF_SOURCES)]
+    assert not problems, "sources importing their consumer:\n  " + "\n  ".join(problems)
+
+
+def test_no_module_of_the_package_imports_its_root():
+    files = module_files()
+    problems = [module for module, path in sorted(files.items())
+                if module.startswith("filterdb.") and "filterdb" in imported_modules(module, path, set(files))]
+    assert not problems, "modules importing the package root 'filterdb' (import the module itself):\n  " + \
+        "\n  ".join(problems)
 
 
 @pytest.mark.parametrize("importer, imported, ok", [

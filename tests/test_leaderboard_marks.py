@@ -6,7 +6,7 @@ from cli_results import run
 from torch import nn
 
 from filterdb.build import add_module
-from filterdb.catalog import leaderboard_specs
+from filterdb.cli.catalog import leaderboard_specs
 from filterdb.store import FilterDB
 
 

@@ -57,7 +57,7 @@ def test_edited_snapshot_is_never_used(db_path, capsys):
         arrays = {name: data[name] for name in data.files}
     arrays["column:l1_norm"] = arrays["column:l1_norm"] + 1.0  # digest kept: the edit must be found
     np.savez(path, **arrays)
-    from filterdb.verify import verify_database
+    from filterdb.cli.database_check import verify_database
     problems = verify_database(db_path).problems
     assert [(p.path, "checksum" in p.what) for p in problems] == [(path, True)]
     again = frame_and_moments(db_path)[0]

@@ -168,6 +168,25 @@ def test_second_writer_is_refused(tmp_path):
             FilterDB.open(tmp_path / "db", "a")
 
 
+def test_a_repair_waits_for_the_writer_and_moves_nothing(tmp_path):
+    """The repair takes the writer lock (filterdb.lock) before it moves anything aside."""
+    from filterdb.cli.database_check import repair_database, verify_database
+
+    with FilterDB.open(tmp_path / "db", "a") as db:
+        add_module(db, grouped_net(), source="s", name="a", input_shape=(3, 8, 8))
+    stray = tmp_path / "db" / "shards" / "notes.txt"
+    stray.write_text("x")
+    result = verify_database(tmp_path / "db")
+    assert [p.path for p in result.problems] == [stray]
+    with FilterDB.open(tmp_path / "db", "a"):
+        with pytest.raises(FilterDBError, match=r"db is being written by another filterdb process; repair it once "
+                                                r"that ends$"):
+            repair_database(result)
+    assert stray.read_text() == "x" and not (tmp_path / "db" / "quarantine").exists()
+    repair_database(result)
+    assert not stray.exists() and len(list((tmp_path / "db" / "quarantine").rglob("notes.txt"))) == 1
+
+
 def test_in_memory_tables_match_a_fresh_scan(tmp_path):
     with FilterDB.open(tmp_path / "db", "a") as db:
         for n in "ab":
@@ -309,8 +328,8 @@ def test_index_follows_the_shards(tmp_path):
     (shards / f"{model_id('s', 'b')}.h5").unlink()
     # issue 17: a shard the index lists that is gone is named, never silently a model less;
     # 'filterdb verify --repair' then rewrites the master without it
+    from filterdb.cli.database_check import repair_database, verify_database
     from filterdb.integrity import DamagedDatabaseError
-    from filterdb.verify import repair_database, verify_database
 
     with pytest.raises(DamagedDatabaseError, match="missing"):
         open_database(tmp_path / "db")

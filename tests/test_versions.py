@@ -159,3 +159,18 @@ def test_export_versions(db_path, tmp_path):
         f.attrs["encoding-version"] = "1.2"
     with pytest.raises(FilterDBError, match=r"x.h5: export format version 1.2 is newer than this filterdb reads \(1.1\)"):
         open_database(out)
+
+
+def test_the_version_is_written_once_and_installed_as_written():
+    """pyproject.toml reads the release from filterdb.versions; the installed metadata agrees with it."""
+    import tomllib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    import filterdb
+    from filterdb.versions import TOOL_VERSION
+
+    assert filterdb.__version__ == TOOL_VERSION == version("filterdb")
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert "version" in pyproject["project"]["dynamic"] and "version" not in pyproject["project"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "filterdb.versions.TOOL_VERSION"}

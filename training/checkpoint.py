@@ -41,15 +41,14 @@ from filterdb.atomic import atomic_path
 from filterdb.errors import FilterDBError
 from filterdb.training.attacks import NORMS
 from filterdb.training.methods import METHODS
-from filterdb.versions import check_readable
+from filterdb.versions import TOOL_VERSION, check_readable
 
 FORMAT = "filterdb-training-checkpoint"
 FORMAT_VERSION = "1.0"
 
 
 def versions() -> dict:
-    from filterdb import __version__
-    return {"filterdb": str(__version__), "torch": str(torch.__version__), "python": platform.python_version()}
+    return {"filterdb": TOOL_VERSION, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
 def save_atomic(payload: dict, path: str | Path) -> Path:

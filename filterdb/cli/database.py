@@ -86,7 +86,7 @@ def build(leaderboard, checkpoints, models, db_path, force, jobs, scheduler, off
     Models already in the database are skipped, so a rerun resumes an interrupted build.
     """
     from filterdb.build import build as run_build
-    from filterdb.catalog import leaderboard_specs
+    from filterdb.cli.catalog import leaderboard_specs
     from filterdb.sources import select_specs
     from filterdb.sources.base import with_input_shape
     from filterdb.store import FilterDB
@@ -139,9 +139,9 @@ def add(models, db_path, arch, arch_kwargs, sets, manifest, trust_code, force, o
 
     if offline:  # read by filterdb.sources.pretrained and by the Hugging Face hub that timm downloads through
         os.environ.update(FILTERDB_OFFLINE="1", HF_HUB_OFFLINE="1")
-    from filterdb.build import ModelOutcome
     from filterdb.build import build as run_build
-    from filterdb.catalog import spec_for_argument
+    from filterdb.cli.catalog import spec_for_argument
+    from filterdb.outcomes import ModelOutcome
     from filterdb.own_models import LOAD_NOTES, manifest_specs, parse_sets, spec_for_file
     from filterdb.sources.base import with_input_shape
     from filterdb.sources.state_dict import parse_arch_kwargs
@@ -249,7 +249,7 @@ def demo(db_path, fmt):
     by seed); then writes 'filterdb report robust normal' beside the database (demo-report.html).
     """
     from filterdb.build import build as run_build
-    from filterdb.catalog import leaderboard_specs
+    from filterdb.cli.catalog import leaderboard_specs
     from filterdb.store import FilterDB
 
     db_path = db_path or paths.demo_db_path()

@@ -22,7 +22,7 @@ LEADERBOARD_SORTS = ("board", "robust_acc", "clean_acc", "name")
 @format_option
 def leaderboards(name, db_path, sort_by, fmt):
     """List the leaderboards that 'filterdb build --leaderboard' accepts, with model counts; or the models of NAME."""
-    from filterdb.catalog import leaderboards as all_boards
+    from filterdb.cli.catalog import leaderboards as all_boards
     from filterdb.errors import FilterDBError
 
     boards = all_boards()

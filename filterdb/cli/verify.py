@@ -1,10 +1,10 @@
-"""``filterdb verify``: check a database against its checksums, and repair it (``filterdb.verify``)."""
+"""``filterdb verify``: check a database against its checksums, and repair it (``filterdb.cli.database_check``)."""
 from __future__ import annotations
 
 import click
 
+from filterdb.cli.database_check import repair_database, verify_database
 from filterdb.cli.options import db_option, resolve_db
-from filterdb.verify import repair_database, verify_database
 
 
 @click.command()

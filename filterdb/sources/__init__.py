@@ -2,7 +2,7 @@
 
 Each source module exposes ``LEADERBOARDS``: a dict of name -> ``Leaderboard``. A
 leaderboard lists ``ModelSpec``s (cheap, no weights loaded); the build loads each.
-``filterdb.catalog`` gathers the leaderboards of every layer (the demo's is training's).
+``filterdb.cli.catalog`` gathers the leaderboards of every layer (the demo's is training's).
 """
 from __future__ import annotations
 

@@ -31,16 +31,17 @@ import h5py
 import numpy as np
 
 from filterdb import schema
-from filterdb.build import BuildReport, ModelOutcome
 from filterdb.errors import FilterDBError
 from filterdb.ids import model_id as make_model_id
 from filterdb.ids import model_key
+from filterdb.outcomes import BuildReport, ModelOutcome
 from filterdb.output import json_safe
 from filterdb.progress import progress_bar
-from filterdb.shards import shard_writer, tool_version
+from filterdb.shards import shard_writer
 from filterdb.sources.direct_io import DirectFile, aligned_buffer, window
 from filterdb.sources.pandas_hdf import is_missing, read_fixed_frame
 from filterdb.store import FilterDB
+from filterdb.versions import TOOL_VERSION
 
 SOURCE = "cnn-filter-db"
 FILTER_DATASETS = ("filters", "filter")  # the code writes /filters, the CNN-Filter-DB README says /filter
@@ -166,7 +167,7 @@ def model_record(name: str, fields: dict, n_layers: int, n_filters: int) -> dict
         "input_shape": _input_shape(fields.get("Input Shape")),
         "n_members": 1, "n_layers": n_layers, "n_filters": n_filters,
         "published_json": json.dumps({k: json_safe(v) for k, v in fields.items()}, allow_nan=False),
-        "tool_version": tool_version(),
+        "tool_version": TOOL_VERSION,
         "extracted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return schema.complete_record(row, schema.MODEL_COLUMNS, "model")

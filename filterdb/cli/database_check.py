@@ -13,7 +13,6 @@ good shards and the cache from their filters, and lists the models to extract ag
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 from filterdb import integrity
 from filterdb.atomic import TMP_SUFFIX
 from filterdb.errors import FilterDBError
+from filterdb.lock import LOCK_NAME, WriterLock
 from filterdb.master import MASTER_NAME
 from filterdb.shards import SHARD_DIR, read_verified_shard
 from filterdb.store import FilterDB
@@ -151,7 +151,7 @@ def verify_database(db: Path) -> Verification:
                 not result.models_in_master and re.fullmatch(r"[0-9a-f]{12}", problem.lost_model))):
             problem.lost_model = ""
 
-    lock = db / ".lock"
+    lock = db / LOCK_NAME
     if lock.exists() and not lock.is_file():
         result.add(lock, "the writer lock is not a file")
     for stray in find_strays(db):  # temporary files anywhere: a killed writer's, or no writer's
@@ -195,16 +195,12 @@ def quarantine(db: Path, paths: list[Path]) -> Path:
 def repair_database(result: Verification, echo=print) -> list[str]:
     """Quarantine, rebuild the master and the cache; return the models to extract again (ids with keys)."""
     db = result.db
-    lock_path = db / ".lock"
+    lock_path = db / LOCK_NAME
     moved = [p.path for p in result.problems if p.quarantine and (p.path.exists() or p.path.is_symlink())]
     if lock_path in moved:
         quarantine(db, [lock_path])
         moved.remove(lock_path)
-    with open(lock_path, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FilterDBError(f"{db} is being written by another filterdb process; repair it once that ends") from None
+    with WriterLock(db, busy="repair it once that ends"):
         master = db / MASTER_NAME
         if master not in moved and (master.exists() or master.is_symlink()) and any(
                 p.lost_model or p.path == master for p in result.problems):
@@ -212,7 +208,6 @@ def repair_database(result: Verification, echo=print) -> list[str]:
         if moved:
             where = quarantine(db, moved)
             echo(f"moved {len(moved)} file(s) aside into {where}")
-        fcntl.flock(lock, fcntl.LOCK_UN)
     with FilterDB.open(db, "a") as writer:
         n_models = len(writer.models)
     echo(f"master rebuilt: {n_models} model(s)")

@@ -1,7 +1,7 @@
 """Every model the command line can name: the leaderboards of ``filterdb build --leaderboard``
 (RobustBench's from ingestion, the demo's from training) and the forms ``filterdb add`` accepts.
 
-It sits at the top, beside the CLI, because it gathers sources from both layers below it.
+It lives with the CLI, in the top layer, because it gathers sources from both layers below it.
 """
 from __future__ import annotations
 
