@@ -77,9 +77,9 @@ def report_html(db, path_label: str, result: Comparison | None = None, depth: Co
     by depth deciles) metrics and divergence by depth with their nulls, and the first-layer grids."""
     title = "filterdb report" + (f": {result.group_a} vs {result.group_b}" if result is not None else "")
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    from filterdb import __version__
+    from filterdb.versions import TOOL_VERSION
     body = [f"<h1>{escape(title)}</h1>",
-            f'<p class="meta">Database {escape(path_label)}; written {when} by filterdb {escape(__version__)}.</p>',
+            f'<p class="meta">Database {escape(path_label)}; written {when} by filterdb {escape(TOOL_VERSION)}.</p>',
             "<h2>Overview</h2>", overview_html(db)]
     if result is not None:
         body += ["<h2>Comparison</h2>", f'<div class="scroll">{comparison_html(result)}</div>']
