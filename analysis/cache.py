@@ -122,7 +122,7 @@ class Snapshot:
     moments: Sequence[Moments]  # one per row of frame
 
     @classmethod
-    def empty(cls) -> "Snapshot":
+    def empty(cls) -> Snapshot:
         return cls({}, pd.DataFrame(), [])
 
     def current(self, db_path, tokens: dict[str, str]) -> set[str]:
@@ -217,7 +217,7 @@ def _snapshot_problem(arrays: dict) -> str:
     return ""
 
 
-def _split_moments(arrays: dict) -> "MomentRows":
+def _split_moments(arrays: dict) -> MomentRows:
     return MomentRows(arrays["moment_count"], arrays["moment_dim"], arrays["moment_mean"], arrays["moment_scatter"])
 
 

@@ -60,7 +60,7 @@ class PCABasis:
             self.mean = np.zeros(self.components.shape[1])
 
     @classmethod
-    def from_moments(cls, moments: Moments) -> "PCABasis":
+    def from_moments(cls, moments: Moments) -> PCABasis:
         """The basis of the covariance ``scatter / (count - 1)``; EVR all NaN if there is no variance."""
         values, vectors = np.linalg.eigh(moments.scatter)
         order = np.argsort(values)[::-1]
@@ -122,7 +122,7 @@ class DivergenceBasis:
                 "n_range": self.n_range, "source": self.source}
 
     @classmethod
-    def from_json(cls, data: dict) -> "DivergenceBasis":
+    def from_json(cls, data: dict) -> DivergenceBasis:
         pca = PCABasis(np.array(data["components"], dtype=np.float64), np.array(data["evr"], dtype=np.float64),
                        np.array(data["mean"], dtype=np.float64))
         return cls(pca, float(data["lo"]), float(data["hi"]), int(data["n_fit"]), int(data["n_range"]),
@@ -155,7 +155,7 @@ class RangeScan:
         self.low_fit, self.high_fit = np.full(d, np.inf), np.full(d, -np.inf)
         self.n_all = self.n_fit = 0
 
-    def add(self, filters, absmax: float, eps: float = SPARSITY_EPS) -> "RangeScan":
+    def add(self, filters, absmax: float, eps: float = SPARSITY_EPS) -> RangeScan:
         """Scan a chunk of filters of one layer whose max |w| is ``absmax``."""
         from filterdb.analysis.projection_kernels import update_ranges  # numba: only where filters are projected
 
@@ -169,7 +169,7 @@ class RangeScan:
             update_ranges(p, keep, self.low_all, self.high_all, self.low_fit, self.high_fit)
         return self
 
-    def merge(self, other: "RangeScan") -> "RangeScan":
+    def merge(self, other: RangeScan) -> RangeScan:
         for name in ("low_all", "low_fit"):
             np.minimum(getattr(self, name), getattr(other, name), out=getattr(self, name))
         for name in ("high_all", "high_fit"):
@@ -206,7 +206,7 @@ class Histograms:
         """Number of filters counted."""
         return int(self.counts[0].sum()) if len(self.counts) else 0
 
-    def add(self, filters, absmax: float, eps: float = SPARSITY_EPS) -> "Histograms":
+    def add(self, filters, absmax: float, eps: float = SPARSITY_EPS) -> Histograms:
         """Count a chunk of filters of one layer whose max |w| is ``absmax`` (sparse ones are dropped)."""
         from filterdb.analysis.projection_kernels import add_bin_counts  # numpy.histogram's binning
 
@@ -220,7 +220,7 @@ class Histograms:
                 add_bin_counts(self.basis.pca.project(block, keep, reuse=True), self._edges, self.counts)
         return self
 
-    def merge(self, other: "Histograms") -> "Histograms":
+    def merge(self, other: Histograms) -> Histograms:
         self.counts += other.counts
         return self
 

@@ -209,11 +209,11 @@ class Moments:
     scatter: np.ndarray  # (d, d)
 
     @classmethod
-    def empty(cls, d: int) -> "Moments":
+    def empty(cls, d: int) -> Moments:
         return cls(0, np.zeros(d), np.zeros((d, d)))
 
     @classmethod
-    def of(cls, x: np.ndarray) -> "Moments":
+    def of(cls, x: np.ndarray) -> Moments:
         x = np.asarray(x, dtype=np.float64)
         if len(x) == 0:
             return cls.empty(x.shape[1])
@@ -222,7 +222,7 @@ class Moments:
         return cls(len(x), mean, c.T @ c)
 
     @classmethod
-    def from_sums(cls, count: int, shift: np.ndarray, sums: np.ndarray, products: np.ndarray) -> "Moments":
+    def from_sums(cls, count: int, shift: np.ndarray, sums: np.ndarray, products: np.ndarray) -> Moments:
         """From ``sum (x - shift)`` and ``sum (x - shift)(x - shift)^T`` over ``count`` vectors."""
         if count == 0:
             return cls.empty(len(shift))
@@ -230,7 +230,7 @@ class Moments:
         scatter = products - count * np.outer(delta, delta)
         return cls(int(count), shift + delta, (scatter + scatter.T) / 2)
 
-    def merge(self, other: "Moments") -> "Moments":
+    def merge(self, other: Moments) -> Moments:
         if other.count == 0:
             return self
         if self.count == 0:
@@ -241,7 +241,7 @@ class Moments:
         scatter = self.scatter + other.scatter + np.outer(delta, delta) * (self.count * other.count / n)
         return Moments(n, mean, scatter)
 
-    def __add__(self, other: "Moments") -> "Moments":
+    def __add__(self, other: Moments) -> Moments:
         return self.merge(other)
 
     def covariance(self) -> np.ndarray:

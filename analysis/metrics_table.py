@@ -108,7 +108,7 @@ def resolve_models(models: pd.DataFrame, wanted: Iterable[str] | None) -> list[s
 
 
 def layer_metrics_frame(db, model_ids: list[str], eps: float = SPARSITY_EPS, executor: Executor | None = None,
-                        on_model=None) -> tuple[pd.DataFrame, "LayerMoments"]:
+                        on_model=None) -> tuple[pd.DataFrame, LayerMoments]:
     """Per-layer metrics (and moments keyed by (model_id, layer_index)) of some models, in the order of ``model_ids``.
 
     Current models come from the cache's snapshot (one file); the others from their cache files,

@@ -76,7 +76,7 @@ def report_html(db, path_label: str, result: Comparison | None = None, depth: Co
     """The page: the overview; with a comparison ``result`` its tables, with ``depth`` (the same groups
     by depth deciles) metrics and divergence by depth with their nulls, and the first-layer grids."""
     title = "filterdb report" + (f": {result.group_a} vs {result.group_b}" if result is not None else "")
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     from filterdb.versions import TOOL_VERSION
     body = [f"<h1>{escape(title)}</h1>",
             f'<p class="meta">Database {escape(path_label)}; written {when} by filterdb {escape(TOOL_VERSION)}.</p>',

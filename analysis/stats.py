@@ -331,7 +331,7 @@ class Permutation:
     exact: bool
 
     @classmethod
-    def none(cls) -> "Permutation":
+    def none(cls) -> Permutation:
         return cls(math.nan, math.nan, 0, False)
 
 

@@ -142,14 +142,14 @@ def main() -> None:
                 out = work / f"{chunk}.h5"
                 out.unlink(missing_ok=True)
                 times.setdefault(("write", name), []).append(
-                    timed(lambda: write_packed(db, out, chunk_bytes=chunk)))
+                    timed(lambda out=out, chunk=chunk: write_packed(db, out, chunk_bytes=chunk)))
     for _ in range(args.repeat):
         for name, chunk in layouts.items():
             out = work / f"{chunk}.h5"
             for what, fn in (("read filterdb", read_packed), ("read h5py whole", read_h5py_whole),
                              ("read h5py by layer", read_h5py_layers)):
                 fn(out)  # warm
-                times.setdefault((what, name), []).append(timed(lambda: fn(out)))
+                times.setdefault((what, name), []).append(timed(lambda fn=fn, out=out: fn(out)))
     print(f"{'':22s}" + "".join(f"{n:>20s}" for n in layouts))
     for what in ("write", "read filterdb", "read h5py whole", "read h5py by layer"):
         base = times[(what, "contiguous")]

@@ -28,9 +28,9 @@ def main() -> None:
 
     for n in (1000, 10000):
         n_a = n // 2
-        draw = cpu(lambda: stats._drawn_labelings(n_a, n - n_a, 9999, 0), 2)
+        draw = cpu(lambda n_a=n_a, n=n: stats._drawn_labelings(n_a, n - n_a, 9999, 0), 2)
         stats._kept_labelings(n_a, n - n_a, 9999, 0)  # writes the kept file
-        read = cpu(lambda: stats._kept_labelings(n_a, n - n_a, 9999, 0), 2)
+        read = cpu(lambda n_a=n_a, n=n: stats._kept_labelings(n_a, n - n_a, 9999, 0), 2)
         print(f"labelings 9,999 x {n}: draw {draw:.3f}s CPU, read kept {read:.3f}s CPU")
     code = "import time; t = time.process_time(); import scipy.stats; print(time.process_time() - t)"
     imports = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)

@@ -1,6 +1,6 @@
 """Benchmark: extracting a WRN-28-10 into the database vs np.save; reading it back vs np.load.
 
-Targets (issue 2): extraction <= 2x the time of np.save of the same float32 array;
+Targets: extraction <= 2x the time of np.save of the same float32 array;
 reading a model's filters back >= half the speed of np.load. Run by hand:
 
     python bench/bench_store.py [--repeat 7] [--sustained 6] [--dir /tmp/bench-store]

@@ -1,6 +1,6 @@
 """Benchmark: reading filters with verification (every layer against its digest) vs the same reads without.
 
-Target (issue 17): reads with checks at >= 0.8x the speed of reads without, same run. Run by hand:
+Target: reads with checks at >= 0.8x the speed of reads without, same run. Run by hand:
 
     python bench/bench_verify.py [--repeat 9] [--models 2] [--dir /tmp/bench-verify]
 

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -316,7 +317,7 @@ def _hooked_pass(model: nn.Module, convs: list[nn.Module], input_shape: tuple[in
     was_training = model.training
     try:
         for conv in stand_ins:
-            setattr(conv, "forward", _shape_only_forward(conv))  # an instance attribute, shadowing the class's
+            setattr(conv, "forward", _shape_only_forward(conv))  # noqa: B010 (an instance attribute shadowing the class's method, which mypy forbids as an assignment)
         param = next(iter(model.parameters()), None)
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32

@@ -171,7 +171,7 @@ def _rich_table(frame, title: str | None, file, width: int) -> None:
                 widths[i] = max(share, len(names[i]))
                 cells[i] = [c if len(c) <= widths[i] else c[:widths[i] - 1] + "\u2026" for c in cells[i]]
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
-    for name, col, w in zip(frame.columns, cells, widths):
+    for name, w in zip(frame.columns, widths):
         numeric = pd.api.types.is_numeric_dtype(frame[name])
         # whole or not shown: fit_columns leaves out what does not fit, and nothing is folded
         table.add_column(str(name), justify="right" if numeric else "left", no_wrap=True, min_width=w)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from filterdb import schema
 from filterdb.eps import parse_eps

@@ -178,7 +178,7 @@ class ChunkWriter:
             self.dataset[self.row:self.row + self.filled] = self.buffer[:self.filled]
             self.row, self.filled = self.row + self.filled, 0
 
-    def __enter__(self) -> "ChunkWriter":
+    def __enter__(self) -> ChunkWriter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -89,7 +89,7 @@ class LineProgress:
         self._tasks: dict[TaskID, _LineTask] = {}
         self._next_id = 0
 
-    def __enter__(self) -> "LineProgress":
+    def __enter__(self) -> LineProgress:
         return self
 
     def __exit__(self, *exc_info) -> None:

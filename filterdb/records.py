@@ -26,7 +26,7 @@ def model_record(source: str, name: str, layers: list[ExtractedLayer], record: d
         n_params=int(n_params), n_members=int(n_members), input_shape="x".join(str(int(s)) for s in input_shape),
         n_layers=len(layers), n_filters=int(sum(layer.info["n_filters"] for layer in layers)),
         weights_sha256=weights_sha256 or row.get("weights_sha256", ""), tool_version=TOOL_VERSION,
-        extracted_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        extracted_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     )
     return schema.complete_record(row, schema.MODEL_COLUMNS, "model")
 

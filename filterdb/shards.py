@@ -237,7 +237,7 @@ def read_shard(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
     return read_verified_shard(path)[:3]
 
 
-def read_verified_shard(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int], "integrity.ShardIdentity"]:
+def read_verified_shard(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int], integrity.ShardIdentity]:
     """:func:`read_shard` and the shard's identity (model, size, digest)."""
     try:
         with h5py.File(path, "r") as f:

@@ -134,8 +134,8 @@ def unaccounted_convolutions(members: list[nn.Module], input_shape, accounted: s
         handles = []
         for name, module in member.named_modules():
             entry = (name, type(module).__name__)
-            handles.append(module.register_forward_pre_hook(lambda m, i, e=entry: stack.append(e)))  # None: input kept
-            handles.append(module.register_forward_hook(lambda m, i, o: stack.pop() and None))  # None: output kept
+            handles.append(module.register_forward_pre_hook(lambda m, i, e=entry, stack=stack: stack.append(e)))  # None: input kept
+            handles.append(module.register_forward_hook(lambda m, i, o, stack=stack: stack.pop() and None))  # None: output kept
         mode = _ConvolutionCalls(stack)
         was_training = member.training
         try:

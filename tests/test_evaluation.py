@@ -230,7 +230,7 @@ def test_perturbation_maps(evaluated):
 
 
 def test_spatial_grid(evaluated):
-    for role, s in evaluated["summaries"].items():
+    for s in evaluated["summaries"].values():
         sp = s["spatial"]
         assert sp["fill"] == "border" == s["config"]["fill"] and sp["interpolation"] == "bilinear"
         assert sp["attack"] is None and sp["rotation_unit"] == "degrees"

@@ -1,7 +1,7 @@
 """Fault injection: a damaged database is detected, named and repaired; never a wrong number, never a traceback.
 
-Each test damages a real database (written by the real store) the way issue 17's table and
-list describe, then runs the real commands and asserts the outcome: one named error line
+Each test damages a real database (written by the real store) in the ways docs/integrity.md lists,
+then runs the real commands and asserts the outcome: one named error line
 (exit 1, no traceback), or a repaired database holding exactly the right models.
 """
 import json
@@ -98,7 +98,7 @@ def metrics_json(db: Path):
     return run("metrics", "--db", db, "--format", "json")
 
 
-# --------------------------------------------------------------------------- the table of issue 17
+# --------------------------------------------------------------------------- the fault table
 
 def test_flipped_filter_bytes_name_shard_model_and_layer(db):
     path = shard(db, 1)

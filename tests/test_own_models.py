@@ -309,7 +309,7 @@ def test_manifest_of_mixed_checkpoints_with_two_bad_rows(tmp_path):
     with open_database(db) as handle:
         models = handle.models
         assert len(models) == 20
-        for stem, (model, robust) in expected.items():
+        for stem, (_model, robust) in expected.items():
             row = models[models["name"].str.startswith(stem + "@")].iloc[0]
             assert row["training"] == ("robust" if robust else "normal") and row["dataset"] == "digits"
             if robust:

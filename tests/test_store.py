@@ -326,7 +326,7 @@ def test_index_follows_the_shards(tmp_path):
         assert list(index["layer_start"]) == [0, 1, 2] and list(index["layer_stop"]) == [1, 2, 3]
         assert f.attrs["clean"] and f.attrs["shards_mtime_ns"] == shards.stat().st_mtime_ns
     (shards / f"{model_id('s', 'b')}.h5").unlink()
-    # issue 17: a shard the index lists that is gone is named, never silently a model less;
+    # a shard the index lists that is gone is named, never silently a model less;
     # 'filterdb verify --repair' then rewrites the master without it
     from filterdb.cli.database_check import repair_database, verify_database
     from filterdb.integrity import DamagedDatabaseError

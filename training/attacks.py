@@ -17,8 +17,8 @@ Public API, reused by evaluation code:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -85,11 +85,11 @@ class AttackConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AttackConfig":
+    def from_dict(cls, d: dict) -> AttackConfig:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
 
-    def with_eps(self, eps: float) -> "AttackConfig":
+    def with_eps(self, eps: float) -> AttackConfig:
         """The same attack at another budget; a step size given explicitly scales with eps."""
         if self.step_size is not None and self.eps > 0:
             return replace(self, eps=eps, step_size=self.step_size * eps / self.eps)

@@ -44,7 +44,7 @@ class CuspCurriculum:
         return {"final": self.final.to_dict(), "milestones": list(self.milestones)}
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "CuspCurriculum":
+    def from_state_dict(cls, state: dict) -> CuspCurriculum:
         return cls(Budgets(**state["final"]), tuple(state["milestones"]))
 
 

@@ -37,7 +37,7 @@ import time
 import zlib
 from collections.abc import Sized
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
@@ -261,7 +261,7 @@ def _evaluate(model, dataset, config, device, progress, description) -> Evaluati
     summary = {"format": RESULTS_FORMAT, "format_version": FORMAT_VERSION, "n_samples": n,
                "num_classes": num_classes, "clean_acc": pct(clean_correct), "attacks": attacks, "budgets": budgets,
                "spatial": spatial, "config": config.to_dict(), "device": str(device),
-               "versions": _versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+               "versions": _versions(), "created": datetime.now(UTC).isoformat(timespec="seconds")}
     return EvaluationResult(summary, maps)
 
 

@@ -16,8 +16,8 @@ Losses are computed in float32, also under autocast.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -12,8 +12,8 @@ from its id with random weights), to compare against the robust original.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from filterdb.errors import FilterDBError
 from filterdb.training.attacks import AttackConfig

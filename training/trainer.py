@@ -126,7 +126,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
         d["milestones"] = tuple(d.get("milestones") or ())
@@ -416,7 +416,7 @@ class Trainer:
         _set_rng_state(state["rng"])
 
     @classmethod
-    def resume(cls, path: str | Path, out_dir: str | Path | None = None, progress: bool = False, **overrides) -> "Trainer":
+    def resume(cls, path: str | Path, out_dir: str | Path | None = None, progress: bool = False, **overrides) -> Trainer:
         """A trainer that continues the run saved in ``path`` (its configuration, maybe with
         ``overrides`` such as device or workers that do not change the result)."""
         ckpt = load_checkpoint(path)

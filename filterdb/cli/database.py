@@ -56,7 +56,7 @@ def report_skipped_convs(db, report) -> None:
     """One line per added model with modules that convolve but whose filters were not stored."""
     added = {o.model_id for o in report.outcomes if o.status == "added"}
     models = db.models
-    for model_id, row in models[models.index.isin(added) & (models["skipped_convs"] != "")].iterrows():
+    for _, row in models[models.index.isin(added) & (models["skipped_convs"] != "")].iterrows():
         skipped = json.loads(row["skipped_convs"])
         kinds = Counter(s["class"] for s in skipped)
         what = ", ".join(f"{n} {cls}" for cls, n in kinds.most_common())

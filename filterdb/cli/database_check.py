@@ -183,7 +183,7 @@ def _verify_cache(result: Verification) -> None:
 
 def quarantine(db: Path, paths: list[Path]) -> Path:
     """Move files aside into <db>/quarantine/<UTC time>/, keeping their relative paths; return that folder."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     target = db / QUARANTINE_DIR / stamp
     for path in paths:
         dest = target / path.relative_to(db)

@@ -7,8 +7,8 @@ leaderboard lists ``ModelSpec``s (cheap, no weights loaded); the build loads eac
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from filterdb.errors import FilterDBError
 from filterdb.sources.base import LoadedModel, ModelSpec

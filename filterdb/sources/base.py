@@ -6,9 +6,10 @@ then returns a ``LoadedModel`` with the networks and the model-table facts it kn
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from filterdb.ids import model_id, model_key
 
@@ -21,7 +22,7 @@ class ModelSpec:
     source: str
     name: str
     record: dict = field(default_factory=dict)  # model-table columns known before loading
-    load: Callable[["ModelSpec"], "LoadedModel"] | None = field(default=None, repr=False, compare=False)
+    load: Callable[[ModelSpec], LoadedModel] | None = field(default=None, repr=False, compare=False)
     origin: str = ""  # what error messages name, e.g. the checkpoint file; default: the key
 
     @property

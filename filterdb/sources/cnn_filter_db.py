@@ -168,7 +168,7 @@ def model_record(name: str, fields: dict, n_layers: int, n_filters: int) -> dict
         "n_members": 1, "n_layers": n_layers, "n_filters": n_filters,
         "published_json": json.dumps({k: json_safe(v) for k, v in fields.items()}, allow_nan=False),
         "tool_version": TOOL_VERSION,
-        "extracted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "extracted_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     return schema.complete_record(row, schema.MODEL_COLUMNS, "model")
 
@@ -273,7 +273,7 @@ def _plan_model(model: PublishedModel, positions: list[int], index_rows: list[tu
         fields[c] = values[0] if same else values
     start = 0
     mid = model.model_id
-    for index, (lo, hi, p, _, depth, depth_norm, layer_id, in_c, out_c) in enumerate(layers):
+    for index, (lo, hi, _padding, _, depth, depth_norm, layer_id, in_c, out_c) in enumerate(layers):
         model.layers.append(_layer_row(mid, index, depth, depth_norm, layer_id, in_c, out_c, start))
         model.sources.append((lo, hi))
         start += hi - lo
@@ -319,7 +319,7 @@ def import_cnn_filter_db(path: str | os.PathLike, db: FilterDB, *, force: bool =
     return report
 
 
-def _import_models(db: FilterDB, todo: list[PublishedModel], pipeline: "_Pipeline", report: BuildReport, path: Path,
+def _import_models(db: FilterDB, todo: list[PublishedModel], pipeline: _Pipeline, report: BuildReport, path: Path,
                    advance, show) -> None:
     for model in todo:
         show(model.name)

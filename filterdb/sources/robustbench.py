@@ -106,11 +106,11 @@ def spec_for_id(model_id: str, *, offline: bool = False, keep_weights: bool = Tr
     return _spec(rows.iloc[0].to_dict(), _loader(model_dir, offline, keep_weights))
 
 
-def _loader(model_dir: str | os.PathLike | None, offline: bool, keep_weights: bool) -> "Loader":
+def _loader(model_dir: str | os.PathLike | None, offline: bool, keep_weights: bool) -> Loader:
     return Loader(os.fspath(model_dir or paths.robustbench_model_dir()), offline, keep_weights)
 
 
-def _spec(row: dict, loader: "Loader") -> ModelSpec:
+def _spec(row: dict, loader: Loader) -> ModelSpec:
     record = {c: row[c] for c in RECORD_COLUMNS}
     record["extra_data"] = bool(record["extra_data"])
     return ModelSpec(SOURCE, f"{row['dataset']}/{row['threat_model']}/{row['name']}", record=record, load=loader)
@@ -284,8 +284,8 @@ class _WeightsOnlyTorch(types.ModuleType):
 
 def load_weights_only(rb_utils: types.ModuleType) -> None:
     """Route robustbench's ``torch.load`` calls (``load_model``, single and ensemble files) through weights_only."""
-    if not isinstance(getattr(rb_utils, "torch"), _WeightsOnlyTorch):
-        setattr(rb_utils, "torch", _WeightsOnlyTorch("torch"))
+    if not isinstance(getattr(rb_utils, "torch"), _WeightsOnlyTorch):  # noqa: B009 (an untyped module's global)
+        setattr(rb_utils, "torch", _WeightsOnlyTorch("torch"))  # noqa: B010
 
 
 def _description(board: str) -> str:

@@ -18,9 +18,10 @@ import importlib
 import json
 import pickletools
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from filterdb.errors import FilterDBError
 

@@ -8,7 +8,7 @@ RobustBench's WideResNet / PreActResNet-18.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -54,7 +54,7 @@ class PreActResNet(nn.Module):
         for width, depth, stride in stages:
             for i in range(depth):
                 blocks.append(block(channels, width, stride if i == 0 else 1, options))
-                channels = int(getattr(blocks[-1], "out_channels"))  # every block records its output width
+                channels = int(getattr(blocks[-1], "out_channels"))  # noqa: B009 (every block records its output width; Module's type does not say so)
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(channels)
         self.act = options.act()
