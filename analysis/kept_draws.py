@@ -7,7 +7,8 @@ A kept draw is one ``.npz`` file in ``$FILTERDB_HOME/cache/<kind>/``, named by i
 includes numpy's version: the generator's stream may change with it) and holding the packed
 arrays and an xxh3 digest of their bytes. A file that does not match its digest, or whose arrays
 the caller's check rejects, is drawn again; a read-only or full home draws every time. The folder
-is kept under :data:`KEPT_BYTES`: writing a file removes the least recently used ones beyond it.
+is kept under :data:`KEPT_BYTES`: writing a file removes the oldest ones beyond it. Reading a kept
+file writes nothing (not even its mtime): a read is free of side effects (docs/integrity.md).
 """
 from __future__ import annotations
 
@@ -39,7 +40,6 @@ def kept(kind: str, key: str, draw: Callable[[], dict[str, np.ndarray]],
             arrays = {name: stored[name] for name in stored.files if name != "digest"}
             recorded = int(stored["digest"])
         if arrays_digest(arrays) == recorded and valid(arrays):
-            os.utime(path)  # recently used: pruned last
             return arrays
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -55,7 +55,7 @@ def kept(kind: str, key: str, draw: Callable[[], dict[str, np.ndarray]],
 
 
 def _prune(where: Path, keep: Path) -> None:
-    """Remove the least recently used kept files until the folder holds at most KEPT_BYTES."""
+    """Remove the oldest kept files (by the time they were written) until the folder holds at most KEPT_BYTES."""
     files = []
     for entry in os.scandir(where):
         if entry.name.endswith(".npz") and entry.is_file():

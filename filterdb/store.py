@@ -29,7 +29,7 @@ digests of its own tables. A reader verifies the master's tables on open and eac
 filters before returning them; a missing, swapped or stray shard is an error on open. When the
 master does not describe the shards (a killed build) or is damaged, ``open_database`` recovers
 the directory in one visible step (:func:`filterdb.writer.recover`, as SQLite's reader rolls back
-a hot journal; docs/storage.md) when it can take the writer lock, and otherwise reads around the
+a hot journal; docs/integrity.md, "When a reader writes") when it can take the writer lock, and otherwise reads around the
 master from the shards, with one line saying so. Damage is a :class:`DamagedDatabaseError`
 naming the file and saying ``filterdb verify --repair``.
 """
