@@ -1,6 +1,7 @@
 """The build: load each model of a source, extract its filters, store them; go on past failures.
 
-Models already in the database are skipped unless ``force``; a failure is recorded and
+Models already in the database are skipped unless ``force``, once their shard is found whole
+(:func:`plan_build`; a damaged one is extracted again and reported "repaired"); a failure is recorded and
 the build continues with the next model. With ``jobs > 1`` worker processes load and
 extract in parallel, each writing its own shard; the parent registers finished shards.
 The workers die with the parent (``filterdb.workers``).
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from filterdb import integrity
 from filterdb.errors import FilterDBError
 from filterdb.progress import progress_bar
 from filterdb.records import extract_loaded
@@ -39,16 +41,28 @@ def add_module(db: FilterDB, module, *, source: str, name: str, input_shape: tup
 class ModelOutcome:
     key: str
     model_id: str
-    status: str  # "added", "skipped" or "failed"
+    status: str  # "added", "repaired" (its damaged shard extracted again), "skipped" or "failed"
     n_layers: int = 0
     n_filters: int = 0
     seconds: float = 0.0
     error: str = ""
+    note: str = ""  # "repaired": the damage found in the shard it replaced
 
 
 @dataclass
 class BuildReport:
     outcomes: list[ModelOutcome] = field(default_factory=list)
+    damaged: dict[str, str] = field(default_factory=dict)  # model_id -> the damage of its shard, found before the build
+
+    def mark_repaired(self) -> None:
+        """Models extracted again because their shard was damaged: "repaired" with the damage as the note, or
+        "failed" with the damage added to the error (the damaged shard is left as it was)."""
+        for outcome in self.outcomes:
+            damage = self.damaged.get(outcome.model_id)
+            if damage and outcome.status == "added":
+                outcome.status, outcome.note = "repaired", damage.removesuffix(f"; {integrity.REPAIR_HINT}")
+            elif damage and outcome.status == "failed":
+                outcome.error = f"{outcome.error} (its shard stays damaged: {damage})"
 
     @property
     def failed(self) -> list[ModelOutcome]:
@@ -87,12 +101,22 @@ def ingest_to_shard(db_dir: str, spec: ModelSpec) -> tuple[str, int, int]:
     return record["model_id"], record["n_layers"], record["n_filters"]
 
 
-def plan_build(db: FilterDB, specs: list[ModelSpec], force: bool = False) -> tuple[BuildReport, list[ModelSpec]]:
-    """A report holding the models already in ``db`` as skipped (none with ``force``), and the specs left to do."""
+def plan_build(db: FilterDB, specs: list[ModelSpec], force: bool = False, verify: bool = False
+               ) -> tuple[BuildReport, list[ModelSpec]]:
+    """A report holding the models already in ``db`` whose shard is whole as skipped (none with ``force``),
+    and the specs left to do: those not in ``db`` and those whose shard is damaged (in ``report.damaged``).
+
+    Whole means, by default, its tables read and checked against their digest, its size and recorded
+    digest what the master's index records (no filter byte read: a change inside the filter data is not
+    seen here); ``verify``: every layer's filters checked against their digests as well
+    (``FilterDB.shard_problems``)."""
     report = BuildReport()
+    present = [spec for spec in specs if not force and db.has_model(spec.model_id)]
+    report.damaged = db.shard_problems([spec.model_id for spec in present], full=verify) if present else {}
+    skipped = {spec.model_id for spec in present} - set(report.damaged)
     todo = []
     for spec in specs:
-        if db.has_model(spec.model_id) and not force:
+        if spec.model_id in skipped:
             report.outcomes.append(ModelOutcome(spec.key, spec.model_id, "skipped"))
         else:
             todo.append(spec)
@@ -100,9 +124,10 @@ def plan_build(db: FilterDB, specs: list[ModelSpec], force: bool = False) -> tup
 
 
 def build(db: FilterDB, specs: list[ModelSpec], *, force: bool = False, jobs: int = 1,
-          show_progress: bool = True, description: str = "models") -> BuildReport:
-    """Add every spec's model to ``db``; returns what happened to each."""
-    report, todo = plan_build(db, specs, force)
+          show_progress: bool = True, description: str = "models", verify: bool = False) -> BuildReport:
+    """Add every spec's model to ``db`` (or extract it again where its shard is damaged, :func:`plan_build`);
+    returns what happened to each."""
+    report, todo = plan_build(db, specs, force, verify)
     t_start = time.perf_counter()
 
     def stored() -> str:
@@ -127,6 +152,7 @@ def build(db: FilterDB, specs: list[ModelSpec], *, force: bool = False, jobs: in
                                                                  progress.advance(task)))
         failed = report.count("failed")
         progress.update(task, status=f"{stored()} | " + (f"{failed} failed" if failed else "done"))
+    report.mark_repaired()
     return report
 
 
