@@ -1,6 +1,7 @@
 """The build: load each model of a source, extract its filters, store them; go on past failures.
 
-Models already in the database are skipped unless ``force``; a failure is recorded and
+Models already in the database are skipped unless ``force``, once their shard is found whole
+(:func:`plan_build`; a damaged one is extracted again and reported "repaired"); a failure is recorded and
 the build continues with the next model. With ``jobs > 1`` worker processes load and
 extract in parallel, each writing its own shard; the parent registers finished shards.
 The workers die with the parent (``filterdb.workers``).
@@ -58,12 +59,22 @@ def ingest_to_shard(db_dir: str, spec: ModelSpec) -> tuple[str, int, int]:
     return record["model_id"], record["n_layers"], record["n_filters"]
 
 
-def plan_build(db: FilterDB, specs: list[ModelSpec], force: bool = False) -> tuple[BuildReport, list[ModelSpec]]:
-    """A report holding the models already in ``db`` as skipped (none with ``force``), and the specs left to do."""
+def plan_build(db: FilterDB, specs: list[ModelSpec], force: bool = False, verify: bool = False
+               ) -> tuple[BuildReport, list[ModelSpec]]:
+    """A report holding the models already in ``db`` whose shard is whole as skipped (none with ``force``),
+    and the specs left to do: those not in ``db`` and those whose shard is damaged (in ``report.damaged``).
+
+    Whole means, by default, its tables read and checked against their digest, its size and recorded
+    digest what the master's index records (no filter byte read: a change inside the filter data is not
+    seen here); ``verify``: every layer's filters checked against their digests as well
+    (``FilterDB.shard_problems``)."""
     report = BuildReport()
+    present = [spec for spec in specs if not force and db.has_model(spec.model_id)]
+    report.damaged = db.shard_problems([spec.model_id for spec in present], full=verify) if present else {}
+    skipped = {spec.model_id for spec in present} - set(report.damaged)
     todo = []
     for spec in specs:
-        if db.has_model(spec.model_id) and not force:
+        if spec.model_id in skipped:
             report.outcomes.append(ModelOutcome(spec.key, spec.model_id, "skipped"))
         else:
             todo.append(spec)
@@ -71,9 +82,10 @@ def plan_build(db: FilterDB, specs: list[ModelSpec], force: bool = False) -> tup
 
 
 def build(db: FilterDB, specs: list[ModelSpec], *, force: bool = False, jobs: int = 1,
-          show_progress: bool = True, description: str = "models") -> BuildReport:
-    """Add every spec's model to ``db``; returns what happened to each."""
-    report, todo = plan_build(db, specs, force)
+          show_progress: bool = True, description: str = "models", verify: bool = False) -> BuildReport:
+    """Add every spec's model to ``db`` (or extract it again where its shard is damaged, :func:`plan_build`);
+    returns what happened to each."""
+    report, todo = plan_build(db, specs, force, verify)
     t_start = time.perf_counter()
 
     def stored() -> str:
@@ -98,6 +110,7 @@ def build(db: FilterDB, specs: list[ModelSpec], *, force: bool = False, jobs: in
                                                                  progress.advance(task)))
         failed = report.count("failed")
         progress.update(task, status=f"{stored()} | " + (f"{failed} failed" if failed else "done"))
+    report.mark_repaired()
     return report
 
 

@@ -41,11 +41,11 @@ def timed_ingest(db_dir: str, spec: ModelSpec) -> tuple[str, int, int, float]:
 
 
 def build_on_dask(db: FilterDB, specs: list[ModelSpec], scheduler_address: str, *, force: bool = False,
-                  show_progress: bool = True) -> BuildReport:
+                  show_progress: bool = True, verify: bool = False) -> BuildReport:
     """Add every spec's model to ``db`` using the workers of the Dask scheduler at ``scheduler_address``."""
     from dask.distributed import Client
 
-    report, todo = plan_build(db, specs, force)
+    report, todo = plan_build(db, specs, force, verify)
     if not todo:
         return report
     try:
@@ -70,6 +70,7 @@ def build_on_dask(db: FilterDB, specs: list[ModelSpec], scheduler_address: str, 
         except Exception:  # noqa: BLE001 - a lost scheduler cannot be told goodbye
             pass
         remove_dead_temps(db.path / SHARD_DIR)  # the temporary shards of workers that were killed
+    report.mark_repaired()
     return report
 
 

@@ -23,7 +23,7 @@ from filterdb.errors import FilterDBError
 from filterdb.integrity import MasterDamaged
 from filterdb.master import MASTER_NAME, MASTER_VERSION
 from filterdb.reading import DatabaseReading
-from filterdb.shards import shard_facts, shard_path
+from filterdb.shards import open_shard, shard_facts, shard_path
 from filterdb.versions import check_readable
 
 
@@ -76,18 +76,9 @@ class DirectoryReading(DatabaseReading):
                 oldest = next(iter(self._shards))
                 self._shards.pop(oldest).close()
                 self._forget_check(oldest)
-            path = self.shard_path(model_id)
-            try:
-                f = h5py.File(path, "r")
-            except (OSError, ValueError, RuntimeError) as exc:
-                what = "the shard file is missing" if not path.exists() else "the shard cannot be opened"
-                raise integrity.read_error(path, exc, what) from None
-            try:
-                self._checks[model_id] = integrity.ShardCheck(f, path, model_id, self._model_name(model_id),
-                                                              self._expected_digest(model_id))
-            except BaseException:
-                f.close()
-                raise
+            # the same open and checks as build and verify (tables and identity), so all agree on what is readable
+            f, self._checks[model_id] = open_shard(self.shard_path(model_id), model_id, self._model_name(model_id),
+                                                   self._expected_digest(model_id))
             self._shards[model_id] = f
         return f
 

@@ -239,19 +239,71 @@ def read_shard(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
 
 def read_verified_shard(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int], integrity.ShardIdentity]:
     """:func:`read_shard` and the shard's identity (model, size, digest)."""
-    try:
+    with _reading(path):
         with h5py.File(path, "r") as f:
-            if f.attrs.get("encoding-type") != SHARD_ENCODING:
-                raise integrity.damaged(path, "not a filterdb shard (a stray file in the shards folder)")
-            check_readable(f.attrs.get("encoding-version", schema.FORMAT_VERSION), schema.FORMAT_VERSION,
-                           f"{path}: shard format")
-            models, layers = read_table(f["models"], schema.MODEL_COLUMNS), read_table(f["layers"], schema.LAYER_COLUMNS)
-            identity = integrity.check_shard_tables(f, path, models, layers, (schema.MODEL_COLUMNS, schema.LAYER_COLUMNS))
+            models, layers, identity = _checked_tables(f, path)
             return models, layers, _offsets(f), replace(identity, layer_digests=layer_digests(f, layers))
+
+
+def open_shard(path: Path, model_id: str, model_name: str, expected_digest: int | None
+               ) -> tuple[h5py.File, integrity.ShardCheck]:
+    """Open a model's shard to read its filters through HDF5: the one judgment of whether a shard is
+    readable, shared by the readers, export, build and verify. Its tables are read and checked against
+    their digest (as :func:`read_verified_shard` does, with the same one-line errors), then its identity
+    against ``expected_digest``; returns the open file and the :class:`integrity.ShardCheck` of its filters."""
+    with _reading(path, "the shard cannot be read" if path.exists() else "the shard file is missing"):
+        f = h5py.File(path, "r")
+        try:
+            _checked_tables(f, path)
+            return f, integrity.ShardCheck(f, path, model_id, model_name, expected_digest)
+        except BaseException:
+            f.close()
+            raise
+
+
+def _checked_tables(f: h5py.File, path: Path) -> tuple[pd.DataFrame, pd.DataFrame, integrity.ShardIdentity]:
+    """An open shard's model row and layer rows, verified against its recorded digest and its file name."""
+    if f.attrs.get("encoding-type") != SHARD_ENCODING:
+        raise integrity.damaged(path, "not a filterdb shard (a stray file in the shards folder)")
+    check_readable(f.attrs.get("encoding-version", schema.FORMAT_VERSION), schema.FORMAT_VERSION,
+                   f"{path}: shard format")
+    models, layers = read_table(f["models"], schema.MODEL_COLUMNS), read_table(f["layers"], schema.LAYER_COLUMNS)
+    identity = integrity.check_shard_tables(f, path, models, layers, (schema.MODEL_COLUMNS, schema.LAYER_COLUMNS))
+    return models, layers, identity
+
+
+@contextmanager
+def _reading(path: Path, what: str = "the shard cannot be read") -> Iterator[None]:
+    """An error HDF5 raises while reading a shard becomes one line naming it (``DamagedDatabaseError``)."""
+    try:
+        yield
     except FilterDBError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeDecodeError) as exc:
-        raise integrity.read_error(path, exc, "the shard cannot be read") from None
+        raise integrity.read_error(path, exc, what) from None
+
+
+def verify_shard(path: Path) -> integrity.ShardIdentity:
+    """Read a shard whole (opened as every reader opens it, :func:`open_shard`) and check its tables and every
+    layer's filters against their digests; ``DamagedDatabaseError`` naming the file if it is not intact."""
+    models, layers, _, identity = read_verified_shard(path)
+    f, check = open_shard(path, identity.model_id, str(models["name"].iloc[0]), identity.digest)
+    try:
+        with _reading(path, "the filters cannot be read"):
+            for kernel in sorted(set(layers["kernel"])):
+                dataset = check.dataset(kernel)
+                data = np.empty(dataset.shape, np.float32)
+                if len(data):
+                    dataset.read_direct(data)
+                rows = layers[layers["kernel"] == kernel]
+                for name, start, stop in zip(rows["name"], rows["start"], rows["stop"]):
+                    if stop > len(data):
+                        raise integrity.damaged(path, f"layer {name} ends past the {len(data)} stored filters")
+                    check.verify(kernel, int(start), data[start:stop], name)
+    finally:
+        check.close()
+        f.close()
+    return identity
 
 
 def shard_digest(path: Path) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +52,7 @@ from filterdb.shards import (
     read_verified_shard,
     shard_facts,
     shard_path,
+    verify_shard,
     write_shard,
 )
 
@@ -91,10 +92,17 @@ class DatabaseWriter(DirectoryReading):
         self._base_spans: dict[tuple[str, str], tuple[int, int]] | None = None
         self._ids: tuple[MasterState, set[str]] | None = None
         self._state: MasterState | None = None
+        self._heal: set[str] = set()  # models whose damaged shard the caller will extract again (``open(heal=)``)
+        self.damaged: dict[str, str] = {}  # model_id -> the one-line damage of its shard, found on open
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "a") -> DatabaseWriter:
-        """Open a database directory for writing (created if missing), recovered (:meth:`recover`)."""
+    def open(cls, path: str | os.PathLike, mode: str = "a", *, heal: Iterable[str] = ()) -> DatabaseWriter:
+        """Open a database directory for writing (created if missing), recovered (:meth:`recover`).
+
+        ``heal``: model ids the caller is about to extract again (a build's specs). A shard of one of them
+        that changed since the master and is damaged does not stop the open: the model keeps its rows, its
+        damage is in :attr:`damaged` and :meth:`add_extracted` replaces the shard. Any other damaged shard
+        is a ``DamagedDatabaseError`` naming it, as before."""
         if mode != "a":
             raise ValueError(f"a writer opens with mode 'a', not {mode!r}; read with filterdb.open_database(path)")
         path = Path(path).expanduser()
@@ -115,6 +123,7 @@ class DatabaseWriter(DirectoryReading):
         if master.is_dir():
             raise DamagedDatabaseError(f"{master}: is a directory, not the master file; {integrity.REPAIR_HINT}")
         writer = cls(path)
+        writer._heal = set(heal)
         try:
             writer.recover()
         except BaseException:
@@ -149,13 +158,19 @@ class DatabaseWriter(DirectoryReading):
             raise DamagedDatabaseError(f"{shard_path(self.path, missing[0])}: the shard file of model(s) {shown} is "
                                        f"missing (the master lists it); {integrity.REPAIR_HINT}, then 'filterdb build' "
                                        "extracts it again")
-        for mid in known:
-            if on_disk.get(mid) != known[mid]:  # replaced behind our back (a build killed before its publish)
-                self._drop(mid)
         fresh = []
         for mid in sorted(set(on_disk) - {m for m in known if on_disk.get(m) == known[m]}):
-            models, layers, offsets, identity = read_verified_shard(shard_path(self.path, mid))
+            try:
+                models, layers, offsets, identity = read_verified_shard(shard_path(self.path, mid))
+            except DamagedDatabaseError as exc:
+                if mid not in known or mid not in self._heal:
+                    raise
+                self.damaged[mid] = str(exc)  # kept as the master has it until the caller extracts it again
+                continue
             fresh.append((models["key"].iloc[0], mid, models, layers, offsets, identity))
+        for mid in known:
+            if on_disk.get(mid) != known[mid] and mid not in self.damaged:  # replaced behind our back (a build
+                self._drop(mid)                                              # killed before its publish)
         for _, mid, models, layers, offsets, identity in sorted(fresh, key=lambda item: item[0]):
             self._pending[mid] = Pending(models, layers, on_disk[mid], offsets, identity.digest,
                                          _digests_of(identity, layers))
@@ -247,6 +262,33 @@ class DatabaseWriter(DirectoryReading):
         if self._unpublished:
             self._publish()
         return self._master_dataset(kernel)
+
+    def shard_problems(self, model_ids: Iterable[str], *, full: bool = False) -> dict[str, str]:
+        """model_id -> the one-line damage of its shard, for each of ``model_ids`` (models of this database)
+        whose shard is not whole: what :meth:`open` found, else the shard's tables read and checked against
+        their digest (the same open every reader makes, ``filterdb.shards.read_verified_shard``), its size
+        and recorded digest against what the index records; ``full``: every layer's filters read and checked
+        against their digests too (``filterdb.shards.verify_shard``). Without ``full`` no filter byte is
+        read, so a change inside the filter data goes unseen here (a reader still refuses it)."""
+        sizes, digests = {mid: stat[0] for mid, stat in self._known().items()}, self._known_digests()
+        problems = {}
+        for mid in model_ids:
+            if mid in self.damaged:
+                problems[mid] = self.damaged[mid]
+                continue
+            path = self.shard_path(mid)
+            try:
+                identity = verify_shard(path) if full else read_verified_shard(path)[3]
+            except DamagedDatabaseError as exc:
+                problems[mid] = str(exc)
+                continue
+            if mid in sizes and identity.size != sizes[mid]:
+                problems[mid] = str(integrity.damaged(path, f"the shard of model {mid} is {identity.size} bytes, "
+                                                            f"not the {sizes[mid]} the master records"))
+            elif digests.get(mid) and identity.digest != digests[mid]:
+                problems[mid] = str(integrity.damaged(path, f"the shard of model {mid} is not the one the master "
+                                                            "records"))
+        return problems
 
     def has_model(self, model_id: str) -> bool:
         return model_id in self._pending or (model_id not in self._dropped and not self._rewrite
@@ -385,6 +427,7 @@ class DatabaseWriter(DirectoryReading):
         self._forget_shard(model_id)
         if self.has_model(model_id):
             self._drop(model_id)  # re-extracted: the new rows go last
+        self.damaged.pop(model_id, None)
         self._pending[model_id] = Pending(models, layers, (stat.st_size, stat.st_mtime_ns), offsets, digest,
                                           layer_digests)
         self._changed()

@@ -30,11 +30,15 @@ def report_build(report, fmt: str = "table") -> None:
     """Print the build's summary table and exit non-zero if any model failed."""
     frame = report.to_frame()
     changed = frame[frame["status"] != "skipped"]
-    if len(changed) > 1 or report.count("added"):
+    if len(changed) > 1 or report.count("added") or report.count("repaired"):
         emit(changed.drop(columns="error") if not report.failed else changed, fmt, title="build summary")
+    for outcome in report.outcomes:
+        if outcome.status == "repaired":
+            click.echo(f"repaired: {outcome.key}: extracted again, its shard was damaged ({outcome.note})", err=True)
     for outcome in report.failed:
         click.secho(f"error: {outcome.error}", fg="red", err=True)
-    click.echo(f"{report.count('added')} added, {report.count('skipped')} already present, "
+    repaired = f"{report.count('repaired')} repaired, " if report.count("repaired") else ""
+    click.echo(f"{report.count('added')} added, {repaired}{report.count('skipped')} already present, "
                f"{report.count('failed')} failed", err=True)
     if report.failed:
         sys.exit(1)
@@ -64,6 +68,13 @@ def report_skipped_convs(db, report) -> None:
                    f"{skipped[0]['reason']}); the model table's skipped_convs lists them", err=True)
 
 
+VERIFY_HELP = ("Before skipping a model already present, read its shard whole and check every layer's filters "
+               "against their digests. Without it the check reads the shard's tables and identity only (its "
+               "digest, size and tables against the master's records): a change inside the filter bytes is "
+               "then not seen (readers still refuse it). A damaged shard is extracted again (reported "
+               "'repaired').")
+
+
 @click.command()
 @click.option("--leaderboard", "-l", default=None, help="Leaderboard to build ('filterdb leaderboards' lists them).")
 @click.option("--checkpoints", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -71,6 +82,7 @@ def report_skipped_convs(db, report) -> None:
 @click.option("--models", "-m", multiple=True, help="Only models whose name matches this glob (repeatable).")
 @db_option
 @click.option("--force", is_flag=True, help="Extract models again even if already in the database.")
+@click.option("--verify", "verify", is_flag=True, help=VERIFY_HELP)
 @jobs_option
 @scheduler_option
 @offline_option
@@ -79,11 +91,12 @@ def report_skipped_convs(db, report) -> None:
 @click.option("--keep-weights/--no-keep-weights", default=True, show_default=True,
               help="Keep each downloaded weights file once its filters are stored.")
 @input_shape_option
-def build(leaderboard, checkpoints, models, db_path, force, jobs, scheduler, offline, model_dir, keep_weights,
-          input_shape):
+def build(leaderboard, checkpoints, models, db_path, force, verify, jobs, scheduler, offline, model_dir,
+          keep_weights, input_shape):
     """Build (or complete) a filter database from a leaderboard or a checkpoint directory.
 
-    Models already in the database are skipped, so a rerun resumes an interrupted build.
+    Models already in the database are skipped once their shard is found whole (see --verify), so a
+    rerun resumes an interrupted build and extracts damaged shards again.
     """
     from filterdb.build import build as run_build
     from filterdb.cli.catalog import leaderboard_specs
@@ -101,13 +114,14 @@ def build(leaderboard, checkpoints, models, db_path, force, jobs, scheduler, off
         specs = select_specs(checkpoint_dir_specs(checkpoints), models, where=str(checkpoints))
     specs = with_input_shape(specs, input_shape)
     db_dir = resolve_db(db_path)
-    with removed_if_left_empty(db_dir), FilterDB.open(db_dir, "a") as db:
+    with removed_if_left_empty(db_dir), FilterDB.open(db_dir, "a", heal=[s.model_id for s in specs]) as db:
         click.echo(f"database {db.path}: {len(specs)} model(s) to check", err=True)
         if scheduler:
             from filterdb.dask_build import build_on_dask
-            report = build_on_dask(db, specs, scheduler, force=force)
+            report = build_on_dask(db, specs, scheduler, force=force, verify=verify)
         else:
-            report = run_build(db, specs, force=force, jobs=jobs, description=leaderboard or "checkpoints")
+            report = run_build(db, specs, force=force, jobs=jobs, description=leaderboard or "checkpoints",
+                               verify=verify)
         report_skipped_convs(db, report)
     report_build(report)
 
@@ -129,9 +143,10 @@ def build(leaderboard, checkpoints, models, db_path, force, jobs, scheduler, off
 @click.option("--trust-code", is_flag=True,
               help="Load TorchScript archives and pickled whole models, which runs code from the file.")
 @click.option("--force", is_flag=True, help="Extract again even if already in the database.")
+@click.option("--verify", "verify", is_flag=True, help=VERIFY_HELP)
 @offline_option
 @input_shape_option
-def add(models, db_path, arch, arch_kwargs, sets, manifest, trust_code, force, offline, input_shape):
+def add(models, db_path, arch, arch_kwargs, sets, manifest, trust_code, force, verify, offline, input_shape):
     """Add models: filterdb training checkpoints (FILE.pt), your own state dicts (FILE --arch ARCH),
     safetensors, ONNX (.onnx) and, with --trust-code, TorchScript; pretrained names (timm:NAME,
     torchvision:NAME) or RobustBench ids (robustbench:cifar10/Linf/Standard: the published weights)."""
@@ -165,11 +180,12 @@ def add(models, db_path, arch, arch_kwargs, sets, manifest, trust_code, force, o
         found, failures = manifest_specs(manifest, trust_code=trust_code)
         specs.extend(found)
     db_dir = resolve_db(db_path)
-    db = FilterDB.open(db_dir, "a") if db_dir.exists() else None  # a damaged database is named first
+    heal = [spec.model_id for spec in specs]  # a damaged shard of a model being added is extracted again
+    db = FilterDB.open(db_dir, "a", heal=heal) if db_dir.exists() else None  # a damaged database is named first
     with removed_if_left_empty(db_dir):
         try:
-            db = db or FilterDB.open(db_dir, "a")
-            report = run_build(db, specs, force=force, description="add")
+            db = db or FilterDB.open(db_dir, "a", heal=heal)
+            report = run_build(db, specs, force=force, description="add", verify=verify)
             report.outcomes.extend(ModelOutcome(label, "", "failed", error=f"{label}: {error}")
                                    for label, error in failures)
             report_skipped_convs(db, report)

@@ -19,14 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
-import numpy as np
 
 from filterdb import integrity
 from filterdb.atomic import TMP_SUFFIX
 from filterdb.errors import FilterDBError
 from filterdb.lock import LOCK_NAME, WriterLock
 from filterdb.master import MASTER_NAME
-from filterdb.shards import SHARD_DIR, read_verified_shard
+from filterdb.shards import SHARD_DIR, verify_shard
 from filterdb.store import FilterDB
 from filterdb.strays import find_strays
 
@@ -56,29 +55,6 @@ class Verification:
 
     def add(self, path: Path, what: str, **kw) -> None:
         self.problems.append(Problem(Path(path), what, **kw))
-
-
-def verify_shard(path: Path) -> integrity.ShardIdentity:
-    """Read a shard whole and check its tables and every layer's filters; raise DamagedDatabaseError if not intact."""
-    models, layers, _, identity = read_verified_shard(path)
-    try:
-        with h5py.File(path, "r") as f:
-            check = integrity.ShardCheck(f, path, identity.model_id, str(models["name"].iloc[0]), identity.digest)
-            for kernel in sorted(set(layers["kernel"])):
-                dataset = f["filters"][kernel]
-                data = np.empty(dataset.shape, np.float32)
-                if len(data):
-                    dataset.read_direct(data)
-                rows = layers[layers["kernel"] == kernel]
-                for name, start, stop in zip(rows["name"], rows["start"], rows["stop"]):
-                    if stop > len(data):
-                        raise integrity.damaged(path, f"layer {name} ends past the {len(data)} stored filters")
-                    check.verify(kernel, int(start), data[start:stop], name)
-    except integrity.DamagedDatabaseError:
-        raise
-    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
-        raise integrity.read_error(path, exc, "the filters cannot be read") from None
-    return identity
 
 
 def _master_models(master: Path) -> tuple[dict[str, integrity.ShardIdentity] | None, dict[str, str], str]:
