@@ -64,10 +64,10 @@ def plan_build(db: FilterDB, specs: list[ModelSpec], force: bool = False, verify
     """A report holding the models already in ``db`` whose shard is whole as skipped (none with ``force``),
     and the specs left to do: those not in ``db`` and those whose shard is damaged (in ``report.damaged``).
 
-    Whole means, by default, its tables read and checked against their digest, its size and recorded
-    digest what the master's index records (no filter byte read: a change inside the filter data is not
-    seen here); ``verify``: every layer's filters checked against their digests as well
-    (``FilterDB.shard_problems``)."""
+    Whole means, by default, its size, model id and recorded digest what the master's index records (the
+    shard's root attributes; the writer's open has read the tables of every shard changed since the master);
+    no filter byte is read, so a change inside the filter data is not seen here. ``verify``: the shard read
+    whole, its tables and every layer's filters checked against their digests (``FilterDB.shard_problems``)."""
     report = BuildReport()
     present = [spec for spec in specs if not force and db.has_model(spec.model_id)]
     report.damaged = db.shard_problems([spec.model_id for spec in present], full=verify) if present else {}

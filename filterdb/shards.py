@@ -306,6 +306,25 @@ def verify_shard(path: Path) -> integrity.ShardIdentity:
     return identity
 
 
+def recorded_identity(path: Path) -> integrity.ShardIdentity:
+    """A shard's identity as its root attributes record it (model id, file size, ``shard_digest``): one open,
+    no table or filter read; ``DamagedDatabaseError`` naming the file where those cannot be read or it is
+    not a filterdb shard with checksums of the model its name says."""
+    with _reading(path, "the shard cannot be read" if path.exists() else "the shard file is missing"):
+        with h5py.File(path, "r") as f:
+            attrs = f.attrs
+            if attrs.get("encoding-type") != SHARD_ENCODING:
+                raise integrity.damaged(path, "not a filterdb shard (a stray file in the shards folder)")
+            if attrs.get("integrity") != integrity.ALGORITHM:
+                raise integrity.damaged(path, "the shard has no checksums (written by an older filterdb or not by "
+                                              "filterdb); re-extract that model")
+            model_id = str(attrs["model_id"])
+            if model_id != path.stem:
+                raise integrity.damaged(path, f"this file holds model {model_id}, not model {path.stem}: a stray or "
+                                              "swapped shard")
+            return integrity.ShardIdentity(model_id, path.stat().st_size, int(attrs["shard_digest"]))
+
+
 def shard_digest(path: Path) -> int:
     """The digest a shard records of itself (its identity; 0 for a shard without checksums)."""
     with h5py.File(path, "r") as f:

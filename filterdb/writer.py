@@ -50,6 +50,7 @@ from filterdb.shards import (
     layer_digests,
     list_shards,
     read_verified_shard,
+    recorded_identity,
     shard_facts,
     shard_path,
     verify_shard,
@@ -265,11 +266,13 @@ class DatabaseWriter(DirectoryReading):
 
     def shard_problems(self, model_ids: Iterable[str], *, full: bool = False) -> dict[str, str]:
         """model_id -> the one-line damage of its shard, for each of ``model_ids`` (models of this database)
-        whose shard is not whole: what :meth:`open` found, else the shard's tables read and checked against
-        their digest (the same open every reader makes, ``filterdb.shards.read_verified_shard``), its size
-        and recorded digest against what the index records; ``full``: every layer's filters read and checked
-        against their digests too (``filterdb.shards.verify_shard``). Without ``full`` no filter byte is
-        read, so a change inside the filter data goes unseen here (a reader still refuses it)."""
+        whose shard is not whole: what :meth:`open` found (it read the tables of every shard changed since
+        the master), else the shard's size, model id and recorded ``shard_digest`` against what the index
+        records (one open, its root attributes: ``filterdb.shards.recorded_identity``); ``full``: the shard
+        read whole, its tables and every layer's filters checked against their digests
+        (``filterdb.shards.verify_shard``). Without ``full`` neither the tables nor a filter byte are read,
+        so a change inside them under an unchanged size and mtime goes unseen here (a reader still refuses
+        damaged filters)."""
         sizes, digests = {mid: stat[0] for mid, stat in self._known().items()}, self._known_digests()
         problems = {}
         for mid in model_ids:
@@ -278,7 +281,7 @@ class DatabaseWriter(DirectoryReading):
                 continue
             path = self.shard_path(mid)
             try:
-                identity = verify_shard(path) if full else read_verified_shard(path)[3]
+                identity = verify_shard(path) if full else recorded_identity(path)
             except DamagedDatabaseError as exc:
                 problems[mid] = str(exc)
                 continue

@@ -68,11 +68,11 @@ def report_skipped_convs(db, report) -> None:
                    f"{skipped[0]['reason']}); the model table's skipped_convs lists them", err=True)
 
 
-VERIFY_HELP = ("Before skipping a model already present, read its shard whole and check every layer's filters "
-               "against their digests. Without it the check reads the shard's tables and identity only (its "
-               "digest, size and tables against the master's records): a change inside the filter bytes is "
-               "then not seen (readers still refuse it). A damaged shard is extracted again (reported "
-               "'repaired').")
+VERIFY_HELP = ("Before skipping a model already present, read its shard whole and check its tables and every "
+               "layer's filters against their digests. Without it the check compares the shard's identity "
+               "only (its size, model id and recorded digest against the master's index): a change inside "
+               "the filter bytes is then not seen (readers still refuse it). A damaged shard is extracted "
+               "again (reported 'repaired').")
 
 
 @click.command()
