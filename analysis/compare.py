@@ -63,6 +63,7 @@ from filterdb.analysis.stats import (
     sign_flips,
     two_sample_columns,
 )
+from filterdb.analysis.subset_sums import PackedCounts
 from filterdb.errors import FilterDBError
 
 EACH_MODEL_ONCE = "each model counts once: its value is the mean of the metric over its selected layers"
@@ -487,8 +488,8 @@ def _reference_counts(db, cells: dict, targets: dict, absmax: dict, reference: d
 
 
 def divergence_permutation(basis, counts_a: list[np.ndarray], counts_b: list[np.ndarray], observed: float,
-                           n_permutations: int = PERMUTATIONS, seed: int = 0, block: int = 512,
-                           paired: bool = False) -> Permutation:
+                           n_permutations: int = PERMUTATIONS, seed: int = 0, paired: bool = False
+                           ) -> Permutation:
     """The divergence's null: D of the two groups with their model labels shuffled (each model's
     filters stay together), on the same basis; ``paired``: counts_a[k] and counts_b[k] are twins
     and the labels are swapped within pairs only. Groups of fewer than 2 models: no null."""
@@ -496,18 +497,14 @@ def divergence_permutation(basis, counts_a: list[np.ndarray], counts_b: list[np.
         return Permutation.none()
     counts = np.stack(counts_a + counts_b)  # (n, d, bins), integers
     splits = SplitDivergences(counts.sum(axis=0), basis.edges, basis.pca.explained_variance_ratio)
-    flat = counts.reshape(len(counts), -1)[:, splits.columns]
-    # Sums of integer counts below 2^24 are exact in float32: the same numbers at twice the speed.
-    flat = flat.astype(np.float32 if splits.total.max(initial=0) < 2 ** 24 else np.float64)
+    packed = PackedCounts(counts.reshape(len(counts), -1)[:, splits.columns])
     if paired:
         signs, exact = sign_flips(len(counts_a), n_permutations, seed)
         masks = np.concatenate([signs > 0, signs < 0], axis=1)
     else:
         masks, exact = labelings(len(counts_a), len(counts_b), n_permutations, seed)
-    null = np.empty(len(masks))
     with single_threaded_blas():
-        for lo in range(0, len(masks), block):
-            null[lo:lo + block] = splits(masks[lo:lo + block].astype(flat.dtype) @ flat)
+        null = splits(packed.masked_sums(masks))
     finite = null[np.isfinite(null)]
     return Permutation(permutation_p(observed, null, exact), float(np.median(finite)) if len(finite) else math.nan,
                        len(null), exact)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from filterdb.analysis import kept_draws
+from filterdb.analysis.subset_sums import blocked_product
 
 BOOTSTRAP_RESAMPLES = 10_000
 CONFIDENCE = 0.95
@@ -157,9 +158,10 @@ def bootstrap_intervals(a: np.ndarray, b: np.ndarray, confidence: float = CONFID
 @functools.lru_cache(maxsize=4)
 def resample_counts(sizes: tuple[int, ...], resamples: int, seed: int) -> tuple[np.ndarray, ...]:
     """Bootstrap resamples as counts: per size n (drawn in turn from one generator seeded with
-    ``seed``, n indices per resample), a read-only (resamples, n) uint16 matrix of how often each
-    item was drawn. The same for every metric of a comparison, so drawn once (cached); kept on
-    disk (:mod:`.kept_draws`) once large, as the labelings are."""
+    ``seed``, n indices per resample), a read-only (resamples, n) matrix of how often each item was
+    drawn: uint16, or uint8 where kept and every count fits. The same for every metric of a
+    comparison, so drawn once (cached); kept on disk (:mod:`.kept_draws`) once large, as the
+    labelings are."""
     if resamples * sum(sizes) < KEEP_DRAWS:
         out = _drawn_counts(sizes, resamples, seed)
     else:
@@ -174,7 +176,7 @@ def resample_counts(sizes: tuple[int, ...], resamples: int, seed: int) -> tuple[
                 for i, n in enumerate(sizes))
 
         arrays = kept_draws.kept("bootstrap", f"{'-'.join(map(str, sizes))}-{resamples}-seed{seed}", draw, valid)
-        out = tuple(arrays[f"counts{i}"].astype(np.uint16) for i in range(len(sizes)))
+        out = tuple(arrays[f"counts{i}"] for i in range(len(sizes)))
     for counts in out:
         counts.flags.writeable = False
     return out
@@ -197,12 +199,9 @@ def _drawn_counts(sizes: tuple[int, ...], resamples: int, seed: int) -> tuple[np
     return tuple(out)
 
 
-def row_means(counts: np.ndarray, x: np.ndarray, block: int = 2048) -> np.ndarray:
+def row_means(counts: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``counts @ x / len(x)``: the mean of each resample (a row of counts) of the values ``x`` (n or (n, m))."""
-    out = np.empty((len(counts), *x.shape[1:]))
-    for lo in range(0, len(counts), block):
-        out[lo:lo + block] = counts[lo:lo + block].astype(np.float64) @ x
-    return out / len(x)
+    return blocked_product(counts, x) / len(x)
 
 
 @dataclass
@@ -420,19 +419,11 @@ def permutation_test_columns(a: np.ndarray, b: np.ndarray, n_permutations: int =
 def _permutation_tests(a: np.ndarray, b: np.ndarray, n_permutations: int, seed: int) -> list[Permutation]:
     x = np.concatenate([a, b])
     masks, exact = labelings(len(a), len(b), n_permutations, seed)
-    in_a = masked_sums(masks, x)
+    in_a = blocked_product(masks, x)
     null = np.abs(in_a / len(a) - (x.sum(axis=0) - in_a) / len(b))
     observed = np.abs(a.mean(axis=0) - b.mean(axis=0))
     return [Permutation(permutation_p(observed[j], null[:, j], exact), float(np.median(null[:, j])), len(null), exact)
             for j in range(a.shape[1])]
-
-
-def masked_sums(masks: np.ndarray, x: np.ndarray, block: int = 1024) -> np.ndarray:
-    """``masks @ x`` for a boolean (K, n) matrix and x (n or (n, m)), in row blocks (no float copy of the whole matrix)."""
-    out = np.empty((len(masks), *x.shape[1:]))
-    for lo in range(0, len(masks), block):
-        out[lo:lo + block] = masks[lo:lo + block].astype(np.float64) @ x
-    return out
 
 
 def paired_permutation_test(a, b, n_permutations: int = PERMUTATIONS, seed: int = 0) -> Permutation:

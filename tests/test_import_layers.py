@@ -98,6 +98,7 @@ LAYERS = {
     "filterdb.analysis.layer_sums": "analysis",
     "filterdb.analysis.metrics": "analysis",
     "filterdb.analysis.projection_kernels": "analysis",
+    "filterdb.analysis.subset_sums": "analysis",
     "filterdb.analysis.rendering": "analysis",
     "filterdb.analysis.report": "analysis",
     "filterdb.analysis.stats": "analysis",

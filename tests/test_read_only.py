@@ -215,7 +215,7 @@ def test_cold_caches_reads_write_only_inside_the_documented_caches(tmp_path, cle
     else:
         (cache,) = [p for p in (home / "cache").iterdir() if p.name != "labelings"]  # <its digest>/
         assert (cache / "metrics").is_dir() and (cache / "divergence").is_dir()
-    assert list((home / "cache" / "labelings").glob("*.npz"))
+    assert list((home / "cache" / "labelings").glob("*.draws"))
 
 
 def test_warm_caches_reads_write_nothing_at_all(tmp_path, clean):

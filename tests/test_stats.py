@@ -200,17 +200,19 @@ def test_large_labelings_are_kept_on_disk_and_equal_the_drawn_ones(tmp_path, mon
     assert np.array_equal(stats._kept_labelings(30, 20, 99, 5), drawn)  # drawn, then kept
     (kept,) = (tmp_path / "cache" / "labelings").iterdir()
     assert np.array_equal(stats._kept_labelings(30, 20, 99, 5), drawn)  # loaded
-    with np.load(kept) as f:
-        packed, digest = f["packed"].copy(), f["digest"]
-    packed[0, 0] ^= 0x80  # one bit flipped: the digest no longer matches
-    np.savez(kept, packed=packed, digest=digest)
+    damaged = bytearray(kept.read_bytes())
+    damaged[-1] ^= 0x80  # one bit of the packed labelings flipped: the digest no longer matches
+    kept.write_bytes(bytes(damaged))
     assert np.array_equal(stats._kept_labelings(30, 20, 99, 5), drawn)  # drawn again, not the damaged file
     kept.write_bytes(b"not a numpy file")
+    assert np.array_equal(stats._kept_labelings(30, 20, 99, 5), drawn)
+    kept.write_bytes(kept.read_bytes()[:40])  # cut short
     assert np.array_equal(stats._kept_labelings(30, 20, 99, 5), drawn)
 
 
 def test_large_bootstrap_resamples_are_kept_on_disk_and_equal_the_drawn_ones(tmp_path, monkeypatch):
     from filterdb.analysis import kept_draws, stats
+    from filterdb.integrity import arrays_digest
 
     monkeypatch.setenv("FILTERDB_HOME", str(tmp_path))
     monkeypatch.setattr(stats, "KEEP_DRAWS", 1000)
@@ -218,18 +220,18 @@ def test_large_bootstrap_resamples_are_kept_on_disk_and_equal_the_drawn_ones(tmp
     for _ in range(2):  # drawn and kept, then loaded
         stats.resample_counts.cache_clear()
         kept = stats.resample_counts((30, 20), 99, 5)
-        assert all(np.array_equal(k, d) and k.dtype == np.uint16 and not k.flags.writeable
-                   for k, d in zip(kept, drawn))
+        assert all(np.array_equal(k, d) and not k.flags.writeable for k, d in zip(kept, drawn))
+    assert [k.dtype for k in kept] == [np.uint8, np.uint8]  # counts of at most 255 kept as bytes
     (path,) = (tmp_path / "cache" / "bootstrap").iterdir()
-    with np.load(path) as f:
-        arrays = {name: f[name].copy() for name in f.files}
-    assert arrays["counts0"].dtype == np.uint8  # counts of at most 255 kept as bytes
-    arrays["counts0"][0, 0] += 1  # one count changed: the digest no longer matches
-    np.savez(path, **arrays)
+    arrays, digest = kept_draws.read(path)
+    assert digest == arrays_digest(arrays) and np.array_equal(arrays["counts1"], drawn[1])
+    damaged = bytearray(path.read_bytes())
+    damaged[-1] += 1  # one count of the last resample changed: the digest no longer matches
+    path.write_bytes(bytes(damaged))
     stats.resample_counts.cache_clear()
     assert all(np.array_equal(k, d) for k, d in zip(stats.resample_counts((30, 20), 99, 5), drawn))
-    with np.load(path) as f:  # and the file was drawn anew
-        assert np.array_equal(f["counts0"], drawn[0])
+    arrays, digest = kept_draws.read(path)  # and the file was drawn anew
+    assert digest == arrays_digest(arrays) and np.array_equal(arrays["counts1"], drawn[1])
     monkeypatch.setattr(kept_draws, "KEPT_BYTES", 0)  # past the folder's bound: older files go, the newest stays
     stats.resample_counts.cache_clear()
     stats.resample_counts((31, 20), 99, 5)
@@ -264,3 +266,31 @@ def test_a_comparison_of_small_groups_does_not_import_scipy_stats():
              "wilcoxon_p(rng.normal(size=8)); print('scipy.stats' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_divergence_permutation_is_the_divergence_of_each_labeling():
+    """The null through packed counts and SplitDivergences gives, labeling by labeling, the D of
+    divergence_from_counts (to 1e-12), and from it the same p-value and median; also within pairs."""
+    from filterdb.analysis.compare import divergence_permutation
+    from filterdb.analysis.divergence import Histograms, divergence, divergence_from_counts, fit_basis
+    from filterdb.analysis.stats import labelings, permutation_p, sign_flips
+
+    rng = np.random.default_rng(7)
+    models = divergence_groups(rng, 9, 0.0) + divergence_groups(rng, 9, 0.3)
+    basis = fit_basis(models)
+    counts = [Histograms(basis).add(x, float(np.abs(x).max())).counts for x in models]
+    a, b = counts[:9], counts[9:]
+    observed = divergence(models[:9], models[9:], basis=basis).value
+    every = np.stack(counts)
+    for within_pairs in (False, True):
+        if within_pairs:
+            signs, exact = sign_flips(9, 199, 3)
+            masks = np.concatenate([signs > 0, signs < 0], axis=1)
+        else:
+            masks, exact = labelings(9, 9, 199, 3)
+        direct = np.array([divergence_from_counts(basis, every[m].sum(axis=0), every[~m].sum(axis=0)).value
+                           for m in masks])
+        result = divergence_permutation(basis, a, b, observed, 199, 3, paired=within_pairs)
+        assert result.p_value == permutation_p(observed, direct, exact)
+        assert result.null_median == pytest.approx(float(np.median(direct)), rel=1e-12)
+        assert (result.n_permutations, result.exact) == (len(masks), exact)
