@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,16 +30,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from filterdb import npy_records
 from filterdb.analysis.divergence import N_BINS, DivergenceBasis, Histograms, PCABasis, RangeScan
 from filterdb.analysis.metrics import SPARSITY_EPS, Moments
 from filterdb.analysis.metrics_table import _open, cache_token, layer_metrics_frame
-from filterdb.atomic import atomic_path
+from filterdb.atomic import atomic_path, remove_quietly
 from filterdb.errors import FilterDBError
 from filterdb.integrity import digest, notice
 from filterdb.schema import kernel_shape
 
 BASIS_VERSION = "1"
 HIST_VERSION = "1"
+HIST_SUFFIX = "-hist.npy"
 BASIS_DIR = "divergence"
 DATABASE = "database"
 GROUPS = "groups"
@@ -199,10 +200,10 @@ def reference_histograms(db, rows: list[int], absmax: dict[int, float], basis: D
                          ) -> dict[int, np.ndarray]:
     """Per layer row (db.layers index, all of ``kernel``): the bin counts (components x N_BINS) of
     its non-sparse scaled filters on the reference basis. Cached beside the basis in
-    ``<db>/divergence/<reference>-<kernel>-hist.npz`` under the basis' token (a change of any
+    ``<db>/divergence/<reference>-<kernel>-hist.npy`` (:mod:`filterdb.npy_records`) under the basis' token (a change of any
     reference model invalidates both); layers not in the file are counted in one pass and added."""
     token = f"{HIST_VERSION}|{reference_token(db, kernel, reference, eps)}"
-    path = basis_path(db.cache_dir, reference, kernel, "-hist.npz")
+    path = basis_path(db.cache_dir, reference, kernel, HIST_SUFFIX)
     cached = _load_histograms(path, token)
     keys = db.layers.loc[rows, ["model_id", "layer_index"]]
     layer_keys = dict(zip(rows, zip(keys["model_id"], keys["layer_index"].astype(int))))
@@ -220,15 +221,15 @@ def reference_histograms(db, rows: list[int], absmax: dict[int, float], basis: D
 
 def _load_histograms(path: Path, token: str) -> dict[tuple[str, int], np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if str(data["token"]) != token:
-                return {}
-            ids, index, counts = data["model_id"], data["layer_index"], data["counts"]
-            if int(data["digest"]) != _histograms_digest(ids, index, counts):
-                notice(f"{path}: the cached histograms do not match their checksum (edited or damaged); "
-                       "counting them again")
-                return {}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        data = npy_records.read(path)
+        if str(data["token"]) != token:
+            return {}
+        ids, index, counts = data["model_id"], data["layer_index"], data["counts"]
+        if int(data["digest"]) != _histograms_digest(ids, index, counts):
+            notice(f"{path}: the cached histograms do not match their checksum (edited or damaged); "
+                   "counting them again")
+            return {}
+    except (OSError, ValueError, KeyError, EOFError):
         return {}
     return {(str(m), int(i)): c for m, i, c in zip(ids, index.tolist(), counts)}
 
@@ -241,8 +242,9 @@ def _store_histograms(path: Path, token: str, histograms: dict[tuple[str, int], 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, token=np.array(token), model_id=ids, layer_index=index, counts=counts,
-                     digest=np.array(_histograms_digest(ids, index, counts), dtype=np.uint64))
+            npy_records.write(fh, {"token": np.array(token), "model_id": ids, "layer_index": index, "counts": counts,
+                                   "digest": np.uint64(_histograms_digest(ids, index, counts))})
+        remove_quietly(path.with_suffix(".npz"))  # what earlier versions kept
     except OSError:  # a read-only database: counted again next time
         return False
     return True

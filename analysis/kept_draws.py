@@ -3,11 +3,9 @@ resamples of a comparison depend only on the group sizes, their count and the se
 data, and drawing them costs more than reading them back (9,999 shuffles of 1,000 models: ~0.15 s
 to draw, ~0.01 s to read; 2 x 10,000 bootstrap resamples of 500 models: ~0.05 s against ~0.01 s).
 
-A kept draw is one file in ``$FILTERDB_HOME/cache/<kind>/``, named by its key (which includes
-numpy's version: the generator's stream may change with it): ``.npy`` records one after another
-(the arrays' names, an xxh3 digest of their bytes, then the arrays), read straight into their
-arrays. An ``.npz`` would do, but zipfile reads it through a CRC and a copy: 0.28 s for the
-100 MB of 10,000 resamples of 2 x 5,000 models, against 0.03 s (docs/benchmarks.md). A file that does not match its digest, or whose arrays
+A kept draw is one file of :mod:`filterdb.npy_records` in ``$FILTERDB_HOME/cache/<kind>/``,
+named by its key (which includes numpy's version: the generator's stream may change with it)
+and holding the arrays and an xxh3 digest of their bytes. A file that does not match its digest, or whose arrays
 the caller's check rejects, is drawn again; a read-only or full home draws every time. The folder
 is kept under :data:`KEPT_BYTES`: writing a file removes the oldest ones beyond it. Reading a kept
 file writes nothing (not even its mtime): a read is free of side effects (docs/integrity.md).
@@ -19,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from filterdb import npy_records
 
 KEPT_BYTES = 512 << 20  # per kind of draw
 SUFFIX = ".draws"
@@ -48,10 +48,7 @@ def kept(kind: str, key: str, draw: Callable[[], dict[str, np.ndarray]],
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp, open(tmp, "wb") as out:  # a failed write leaves no temporary file
-            np.save(out, np.array(list(arrays)))
-            np.save(out, np.uint64(arrays_digest(arrays)))
-            for value in arrays.values():
-                np.save(out, value)
+            npy_records.write(out, {**arrays, "digest": np.uint64(arrays_digest(arrays))})
         _prune(path.parent, keep=path)
     except OSError:  # a read-only or full home: drawn each time
         pass
@@ -60,10 +57,8 @@ def kept(kind: str, key: str, draw: Callable[[], dict[str, np.ndarray]],
 
 def read(path: Path) -> tuple[dict[str, np.ndarray], int]:
     """The arrays of a kept file and the digest it records of them."""
-    with open(path, "rb") as stored:
-        names = np.load(stored)
-        recorded = int(np.load(stored))
-        return {str(name): np.load(stored) for name in names}, recorded
+    arrays = npy_records.read(path)
+    return arrays, int(arrays.pop("digest"))
 
 
 def _prune(where: Path, keep: Path) -> None:

@@ -351,3 +351,25 @@ def test_readme_explains_variants_aggregation_and_paired_statistics():
                    "paired: Wilcoxon", "d_k = a_k - b_k", "p = (1 + #{T* >= T}) / (1 + N)", "Holm's step-down",
                    "fewer than 2 models", "3x3 by default"):
         assert phrase in section, phrase
+
+
+def test_damaged_or_cut_histogram_cache_is_counted_again(tmp_path, capsys):
+    """The per-layer histograms kept in <db>/divergence are checked by their digest: a flipped count
+    is named and counted again, a file cut short is counted again; the divergence is unchanged."""
+    from filterdb.analysis.basis import HIST_SUFFIX
+    path = tmp_path / "db"
+    with FilterDB.open(path, "a") as db:
+        for i in range(3):
+            add(db, f"r{i}", "robust", seed=i)
+            add(db, f"n{i}", "normal", seed=10 + i)
+    first = compare_groups(path, "robust", "normal", layer="all", metrics=["sparsity"]).divergence
+    (hist,) = (path / "divergence").glob(f"*{HIST_SUFFIX}")
+    damaged = bytearray(hist.read_bytes())
+    damaged[-200] ^= 0x01  # a count of the last layer (the digest, 136 bytes, is the last record)
+    hist.write_bytes(bytes(damaged))
+    again = compare_groups(path, "robust", "normal", layer="all", metrics=["sparsity"]).divergence
+    assert "do not match their checksum" in capsys.readouterr().err
+    hist.write_bytes(hist.read_bytes()[:100])
+    cut = compare_groups(path, "robust", "normal", layer="all", metrics=["sparsity"]).divergence
+    for result in (again, cut):
+        assert result["divergence"].tolist() == first["divergence"].tolist()

@@ -51,6 +51,7 @@ LAYERS = {
     "filterdb.schema": "format",
     "filterdb.h5table": "format",
     "filterdb.integrity": "format",
+    "filterdb.npy_records": "format",
     "filterdb.lock": "format",
     "filterdb.shards": "format",
     "filterdb.master": "format",
