@@ -8,12 +8,14 @@ files carry their own digest (:func:`filterdb.integrity.arrays_digest`) where it
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import BinaryIO
 
 import numpy as np
+import numpy.typing as npt
 
 
-def write(out: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
+def write(out: BinaryIO, arrays: Mapping[str, npt.ArrayLike]) -> None:
     """Write ``arrays`` to an open binary file (object arrays are refused: they would need pickle)."""
     np.save(out, np.array(list(arrays), dtype=str), allow_pickle=False)
     for value in arrays.values():
