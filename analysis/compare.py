@@ -497,7 +497,7 @@ def divergence_permutation(basis, counts_a: list[np.ndarray], counts_b: list[np.
         return Permutation.none()
     counts = np.stack(counts_a + counts_b)  # (n, d, bins), integers
     splits = SplitDivergences(counts.sum(axis=0), basis.edges, basis.pca.explained_variance_ratio)
-    packed = PackedCounts(counts.reshape(len(counts), -1)[:, splits.columns])
+    packed = PackedCounts(counts.reshape(len(counts), -1), splits.columns)
     if paired:
         signs, exact = sign_flips(len(counts_a), n_permutations, seed)
         masks = np.concatenate([signs > 0, signs < 0], axis=1)

@@ -373,11 +373,14 @@ def _kept_labelings(n_a: int, n_b: int, n_permutations: int, seed: int) -> np.nd
         return np.unpackbits(arrays["packed"], axis=1, count=n).view(bool)
 
     def valid(arrays: dict[str, np.ndarray]) -> bool:
-        arrays["masks"] = masks = unpacked(arrays)  # checked once, returned as they are
-        return masks.shape == (n_permutations, n) and bool((masks.sum(axis=1) == n_a).all())
+        packed = arrays["packed"]
+        if packed.shape != (n_permutations, (n + 7) // 8) or packed.dtype != np.uint8:
+            return False
+        padding = (1 << (-n % 8)) - 1  # the last byte's bits past the n-th model
+        return bool((packed[:, -1] & padding == 0).all() and (np.bitwise_count(packed).sum(axis=1) == n_a).all())
 
     arrays = kept_draws.kept("labelings", f"{n_a}-{n_b}-{n_permutations}-seed{seed}", draw, valid)
-    return arrays["masks"] if "masks" in arrays else unpacked(arrays)
+    return unpacked(arrays)
 
 
 @functools.lru_cache(maxsize=4)

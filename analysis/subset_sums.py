@@ -53,11 +53,13 @@ class PackedCounts:
            [4, 2, 2]])
     """
 
-    def __init__(self, counts: np.ndarray):
+    def __init__(self, counts: np.ndarray, columns: np.ndarray | None = None):
+        """``counts`` (n, c), or (n, any) and the ``columns`` of it to pack, in that order."""
         counts = np.asarray(counts)
         if counts.ndim != 2 or (counts.size and counts.min() < 0):
             raise ValueError("PackedCounts needs a 2-D matrix of non-negative integer counts")
-        totals = counts.sum(axis=0, dtype=np.int64)
+        columns = np.arange(counts.shape[1]) if columns is None else np.asarray(columns)
+        totals = counts.sum(axis=0, dtype=np.int64)[columns]
         bits = np.maximum(1, [int(t).bit_length() for t in totals]).astype(np.int64)
         if bits.size and bits.max() > FLOAT64_INTEGER_BITS:
             raise ValueError(f"a column totals {int(totals.max())}, beyond the 2**53 that float64 sums exactly")
@@ -73,10 +75,17 @@ class PackedCounts:
         self.field = (np.int64(1) << bits) - 1
         self.n_packed = len(used)
         self.packed = np.zeros((counts.shape[0], self.n_packed))
-        for j in range(counts.shape[1]):  # exact: every packed value is an integer below 2**53
-            self.packed[:, self.slot[j]] += counts[:, j] * float(2 ** int(self.offset[j]))
+        for j, column in enumerate(columns):  # exact: every packed value is an integer below 2**53
+            self.packed[:, self.slot[j]] += counts[:, column] * float(2 ** int(self.offset[j]))
 
-    def masked_sums(self, masks: np.ndarray) -> np.ndarray:
-        """``masks @ counts`` for a boolean (K, n) ``masks``, as int64 (K, c): exactly the integer sums."""
-        sums = blocked_product(masks, self.packed).astype(np.int64)
-        return (sums[:, self.slot] >> self.offset) & self.field
+    def masked_sums(self, masks: np.ndarray, rows: int = 256) -> np.ndarray:
+        """``masks @ counts`` for a boolean (K, n) ``masks``, as int64 (K, c): exactly the integer sums
+        (the fields read back ``rows`` at a time, so that their temporaries stay in the CPU's cache)."""
+        sums = blocked_product(masks, self.packed)
+        out = np.empty((len(sums), len(self.slot)), np.int64)
+        for lo in range(0, len(sums), rows):
+            block = out[lo:lo + rows]
+            np.take(sums[lo:lo + rows].astype(np.int64), self.slot, axis=1, out=block)
+            block >>= self.offset
+            block &= self.field
+        return out

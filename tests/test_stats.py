@@ -294,3 +294,25 @@ def test_divergence_permutation_is_the_divergence_of_each_labeling():
         assert result.p_value == permutation_p(observed, direct, exact)
         assert result.null_median == pytest.approx(float(np.median(direct)), rel=1e-12)
         assert (result.n_permutations, result.exact) == (len(masks), exact)
+
+
+def test_kept_labelings_that_are_not_labelings_of_these_sizes_are_drawn_again(tmp_path, monkeypatch):
+    """A kept file whose digest matches but whose rows are not splits of 30 + 20 models (a bit moved
+    into the padding past the 50th model) is drawn again."""
+    from filterdb import npy_records
+    from filterdb.analysis import kept_draws, stats
+    from filterdb.integrity import arrays_digest
+
+    monkeypatch.setenv("FILTERDB_HOME", str(tmp_path))
+    monkeypatch.setattr(stats, "KEEP_DRAWS", 1000)
+    drawn = stats._kept_labelings(30, 20, 99, 5)
+    (path,) = (tmp_path / "cache" / "labelings").iterdir()
+    arrays, _ = kept_draws.read(path)
+    packed = arrays["packed"].copy()
+    row = int(np.flatnonzero(drawn[:, 0])[0])
+    packed[row, 0] &= 0x7F  # model 0 out of A ...
+    packed[row, -1] |= 0x01  # ... and a model that does not exist in: still 30 bits set
+    with open(path, "wb") as out:
+        npy_records.write(out, {"packed": packed, "digest": np.uint64(arrays_digest({"packed": packed}))})
+    assert np.array_equal(stats._kept_labelings(30, 20, 99, 5), drawn)
+    assert np.array_equal(kept_draws.read(path)[0]["packed"], np.packbits(drawn, axis=1))  # and kept anew

@@ -33,6 +33,8 @@ def test_packed_counts_give_the_exact_integer_sums():
     sums = packed.masked_sums(masks)
     assert sums.dtype == np.int64
     assert np.array_equal(sums, masks.astype(np.int64) @ counts)
+    chosen = np.array([9, 0, 7, 5, 33])  # some columns, in another order
+    assert np.array_equal(PackedCounts(counts, chosen).masked_sums(masks, rows=7), masks.astype(np.int64) @ counts[:, chosen])
     bits = [int(t).bit_length() for t in counts.sum(axis=0)]
     for slot in range(packed.n_packed):  # no float64 column holds more than 53 bits of fields
         assert sum(max(1, b) for b, s in zip(bits, packed.slot) if s == slot) <= 53
