@@ -55,7 +55,7 @@ from filterdb.analysis.stats import (
     PERMUTATIONS,
     Permutation,
     holm,
-    labelings,
+    packed_labelings,
     paired,
     paired_permutation_test,
     permutation_p,
@@ -63,7 +63,7 @@ from filterdb.analysis.stats import (
     sign_flips,
     two_sample_columns,
 )
-from filterdb.analysis.subset_sums import PackedCounts
+from filterdb.analysis.subset_sums import PackedCounts, PackedMasks
 from filterdb.errors import FilterDBError
 
 EACH_MODEL_ONCE = "each model counts once: its value is the mean of the metric over its selected layers"
@@ -498,11 +498,12 @@ def divergence_permutation(basis, counts_a: list[np.ndarray], counts_b: list[np.
     counts = np.stack(counts_a + counts_b)  # (n, d, bins), integers
     splits = SplitDivergences(counts.sum(axis=0), basis.edges, basis.pca.explained_variance_ratio)
     packed = PackedCounts(counts.reshape(len(counts), -1), splits.columns)
+    masks: np.ndarray | PackedMasks
     if paired:
         signs, exact = sign_flips(len(counts_a), n_permutations, seed)
         masks = np.concatenate([signs > 0, signs < 0], axis=1)
     else:
-        masks, exact = labelings(len(counts_a), len(counts_b), n_permutations, seed)
+        masks, exact = packed_labelings(len(counts_a), len(counts_b), n_permutations, seed)
     with single_threaded_blas():
         null = splits(packed.masked_sums(masks))
     finite = null[np.isfinite(null)]

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from filterdb.analysis import kept_draws
-from filterdb.analysis.subset_sums import blocked_product
+from filterdb.analysis.subset_sums import PackedMasks, blocked_product
 
 BOOTSTRAP_RESAMPLES = 10_000
 CONFIDENCE = 0.95
@@ -338,17 +338,25 @@ class Permutation:
 def labelings(n_a: int, n_b: int, n_permutations: int = PERMUTATIONS, seed: int = 0) -> tuple[np.ndarray, bool]:
     """Boolean (K, n_a + n_b) matrix, True = in group A: every split when there are at most
     ``n_permutations`` (exact), else ``n_permutations`` random label shuffles. Read-only and
-    cached: every metric and the divergence of a comparison share them."""
+    cached, as :func:`packed_labelings` (the same rows, what the comparison's nulls take)."""
+    packed, exact = packed_labelings(n_a, n_b, n_permutations, seed)
+    out = packed[:]
+    out.flags.writeable = False
+    return out, exact
+
+
+@functools.lru_cache(maxsize=4)
+def packed_labelings(n_a: int, n_b: int, n_permutations: int = PERMUTATIONS, seed: int = 0
+                     ) -> tuple[PackedMasks, bool]:
+    """:func:`labelings` bit-packed (a tenth of the memory, unpacked a block at a time by the
+    products that take them). Cached: every metric and the divergence of a comparison share them."""
     n = n_a + n_b
     if math.comb(n, n_a) <= n_permutations:
         out = np.zeros((math.comb(n, n_a), n), dtype=bool)
         for k, chosen in enumerate(itertools.combinations(range(n), n_a)):
             out[k, list(chosen)] = True
-        exact = True
-    else:
-        out, exact = _kept_labelings(n_a, n_b, n_permutations, seed), False
-    out.flags.writeable = False
-    return out, exact
+        return PackedMasks(np.packbits(out, axis=1), n), True
+    return PackedMasks(_packed_kept_labelings(n_a, n_b, n_permutations, seed), n), False
 
 
 KEEP_DRAWS = 1 << 21  # draws x models from which seeded draws are kept on disk (drawing costs more)
@@ -362,15 +370,16 @@ def _drawn_labelings(n_a: int, n_b: int, n_permutations: int, seed: int) -> np.n
 def _kept_labelings(n_a: int, n_b: int, n_permutations: int, seed: int) -> np.ndarray:
     """:func:`_drawn_labelings`, kept bit-packed on disk (:mod:`.kept_draws`) once large; a kept file
     whose rows are not labelings of these sizes is drawn again."""
+    return PackedMasks(_packed_kept_labelings(n_a, n_b, n_permutations, seed), n_a + n_b)[:]
+
+
+def _packed_kept_labelings(n_a: int, n_b: int, n_permutations: int, seed: int) -> np.ndarray:
     n = n_a + n_b
     if n_permutations * n < KEEP_DRAWS:
-        return _drawn_labelings(n_a, n_b, n_permutations, seed)
+        return np.packbits(_drawn_labelings(n_a, n_b, n_permutations, seed), axis=1)
 
     def draw() -> dict[str, np.ndarray]:
         return {"packed": np.packbits(_drawn_labelings(n_a, n_b, n_permutations, seed), axis=1)}
-
-    def unpacked(arrays: dict[str, np.ndarray]) -> np.ndarray:
-        return np.unpackbits(arrays["packed"], axis=1, count=n).view(bool)
 
     def valid(arrays: dict[str, np.ndarray]) -> bool:
         packed = arrays["packed"]
@@ -379,8 +388,7 @@ def _kept_labelings(n_a: int, n_b: int, n_permutations: int, seed: int) -> np.nd
         padding = (1 << (-n % 8)) - 1  # the last byte's bits past the n-th model
         return bool((packed[:, -1] & padding == 0).all() and (np.bitwise_count(packed).sum(axis=1) == n_a).all())
 
-    arrays = kept_draws.kept("labelings", f"{n_a}-{n_b}-{n_permutations}-seed{seed}", draw, valid)
-    return unpacked(arrays)
+    return kept_draws.kept("labelings", f"{n_a}-{n_b}-{n_permutations}-seed{seed}", draw, valid)["packed"]
 
 
 @functools.lru_cache(maxsize=4)
@@ -421,7 +429,7 @@ def permutation_test_columns(a: np.ndarray, b: np.ndarray, n_permutations: int =
 
 def _permutation_tests(a: np.ndarray, b: np.ndarray, n_permutations: int, seed: int) -> list[Permutation]:
     x = np.concatenate([a, b])
-    masks, exact = labelings(len(a), len(b), n_permutations, seed)
+    masks, exact = packed_labelings(len(a), len(b), n_permutations, seed)
     in_a = blocked_product(masks, x)
     null = np.abs(in_a / len(a) - (x.sum(axis=0) - in_a) / len(b))
     observed = np.abs(a.mean(axis=0) - b.mean(axis=0))

@@ -18,10 +18,27 @@ BLOCK_BYTES = 8 << 20  # the float64 buffer: a block of rows that stays in the C
 FLOAT64_INTEGER_BITS = 53  # every integer below 2**53 is a float64, and so is every sum that stays below it
 
 
-def blocked_product(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``weights @ values`` in float64 for an integer or boolean ``weights`` (K, n) and ``values``
-    (n,) or (n, m): the same numbers as ``weights.astype(np.float64) @ values``, in row blocks
-    copied into one reused buffer."""
+class PackedMasks:
+    """Boolean (K, n) rows kept bit-packed (``np.packbits(masks, axis=1)``: a byte holds 8 models,
+    the first in its high bit); ``masks[lo:hi]`` unpacks a block of rows."""
+
+    def __init__(self, packed: np.ndarray, n: int):
+        if packed.ndim != 2 or packed.dtype != np.uint8 or packed.shape[1] != (n + 7) // 8:
+            raise ValueError(f"packed masks of {n} columns need (K, {(n + 7) // 8}) bytes, got {packed.dtype} "
+                             f"{packed.shape}")
+        self.packed, self.shape = packed, (len(packed), n)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return np.unpackbits(self.packed[rows], axis=1, count=self.shape[1]).view(bool)
+
+
+def blocked_product(weights: np.ndarray | PackedMasks, values: np.ndarray) -> np.ndarray:
+    """``weights @ values`` in float64 for an integer or boolean ``weights`` (K, n) (or bit-packed
+    :class:`PackedMasks`) and ``values`` (n,) or (n, m): the same numbers as
+    ``weights.astype(np.float64) @ values``, in row blocks copied into one reused buffer."""
     values = np.asarray(values, dtype=np.float64)
     k, n = weights.shape
     out = np.empty((k, *values.shape[1:]))
@@ -78,7 +95,7 @@ class PackedCounts:
         for j, column in enumerate(columns):  # exact: every packed value is an integer below 2**53
             self.packed[:, self.slot[j]] += counts[:, column] * float(2 ** int(self.offset[j]))
 
-    def masked_sums(self, masks: np.ndarray, rows: int = 256) -> np.ndarray:
+    def masked_sums(self, masks: np.ndarray | PackedMasks, rows: int = 256) -> np.ndarray:
         """``masks @ counts`` for a boolean (K, n) ``masks``, as int64 (K, c): exactly the integer sums
         (the fields read back ``rows`` at a time, so that their temporaries stay in the CPU's cache)."""
         sums = blocked_product(masks, self.packed)

@@ -45,3 +45,18 @@ def test_packed_counts_refuse_what_float64_cannot_sum_exactly():
         PackedCounts(np.array([[2 ** 53], [1]], dtype=np.int64))
     with pytest.raises(ValueError, match="non-negative"):
         PackedCounts(np.array([[1, -1]]))
+
+
+def test_packed_masks_unpack_to_the_rows_they_pack():
+    from filterdb.analysis.subset_sums import PackedMasks
+    rng = np.random.default_rng(2)
+    masks = rng.random((41, 13)) < 0.5  # 13 models: 3 padding bits in each row's last byte
+    packed = PackedMasks(np.packbits(masks, axis=1), 13)
+    assert packed.shape == (41, 13) and len(packed) == 41
+    assert np.array_equal(packed[:], masks) and np.array_equal(packed[5:9], masks[5:9])
+    values = rng.normal(size=(13, 3))
+    assert np.array_equal(blocked_product(packed, values), blocked_product(masks, values))
+    counts = rng.integers(0, 5, size=(13, 4))
+    assert np.array_equal(PackedCounts(counts).masked_sums(packed), masks.astype(np.int64) @ counts)
+    with pytest.raises(ValueError, match="13 columns"):
+        PackedMasks(np.packbits(masks, axis=1)[:, :1], 13)
