@@ -234,7 +234,7 @@ def compare_groups(db, group_a: str = "robust", group_b: str = "normal", layer: 
         groups = _group_summary(per_model, metrics, group_a, group_b)
         pair_of = dict(zip(models["model_id"], models["pair"]))
         with single_threaded_blas():
-            tests, pairs = _tests(per_model, metrics, group_a, group_b, pair_of, seed, permutations, len(overlap) > 0)
+            tests, pairs = _metric_statistics(per_model, metrics, group_a, group_b, pair_of, seed, permutations, len(overlap) > 0)
         if pair_column and paired_by not in ("auto", None) and not (tests["n_pairs"] > 0).any():
             raise FilterDBError(f"no model of {group_a!r} shares a {pair_column} value with one of {group_b!r}: "
                                 "no pairs to test; drop --paired")
@@ -351,8 +351,10 @@ def match_pairs(a: pd.DataFrame, b: pd.DataFrame, pair_of: dict) -> list[tuple[s
             if len(by_pair_a[p]) == 1 and len(by_pair_b.get(p, ())) == 1 and by_pair_a[p][0] != by_pair_b[p][0]]
 
 
-def _tests(per_model: pd.DataFrame, metrics, group_a, group_b, pair_of: dict, seed: int, permutations: int,
-           overlap: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _metric_statistics(per_model: pd.DataFrame, metrics, group_a, group_b, pair_of: dict, seed: int,
+                       permutations: int, overlap: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per layer group and metric, the unpaired and paired statistics of the per-model values
+    (:mod:`.stats`), and per matched pair its difference."""
     rows, pair_rows = [], []
     for (by, cell), frame in per_model.groupby(["by", "layers"], observed=True, sort=True):
         a, b = frame[frame["group"] == group_a], frame[frame["group"] == group_b]
@@ -536,7 +538,8 @@ def baseline_halves(db, group: str = "normal") -> tuple[str, str]:
     seeds = sorted({int(s) for s in pd.to_numeric(models["seed"], errors="coerce").dropna()})
     if len(seeds) >= 2 and models["seed"].notna().all():
         half = seeds[:len(seeds) // 2], seeds[len(seeds) // 2:]
-        return tuple(f"{group},seed=" + "|".join(str(s) for s in h) for h in half)  # type: ignore[return-value]
+        low, high = ("|".join(str(s) for s in h) for h in half)
+        return f"{group},seed={low}", f"{group},seed={high}"
     return f"{group},model_id=" + "|".join(ids[0::2]), f"{group},model_id=" + "|".join(ids[1::2])
 
 
