@@ -6,9 +6,8 @@ whole ``Histograms.add`` and ``RangeScan.add``.
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
+from _harness import least_cpu_seconds
 
 from filterdb.analysis import projection_kernels as pk
 from filterdb.analysis.divergence import _BLOCK, Histograms, RangeScan, _nonsparse, fit_basis
@@ -19,14 +18,6 @@ def main() -> None:
     x = rng.standard_normal((1 << 21, 3, 3)).astype(np.float32)
     basis = fit_basis([x[:200_000]])
     absmax = float(np.abs(x).max())
-
-    def cpu_ns(f, repeats: int = 5) -> float:
-        best = 1e9
-        for _ in range(repeats):
-            t = time.process_time()
-            f()
-            best = min(best, time.process_time() - t)
-        return best / len(x) * 1e9
 
     block = x.reshape(-1, 9)[:_BLOCK]
     reps = len(x) // _BLOCK
@@ -43,7 +34,7 @@ def main() -> None:
         "RangeScan.add (all of it)": lambda: RangeScan(basis.pca).add(x, absmax),
     }
     for name, f in stages.items():
-        print(f"{name}: {cpu_ns(f):.1f} ns/filter CPU")
+        print(f"{name}: {least_cpu_seconds(f, 5) / len(x) * 1e9:.1f} ns/filter CPU")
 
 
 if __name__ == "__main__":

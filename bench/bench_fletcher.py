@@ -18,17 +18,16 @@ per-round ratios (time of the Fletcher-32 layout / time of today's). Run by hand
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
+from _harness import database_bench_arguments
 from torch import nn
 
 from filterdb import integrity
@@ -117,12 +116,7 @@ def median_ratio(new: list[float], old: list[float]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--dir", type=Path, default=None)
-    args = parser.parse_args()
-    work = args.dir or Path(tempfile.mkdtemp(prefix="bench-fletcher-"))
+    args, work = database_bench_arguments(__doc__.splitlines()[0], models=2, repeat=5, work_prefix="bench-fletcher-")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     db_dir = work / "db"

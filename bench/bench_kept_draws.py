@@ -10,16 +10,8 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
-
-def cpu(f, repeats: int = 3) -> float:
-    best = 9e9
-    for _ in range(repeats):
-        t = time.process_time()
-        f()
-        best = min(best, time.process_time() - t)
-    return best
+from _harness import least_cpu_seconds
 
 
 def main() -> None:
@@ -28,15 +20,15 @@ def main() -> None:
 
     for n in (1000, 10000):
         n_a = n // 2
-        draw = cpu(lambda n_a=n_a, n=n: stats._drawn_labelings(n_a, n - n_a, 9999, 0), 2)
+        draw = least_cpu_seconds(lambda n_a=n_a, n=n: stats._drawn_labelings(n_a, n - n_a, 9999, 0), 2)
         stats._kept_labelings(n_a, n - n_a, 9999, 0)  # writes the kept file
-        read = cpu(lambda n_a=n_a, n=n: stats._kept_labelings(n_a, n - n_a, 9999, 0), 2)
+        read = least_cpu_seconds(lambda n_a=n_a, n=n: stats._kept_labelings(n_a, n - n_a, 9999, 0), 2)
         print(f"labelings 9,999 x {n}: draw {draw:.3f}s CPU, read kept {read:.3f}s CPU")
     code = "import time; t = time.process_time(); import scipy.stats; print(time.process_time() - t)"
     imports = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
                for _ in range(3)]
     a, b = list(range(8)), [x + 0.5 for x in range(8)]
-    own = cpu(lambda: [stats.mann_whitney_p(a, b) for _ in range(100)]) / 100
+    own = least_cpu_seconds(lambda: [stats.mann_whitney_p(a, b) for _ in range(100)], 3) / 100
     print(f"import scipy.stats {min(imports):.3f}s CPU; mann_whitney_p (exact, 8 + 8) {own * 1e6:.0f} us")
 
 

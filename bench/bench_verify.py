@@ -16,18 +16,16 @@ digest candidates' throughput on one model's filters (why xxh3-64, not zlib.crc3
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
-import tempfile
 import time
 import zlib
-from pathlib import Path
 
 import numpy as np
 import torch
 import xxhash
+from _harness import database_bench_arguments
 
 from filterdb.build import add_module
 from filterdb.integrity import _pread_exact
@@ -83,12 +81,7 @@ def raw_chunks(db: FilterDB, layers, chunk_rows: int = 1 << 20) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=9)
-    parser.add_argument("--models", type=int, default=2)
-    parser.add_argument("--dir", type=Path, default=None)
-    args = parser.parse_args()
-    root = args.dir or Path(tempfile.mkdtemp(prefix="bench-verify-"))
+    args, root = database_bench_arguments(__doc__.splitlines()[0], models=2, repeat=9, work_prefix="bench-verify-")
     db_path = root / "db"
     shutil.rmtree(db_path, ignore_errors=True)
     with FilterDB.open(db_path, "a") as writer, writer.batch():

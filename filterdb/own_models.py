@@ -23,7 +23,7 @@ from filterdb import schema
 from filterdb.eps import parse_eps
 from filterdb.errors import FilterDBError
 from filterdb.integrity import sha256_file
-from filterdb.sources.base import LoadedModel, ModelSpec
+from filterdb.sources.base import LoadedModel, ModelSpec, parse_input_shape
 
 SOURCE = "local"
 # Columns that extraction or the source fill: never set by hand.
@@ -132,9 +132,10 @@ class Architecture:
         return model, (in_chans, 32, 32), {"model_string": str(spec), "architecture": str(spec).split("_")[0]}
 
 
-def _input_shape(given, columns: dict, default, label: str) -> tuple[int, int, int]:
+def _input_shape(given: tuple[int, int, int] | None, columns: dict, default: tuple[int, int, int] | None,
+                 label: str) -> tuple[int, int, int]:
     if given:
-        return tuple(int(s) for s in given)  # type: ignore[return-value]
+        return given
     if columns.get("dataset") in DATASET_SHAPES:
         return DATASET_SHAPES[columns["dataset"]]
     if default:
@@ -175,7 +176,7 @@ class OnnxLoader:
 
         layers, facts = read_onnx(self.path, str(self.path))
         LOAD_NOTES[spec.key] = f"{len(layers)} Conv initializers read from the ONNX graph"
-        shape: Any = tuple(self.input_shape) if self.input_shape else facts["input_shape"]  # () when unknown
+        shape: Any = self.input_shape or facts["input_shape"]  # () when unknown
         return LoadedModel(spec, [], shape, weights_path=self.path, layers=layers, n_params=facts["n_params"],
                            record={"skipped_convs": facts["skipped_convs"], **self.columns})
 
@@ -208,7 +209,7 @@ class TrustedLoader:
             layer.info["layer_index"] = depth
             layers.append(layer)
         LOAD_NOTES[spec.key] = "TorchScript archive loaded (--trust-code), convolutions probed"
-        shape: Any = tuple(self.input_shape) if self.input_shape else ()  # no forward pass: '' when not given
+        shape: Any = self.input_shape or ()  # no forward pass: '' when not given
         return LoadedModel(spec, [], shape, weights_path=self.path, layers=layers, n_params=n_params,
                            record=dict(self.columns))
 
@@ -255,13 +256,13 @@ def own_spec(path: str | Path, arch: str | None = None, arch_kwargs: dict | None
     name = columns.pop("name", None) or f"{path.stem}@{sha[:8]}"
     record = {"weights_sha256": sha}
     kind = file_kind(path)
-    shape = tuple(input_shape) if input_shape else None
+    shape = parse_input_shape(input_shape, "input_shape")
     loader: Callable[[ModelSpec], LoadedModel]
     if kind == "onnx":
-        loader = OnnxLoader(path, columns, shape)  # type: ignore[arg-type]
+        loader = OnnxLoader(path, columns, shape)
     elif kind == "torchscript" or (kind == "torch" and arch is None and is_pickled_module(path)):
         what = "a TorchScript archive" if kind == "torchscript" else "a pickled whole model (torch.save(model))"
-        loader = (TrustedLoader(path, "torchscript" if kind == "torchscript" else "pickle", columns, shape)  # type: ignore[arg-type]
+        loader = (TrustedLoader(path, "torchscript" if kind == "torchscript" else "pickle", columns, shape)
                   if trust_code else _refuse(path, what))
     elif arch is None:
         raise FilterDBError(f"{path}: a state dict needs its architecture: give --arch (a filterdb model string, "
@@ -270,12 +271,12 @@ def own_spec(path: str | Path, arch: str | None = None, arch_kwargs: dict | None
         raise FilterDBError(f"{path}: unknown file type {path.suffix!r}; state dicts are "
                             f"{', '.join(STATE_DICT_SUFFIXES)}, models .onnx")
     else:
-        loader = StateDictLoader(path, Architecture(arch, dict(arch_kwargs or {})), columns, shape)  # type: ignore[arg-type]
+        loader = StateDictLoader(path, Architecture(arch, dict(arch_kwargs or {})), columns, shape)
     return ModelSpec(SOURCE, name, record=record, load=loader, origin=str(path))
 
 
 def spec_for_file(path: Path, *, arch: str | None, arch_kwargs: dict | None, columns: dict,
-                  input_shape, trust_code: bool) -> ModelSpec:
+                  input_shape: tuple[int, int, int] | None, trust_code: bool) -> ModelSpec:
     """What ``filterdb add FILE`` adds: a filterdb training checkpoint when it is one (and no --arch
     is given), else the researcher's own file."""
     from filterdb.sources.state_dict import file_kind
@@ -328,9 +329,7 @@ def manifest_specs(manifest: str | Path, *, trust_code: bool = False) -> tuple[l
             path = Path(row["path"])
             path = path if path.is_absolute() else manifest.parent / path
             columns = {k: v for k, v in row.items() if k in SETTABLE and v != ""}
-            shape = None
-            if row.get("input_shape"):
-                shape = tuple(int(v) for v in row["input_shape"].replace("x", ",").split(","))
+            shape = parse_input_shape(row.get("input_shape") or None, "input_shape")
             trusted = trust_code or row.get("trust_code", "").lower() in ("1", "true", "yes")
             specs.append(spec_for_file(path, arch=row.get("arch") or None,
                                        arch_kwargs=parse_arch_kwargs(row.get("arch_kwargs")),
@@ -372,6 +371,6 @@ def add_state_dict(db, path_or_dict, *, arch: str, name: str | None = None, arch
     record.pop("name", None)
     model, default, facts = Architecture(arch, dict(arch_kwargs or {})).build()
     load_strict(model, find_state_dict(path_or_dict, name), name, arch)
-    shape = _input_shape(input_shape, record, default, name)
+    shape = _input_shape(parse_input_shape(input_shape, "input_shape"), record, default, name)
     from filterdb.build import add_module as _add
     return _add(db, model.eval(), source=SOURCE, name=name, input_shape=shape, record={**facts, **record})

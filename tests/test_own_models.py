@@ -218,7 +218,8 @@ def test_state_dict_that_does_not_fit_is_one_line_and_leaves_the_database_unchan
 
 def test_torchscript_is_refused_without_trust_code_and_added_with_it(tmp_path):
     torch.manual_seed(2)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1, stride=2)).eval()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 2, 3, stride=2, padding=1, padding_mode="reflect")).eval()
     path = tmp_path / "scripted.pt"
     torch.jit.save(torch.jit.script(model), str(path))
     db = tmp_path / "db"
@@ -230,6 +231,7 @@ def test_torchscript_is_refused_without_trust_code_and_added_with_it(tmp_path):
     filters, (_, layers) = stored_filters(db, "scripted@")
     assert_bitwise(filters, [model[0], model[3]])
     assert list(layers["stride_h"]) == [1, 2] and set(layers["weight_kind"]) == {"probe_verified"}
+    assert list(layers["padding_mode"]) == ["zeros", "reflect"] and list(layers["padding"]) == ["0,0", "1,1"]
 
 
 def test_pickled_module_with_a_payload_is_refused_and_the_payload_never_runs(tmp_path):
@@ -322,6 +324,42 @@ def test_manifest_of_mixed_checkpoints_with_two_bad_rows(tmp_path):
     assert tree_digest(db) == before
     r = cli("compare", "training=robust", "training=normal", "--db", db)
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("given, shape", [("3,32,32", (3, 32, 32)), ("1x8x8", (1, 8, 8)), ((3, 8, 8), (3, 8, 8)),
+                                          ([np.int64(1), 9, 9], (1, 9, 9)), (None, None)])
+def test_input_shape_is_read_from_text_or_integers(given, shape):
+    from filterdb.sources.base import parse_input_shape
+
+    assert parse_input_shape(given, "--input-shape") == shape
+
+
+@pytest.mark.parametrize("given", ["3,32", "3,0,8", "three", "", (3, 8.5, 8), (1, 8, 8, 8)])
+def test_input_shape_other_than_three_positive_integers_names_the_option_and_value(given):
+    from filterdb.errors import FilterDBError
+    from filterdb.sources.base import parse_input_shape
+
+    with pytest.raises(FilterDBError) as raised:
+        parse_input_shape(given, "input_shape")
+    assert str(raised.value) == (f"input_shape {given!r}: give channels, height and width as C,H,W, "
+                                 "three integers >= 1, e.g. 3,256,256")
+
+
+def test_bad_input_shape_from_cli_manifest_and_python_api(tmp_path):
+    import filterdb
+    from filterdb.training.registry import create_model
+
+    torch.save(create_model("cnn4-8", in_chans=1).state_dict(), tmp_path / "cnn.pt")
+    r = cli("add", tmp_path / "cnn.pt", "--arch", "cnn4-8", "--input-shape", "1,8", "--db", tmp_path / "db")
+    assert r.exit_code == 2 and "--input-shape '1,8': give channels, height and width as C,H,W" in r.output
+    (tmp_path / "models.csv").write_text('path,arch,arch_kwargs,input_shape\ncnn.pt,cnn4-8,"{""in_chans"": 1}",1x8\n')
+    r = cli("add", "--manifest", tmp_path / "models.csv", "--db", tmp_path / "db")
+    assert r.exit_code == 1 and "models.csv:2 (cnn.pt): input_shape '1x8': give channels" in r.output, r.output
+    with filterdb.FilterDB.open(tmp_path / "db", "a") as db:
+        with pytest.raises(filterdb.FilterDBError, match=r"input_shape \(1, 0, 8\): give channels"):
+            filterdb.add_state_dict(db, tmp_path / "cnn.pt", arch="cnn4-8", arch_kwargs={"in_chans": 1},
+                                    input_shape=(1, 0, 8))
+        assert db.models.empty
 
 
 def test_python_api(tmp_path):

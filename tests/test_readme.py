@@ -51,6 +51,14 @@ def test_every_dependency_is_explained():
     why = DEVELOPMENT.split("## Dependencies, and why", 1)[1].split("\n## ", 1)[0]
     missing = [n for n in names if n not in why]
     assert not missing, f"docs/development.md does not say why these dependencies are there: {missing}"
+    runtime = [re.split(r"[<>=\[ ]", dep, maxsplit=1)[0] for dep in project["dependencies"]]
+    in_short = README.split("## Dependencies\n", 1)[1].split("\n## ", 1)[0]
+    missing = [n for n in runtime if n not in in_short]
+    assert not missing, f"the README's Dependencies section does not say why these are there: {missing}"
+
+
+def test_readme_stays_a_guide_of_at_most_350_lines():
+    assert len(README.splitlines()) <= 350, "move reference detail into docs/ and link to it"
 
 
 # ------------------------------------------------------------------ the code blocks of the README and docs/ run

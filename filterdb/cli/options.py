@@ -8,6 +8,7 @@ import click
 from filterdb import paths
 from filterdb.errors import FilterDBError
 from filterdb.output import FORMATS
+from filterdb.sources.base import parse_input_shape
 
 DB_HELP = "Database directory [default: $FILTERDB_DB, else $FILTERDB_HOME/db]."
 
@@ -42,20 +43,15 @@ def resolve_db(db_path: Path | None) -> Path:
     return db_path if db_path is not None else paths.default_db_path()
 
 
-def parse_input_shape(ctx, param, value) -> tuple[int, int, int] | None:
-    if value is None:
-        return None
+def parse_input_shape_option(ctx, param, value) -> tuple[int, int, int] | None:
     try:
-        shape = tuple(int(v) for v in value.replace("x", ",").split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise click.BadParameter(f"{value!r}: give channels, height and width as C,H,W, e.g. 3,256,256")
-    return shape
+        return parse_input_shape(value, "--input-shape")
+    except FilterDBError as exc:
+        raise click.UsageError(str(exc), ctx) from None
 
 
 input_shape_option = click.option(
-    "--input-shape", callback=parse_input_shape, default=None, metavar="C,H,W",
+    "--input-shape", callback=parse_input_shape_option, default=None, metavar="C,H,W",
     help="Input shape of the forward pass that orders the layers [default: the model's own: its dataset's, "
          "or timm/torchvision's pretrained configuration].")
 

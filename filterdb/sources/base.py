@@ -6,11 +6,13 @@ then returns a ``LoadedModel`` with the networks and the model-table facts it kn
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from filterdb.errors import FilterDBError
 from filterdb.ids import model_id, model_key
 
 if TYPE_CHECKING:
@@ -65,6 +67,25 @@ class InputShapeLoader:
     def prefetch(self, spec: ModelSpec) -> None:
         if hasattr(self.load, "prefetch"):
             self.load.prefetch(spec)
+
+
+def parse_input_shape(value: str | Sequence[int] | None, option: str) -> tuple[int, int, int] | None:
+    """C, H, W from ``"C,H,W"`` (or ``"CxHxW"``) or a sequence of three integers; None when ``value`` is.
+    ``option`` is what the error names: ``--input-shape``, a manifest's ``input_shape`` column."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, str):
+            sizes = [int(size) for size in value.replace("x", ",").split(",")]
+        else:
+            sizes = [operator.index(size) for size in value]
+    except (TypeError, ValueError):
+        sizes = []
+    if len(sizes) != 3 or min(sizes) < 1:
+        raise FilterDBError(f"{option} {value!r}: give channels, height and width as C,H,W, three integers >= 1, "
+                            "e.g. 3,256,256")
+    channels, height, width = sizes
+    return channels, height, width
 
 
 def with_input_shape(specs: list[ModelSpec], input_shape: tuple[int, int, int] | None) -> list[ModelSpec]:

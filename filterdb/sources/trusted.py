@@ -12,10 +12,12 @@ are ordered as the scripted forward's inlined graph calls them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, get_args
 
 from filterdb.errors import FilterDBError
 
 CONV_NAMES = ("Conv2d",)
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 
 
 def load_pickled_module(path: Path):
@@ -54,6 +56,15 @@ def _graph_order(scripted) -> list[str]:
     return names
 
 
+def _padding_mode(value: object, label: str) -> PaddingMode:
+    mode: PaddingMode
+    for mode in get_args(PaddingMode):
+        if value == mode:
+            return mode
+    raise FilterDBError(f"{label}: padding_mode {value!r} is none of {', '.join(get_args(PaddingMode))}, "
+                        "so its filters' geometry is unknown; no filters were stored")
+
+
 def torchscript_convs(path: Path, label: str):
     """Plain ``nn.Conv2d`` copies of a TorchScript archive's convolutions, in forward order, each
     probed against its scripted forward; and the archive's parameter count."""
@@ -75,7 +86,7 @@ def torchscript_convs(path: Path, label: str):
         padding = m.padding if isinstance(m.padding, str) else tuple(m.padding)
         conv = nn.Conv2d(in_g * groups, out_c, (kh, kw), stride=tuple(m.stride), padding=padding,
                          dilation=tuple(m.dilation), groups=groups, bias=m.bias is not None,
-                         padding_mode=str(m.padding_mode))  # type: ignore[arg-type]
+                         padding_mode=_padding_mode(m.padding_mode, f"{label}, layer {name}"))
         with torch.no_grad():
             conv.weight.copy_(weight)
             if m.bias is not None and conv.bias is not None:
