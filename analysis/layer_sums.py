@@ -225,3 +225,33 @@ def layer_sums(w, eps):
     count = _scaled_sums_where(w, a, threshold, np.inf, lin_shift, lin, lin_sums, lin_products)
     return absmax, l1, shift, raw_sums, raw_products, count, lin_shift, lin_sums, lin_products
 
+
+
+@njit(cache=True, fastmath={"reassoc"}, nogil=True)  # the sums only: reordered; no fused multiply-adds
+def off_diagonal_cosines(gram):
+    """``sum_{i != j} |G_ij| inv_i inv_j`` of the Gram matrix ``G = R R^T`` of a layer's rows, with
+    ``inv_i = 1 / sqrt(G_ii)`` (0 for a zero row) in G's dtype, and the number of zero rows.
+
+    Each term is rounded as numpy's ``abs(G) * inv[:, None] * inv[None, :]`` in G's dtype rounds
+    it; the terms are summed in float64, both triangles, in one pass over G (no temporaries).
+    """
+    m = gram.shape[0]
+    inv = np.zeros(m, gram.dtype)
+    zero_rows = 0
+    for i in range(m):
+        sq = np.float64(gram[i, i])
+        if sq > 0.0:
+            inv[i] = 1.0 / np.sqrt(sq)
+        else:
+            zero_rows += 1
+    total = 0.0
+    for i in range(m):
+        row = gram[i]
+        scale = inv[i]
+        s = 0.0
+        for j in range(i):
+            s += np.float64(abs(row[j]) * scale * inv[j])
+        for j in range(i + 1, m):
+            s += np.float64(abs(row[j]) * scale * inv[j])
+        total += s
+    return total, zero_rows
