@@ -80,8 +80,11 @@ def as_filter_matrix(filters, where: str = "filters", check_values: bool = True)
 
 
 def check_finite(w: np.ndarray, where: str) -> None:
-    """Raise ``ValueError`` naming ``where`` if ``w`` holds NaN or Inf."""
-    if np.isfinite(np.sum(w, dtype=np.float64)) or np.isfinite(w).all():
+    """Raise ``ValueError`` naming ``where`` if ``w`` holds NaN or Inf.
+
+    A finite sum in ``w``'s own dtype (one read, no conversion) proves it; a sum that overflowed
+    is settled element by element."""
+    if np.isfinite(np.sum(w)) or np.isfinite(w).all():
         return
     bad = int(np.count_nonzero(~np.isfinite(w)))
     raise ValueError(f"{where}: {bad} NaN/Inf weight(s); metrics are defined for finite weights only")
