@@ -84,7 +84,9 @@ def check_finite(w: np.ndarray, where: str) -> None:
 
     A finite sum in ``w``'s own dtype (one read, no conversion) proves it; a sum that overflowed
     is settled element by element."""
-    if np.isfinite(np.sum(w)) or np.isfinite(w).all():
+    with np.errstate(over="ignore"):
+        total = np.sum(w)
+    if np.isfinite(total) or np.isfinite(w).all():
         return
     bad = int(np.count_nonzero(~np.isfinite(w)))
     raise ValueError(f"{where}: {bad} NaN/Inf weight(s); metrics are defined for finite weights only")
