@@ -3,9 +3,13 @@
 One pass over a layer's ``(n, d)`` filters, in blocks of :data:`BLOCK` that stay in the
 CPU cache, gives every filter's max |w|, the layer's sum |w|, and the shifted sums
 ``sum (x - s)`` and products ``sum (x - s)(x - s)^T`` of the raw filters and of the
-L-inf-scaled ones ``x / max|x|`` (all-zero filters left out). The sparse filters
-(``0 < max|x| < eps * the layer's max |w|``, known only at the end) are then taken out of
-the scaled sums, or, where they are most of the layer, the non-sparse ones summed afresh.
+L-inf-scaled ones ``x / max|x|`` (all-zero filters left out). Each block is first copied
+transposed (one filter per column, in float64); every later step then runs along the
+filters, which the compiler vectorises: per-filter max |x| and sum |x|, the scaled and
+shifted columns, the products. The sparse filters (``0 < max|x| < eps * the layer's
+max |w|``, known only at the end; the pass keeps the smallest non-zero max |x| to tell
+whether there are any) are then taken out of the scaled sums, or, where they are most of
+the layer, the non-sparse ones summed afresh.
 
 Everything is float64: float32 weights convert exactly and their products are exact, so
 the only round-off is that of float64 sums (within a block, then over blocks). The shifts
@@ -23,15 +27,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-BLOCK = 256  # filters per block: two d x 256 float64 buffers, 36 KiB for 3x3
-_PAD = 8  # buffer rows of BLOCK + _PAD doubles: rows 2 KiB apart would share L1 cache sets
+BLOCK = 128  # filters per block: two d x 128 float64 buffers, 19 KiB for 3x3 (256 would not fit a 32 KiB L1)
+_PAD = 8  # buffer rows of BLOCK + _PAD doubles: rows a power of two apart would share L1 cache sets
 _TILE = 3  # products are summed in 3 x 3 tiles: 9 accumulators and 6 loads per step
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"}, nogil=True)  # sums only: reordered, fused multiply-adds
 def _add_sums(x, k, sums, products):
-    """``sums += x[:, :k].sum(1)`` and ``products += x[:, :k] @ x[:, :k].T`` on and below the
-    diagonal (above it, only within the diagonal tiles: not to be read)."""
+    """``sums += x[:, :k].sum(1)`` and ``products += x[:, :k] @ x[:, :k].T`` on and below the diagonal."""
     d = x.shape[0]
     for j in range(d):
         s = 0.0
@@ -40,7 +43,30 @@ def _add_sums(x, k, sums, products):
         sums[j] += s
     for j0 in range(0, d, _TILE):
         for l0 in range(0, j0 + 1, _TILE):
-            if j0 + _TILE <= d:
+            if j0 + _TILE > d:  # the last rows when d is not a multiple of the tile
+                for j in range(j0, d):
+                    for m in range(l0, min(j + 1, l0 + _TILE)):
+                        p = 0.0
+                        for i in range(k):
+                            p += x[j, i] * x[m, i]
+                        products[j, m] += p
+            elif l0 == j0:  # a tile on the diagonal: its lower triangle, 6 accumulators
+                p00 = p10 = p11 = p20 = p21 = p22 = 0.0
+                for i in range(k):
+                    a0, a1, a2 = x[j0, i], x[j0 + 1, i], x[j0 + 2, i]
+                    p00 += a0 * a0
+                    p10 += a1 * a0
+                    p11 += a1 * a1
+                    p20 += a2 * a0
+                    p21 += a2 * a1
+                    p22 += a2 * a2
+                products[j0, j0] += p00
+                products[j0 + 1, j0] += p10
+                products[j0 + 1, j0 + 1] += p11
+                products[j0 + 2, j0] += p20
+                products[j0 + 2, j0 + 1] += p21
+                products[j0 + 2, j0 + 2] += p22
+            else:
                 p00 = p01 = p02 = p10 = p11 = p12 = p20 = p21 = p22 = 0.0
                 for i in range(k):
                     a0, a1, a2 = x[j0, i], x[j0 + 1, i], x[j0 + 2, i]
@@ -63,71 +89,58 @@ def _add_sums(x, k, sums, products):
                 products[j0 + 2, l0] += p20
                 products[j0 + 2, l0 + 1] += p21
                 products[j0 + 2, l0 + 2] += p22
-            else:  # the last rows when d is not a multiple of the tile
-                for j in range(j0, d):
-                    for m in range(l0, min(j + 1, l0 + _TILE)):
-                        p = 0.0
-                        for i in range(k):
-                            p += x[j, i] * x[m, i]
-                        products[j, m] += p
-
-
-@njit(inline="always")
-def _load_block(w, d, lo, k, x, a):
-    """``x[:, :k] = w[lo:lo+k]^T`` in float64, ``a[lo:lo+k]`` = each filter's max |w|; returns sum |w|."""
-    l1 = 0.0
-    for i in range(k):
-        top, row_l1 = 0.0, 0.0
-        for j in range(d):
-            v = np.float64(w[lo + i, j])
-            av = abs(v)
-            row_l1 += av
-            top = max(top, av)
-            x[j, i] = v
-        a[lo + i] = top
-        l1 += row_l1
-    return l1
 
 
 @njit(inline="always")
 def _sum_blocks(w, d, shift, lin_shift, a, raw_sums, raw_products, lin_sums, lin_products):
-    """The pass: fills ``a``, adds to the raw and the scaled sums; returns sum |w| and the number of non-zero filters."""
+    """The pass: fills ``a``, adds to the raw and the scaled sums; returns sum |w|, the number of non-zero
+    filters, the largest max |x| and the smallest non-zero one (inf if none)."""
     n = w.shape[0]
     x = np.empty((d, BLOCK + _PAD))  # a block of filters, then of raw filters - shift
     lin = np.empty((d, BLOCK + _PAD))
-    inv = np.empty(BLOCK)
-    nonzero = np.empty(BLOCK)
-    l1, n_nonzero = 0.0, 0
+    l1 = np.zeros(BLOCK)  # per column of the block: sums, maxima and minima over the blocks
+    top = np.zeros(BLOCK)
+    low = np.full(BLOCK, np.inf)
+    n_nonzero = 0
     for lo in range(0, n, BLOCK):
         k = min(BLOCK, n - lo)
-        l1 += _load_block(w, d, lo, k, x, a)
         for i in range(k):
-            if a[lo + i] > 0.0:
-                inv[i] = 1.0 / a[lo + i]
-                nonzero[i] = 1.0
-                n_nonzero += 1
-            else:  # an all-zero filter: its scaled column stays zero
-                inv[i] = 0.0
-                nonzero[i] = 0.0
-        for j in range(d):
-            s, ls = shift[j], lin_shift[j]
-            for i in range(k):
-                lin[j, i] = x[j, i] * inv[i] - ls * nonzero[i]
-                x[j, i] -= s
+            for j in range(d):
+                x[j, i] = np.float64(w[lo + i, j])
+        for i in range(k):
+            peak, row_l1 = 0.0, 0.0
+            for j in range(d):
+                v = abs(x[j, i])
+                row_l1 += v
+                peak = max(peak, v)
+            a[lo + i] = peak
+            l1[i] += row_l1
+            top[i] = max(top[i], peak)
+            nonzero = peak > 0.0
+            n_nonzero += nonzero
+            low[i] = min(low[i], peak if nonzero else np.inf)
+            inv = 1.0 / peak if nonzero else 0.0  # an all-zero filter: its scaled column stays zero
+            one = 1.0 if nonzero else 0.0
+            for j in range(d):
+                lin[j, i] = x[j, i] * inv - lin_shift[j] * one
+                x[j, i] -= shift[j]
         _add_sums(x, k, raw_sums, raw_products)
         _add_sums(lin, k, lin_sums, lin_products)
-    return l1, n_nonzero
+    return l1.sum(), n_nonzero, top.max(), low.min()
 
 
 @njit(cache=True, nogil=True)
-def _scaled_mean(w, a, rows, d):
+def _scaled_mean(w, rows, d):
     """Mean of the first ``rows`` filters with max |w| > 0, each scaled by it, summed about the first."""
     mean = np.zeros(d)
     origin = np.zeros(d)
     count = 0
     for i in range(rows):
-        if a[i] > 0.0:
-            inv = 1.0 / a[i]
+        peak = 0.0
+        for j in range(d):
+            peak = max(peak, abs(np.float64(w[i, j])))
+        if peak > 0.0:
+            inv = 1.0 / peak
             for j in range(d):
                 u = np.float64(w[i, j]) * inv
                 if count == 0:
@@ -162,7 +175,7 @@ def _scaled_sums_where(w, a, lo_a, hi_a, shift, x, sums, products):
     return count
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")  # divisions without a zero check: they vectorise
 def layer_sums(w, eps):
     """The pass over the C-contiguous ``(n, d)`` float32/float64 filters ``w`` (n >= 1).
 
@@ -179,19 +192,17 @@ def layer_sums(w, eps):
             shift[j] += np.float64(w[i, j]) - np.float64(w[0, j])
     for j in range(d):
         shift[j] = np.float64(w[0, j]) + shift[j] / first
-    _load_block(w, d, 0, first, np.empty((d, first)), a)
-    lin_shift = _scaled_mean(w, a, first, d)
+    lin_shift = _scaled_mean(w, first, d)
 
     raw_sums, raw_products = np.zeros(d), np.zeros((d, d))
     lin_sums, lin_products = np.zeros(d), np.zeros((d, d))
     if d == 9:  # 3x3, the papers' kernel: a constant d lets the compiler unroll the loops over it
-        l1, n_nonzero = _sum_blocks(w, 9, shift, lin_shift, a, raw_sums, raw_products, lin_sums, lin_products)
+        l1, n_nonzero, absmax, low = _sum_blocks(w, 9, shift, lin_shift, a, raw_sums, raw_products, lin_sums,
+                                                 lin_products)
     else:
-        l1, n_nonzero = _sum_blocks(w, d, shift, lin_shift, a, raw_sums, raw_products, lin_sums, lin_products)
+        l1, n_nonzero, absmax, low = _sum_blocks(w, d, shift, lin_shift, a, raw_sums, raw_products, lin_sums,
+                                                 lin_products)
 
-    absmax = 0.0
-    for i in range(n):
-        absmax = max(absmax, a[i])
     if not absmax > 0.0:  # every filter zero (or NaN weights): no non-sparse filters
         return absmax, l1, shift, raw_sums, raw_products, 0, lin_shift, np.zeros(d), np.zeros((d, d))
     threshold = eps * absmax
@@ -205,7 +216,7 @@ def layer_sums(w, eps):
     sparse_sums, sparse_products = np.zeros(d), np.zeros((d, d))
     lin = np.empty((d, BLOCK))
     n_sparse = _scaled_sums_where(w, a, np.nextafter(0.0, 1.0), threshold, lin_shift, lin, sparse_sums,
-                                  sparse_products) if _any_between(a, 0.0, threshold) else 0
+                                  sparse_products) if low < threshold else 0
     if 2 * n_sparse <= n_nonzero:  # take the few sparse filters out
         return (absmax, l1, shift, raw_sums, raw_products, n_nonzero - n_sparse, lin_shift,
                 lin_sums - sparse_sums, lin_products - sparse_products)
@@ -215,11 +226,32 @@ def layer_sums(w, eps):
     return absmax, l1, shift, raw_sums, raw_products, count, lin_shift, lin_sums, lin_products
 
 
-@njit(cache=True, nogil=True)
-def _any_between(a, lo, hi):
-    """Whether some ``lo < a[i] < hi``."""
-    for v in a:
-        if lo < v < hi:
-            return True
-    return False
 
+@njit(cache=True, fastmath={"reassoc"}, nogil=True)  # the sums only: reordered; no fused multiply-adds
+def off_diagonal_cosines(gram):
+    """``sum_{i != j} |G_ij| inv_i inv_j`` of the Gram matrix ``G = R R^T`` of a layer's rows, with
+    ``inv_i = 1 / sqrt(G_ii)`` (0 for a zero row) in G's dtype, and the number of zero rows.
+
+    Each term is rounded as numpy's ``abs(G) * inv[:, None] * inv[None, :]`` in G's dtype rounds
+    it; the terms are summed in float64, both triangles, in one pass over G (no temporaries).
+    """
+    m = gram.shape[0]
+    inv = np.zeros(m, gram.dtype)
+    zero_rows = 0
+    for i in range(m):
+        sq = np.float64(gram[i, i])
+        if sq > 0.0:
+            inv[i] = 1.0 / np.sqrt(sq)
+        else:
+            zero_rows += 1
+    total = 0.0
+    for i in range(m):
+        row = gram[i]
+        scale = inv[i]
+        s = 0.0
+        for j in range(i):
+            s += np.float64(abs(row[j]) * scale * inv[j])
+        for j in range(i + 1, m):
+            s += np.float64(abs(row[j]) * scale * inv[j])
+        total += s
+    return total, zero_rows

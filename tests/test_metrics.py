@@ -343,3 +343,64 @@ def test_row_absmax_equals_numpy_on_signs_zeros_and_views(dtype):
     for x in (w, w[::3], w[:, ::2], np.empty((0, 9), dtype)):
         got = row_absmax(x)
         assert got.dtype == dtype and np.array_equal(got, np.abs(x).max(axis=1) if len(x) else np.zeros(0, dtype))
+
+
+# ---------------------------------------------------------------------------- the fast path against the definitions
+
+def transcribed(w, out_channels, eps=0.01):
+    """Each definition as its docstring writes it, in float64: numpy's SVD and an explicit unit-row Gram matrix."""
+    w = w.reshape(len(w), -1).astype(np.float64)
+    a = np.abs(w).max(1)
+    sparse = a < eps * a.max()
+
+    def ve(x):
+        s = np.linalg.svd(x - x.mean(0), compute_uv=False)
+        lam = s ** 2 / (len(x) - 1)
+        p = lam / lam.sum()
+        p = p[p > 0]
+        return -(p * np.log10(p)).sum()
+    rows = w.reshape(out_channels, -1)
+    norms = np.sqrt((rows ** 2).sum(1))
+    unit_rows = np.divide(rows, norms[:, None], out=np.zeros_like(rows), where=norms[:, None] > 0)
+    g = unit_rows @ unit_rows.T
+    m = out_channels
+    return {"sparsity": sparse.mean(), "ve_raw": ve(w), "ve_linf": ve(w[~sparse] / a[~sparse, None]),
+            "orthogonality": 1 - np.abs(g - np.eye(m)).sum() / (m * (m - 1)),
+            "l1_norm": np.abs(w).sum(), "l2_norm": np.sqrt((w ** 2).sum())}
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])  # d = 4, 9, 16: the product tiles' tail rows, none, one
+@pytest.mark.parametrize("dead", [0.0, 0.2, 0.8])  # sparse filters: none, taken out, the rest summed afresh
+def test_layer_metrics_equal_the_transcribed_definitions_in_float64(k, dead):
+    rng = np.random.default_rng(10 * k + int(10 * dead))
+    weight = rng.standard_normal((24, 45, k, k)) * 0.4 + 0.1  # 1,080 filters: several blocks and a partial one
+    flat = weight.reshape(-1, k, k)
+    flat[rng.random(len(flat)) < dead] *= 1e-3
+    flat[::97] = 0.0
+    weight[3] = 0.0  # a zero output channel: 1 on the diagonal of |G - I|
+    values, _ = M.layer_metrics(weight)
+    for name, value in transcribed(flat, 24).items():
+        assert values[name] == pytest.approx(value, rel=1e-12, abs=1e-12), name
+
+
+def test_orthogonality_of_a_float32_layer_large_enough_for_a_float32_gram_matrix():
+    rng = np.random.default_rng(11)
+    weight = (rng.standard_normal((256, 128, 3, 3)) + 0.3).astype(np.float32)  # 256^2 * 1152 >= 2^26 multiply-adds
+    weight[7] = 0.0
+    expected = transcribed(weight.reshape(-1, 3, 3), 256)["orthogonality"]
+    assert M.orthogonality(weight) == pytest.approx(expected, rel=1e-6)
+    assert all_metrics(weight, None)["orthogonality"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_filter_exactly_at_the_sparsity_threshold_is_not_sparse():
+    filters = np.stack([unit(0)] * 300 + [unit(1, scale=0.25), unit(2, scale=np.nextafter(0.25, 0))])
+    values = M.layer_metrics(filters, 302, eps=0.25)[0]  # the sparse filter is in the last, partial block
+    assert values["n_nonsparse"] == 301 and values["sparsity"] == 1 / 302 == M.sparsity(filters, eps=0.25)
+
+
+def test_finite_weights_whose_float32_sum_overflows_are_accepted():
+    filters = np.full((4, 3, 3), 3e38, np.float32)
+    assert M.l1_norm(filters) == pytest.approx(36 * 3e38, rel=1e-6)
+    filters[1, 1, 1] = np.inf
+    with pytest.raises(ValueError, match="1 NaN/Inf"):
+        M.l1_norm(filters)
