@@ -490,8 +490,8 @@ def _reference_counts(db, cells: dict, targets: dict, absmax: dict, reference: d
 
 
 def divergence_permutation(basis, counts_a: list[np.ndarray], counts_b: list[np.ndarray], observed: float,
-                           n_permutations: int = PERMUTATIONS, seed: int = 0, paired: bool = False
-                           ) -> Permutation:
+                           n_permutations: int = PERMUTATIONS, seed: int = 0, paired: bool = False,
+                           block: int = 2048) -> Permutation:
     """The divergence's null: D of the two groups with their model labels shuffled (each model's
     filters stay together), on the same basis; ``paired``: counts_a[k] and counts_b[k] are twins
     and the labels are swapped within pairs only. Groups of fewer than 2 models: no null."""
@@ -506,8 +506,9 @@ def divergence_permutation(basis, counts_a: list[np.ndarray], counts_b: list[np.
         masks = np.concatenate([signs > 0, signs < 0], axis=1)
     else:
         masks, exact = packed_labelings(len(counts_a), len(counts_b), n_permutations, seed)
-    with single_threaded_blas():
-        null = splits(packed.masked_sums(masks))
+    with single_threaded_blas():  # in blocks of labelings: their integer sums stay small at any model count
+        null = np.concatenate([splits(packed.masked_sums(masks[lo:lo + block]))
+                               for lo in range(0, len(masks), block)])
     finite = null[np.isfinite(null)]
     return Permutation(permutation_p(observed, null, exact), float(np.median(finite)) if len(finite) else math.nan,
                        len(null), exact)
