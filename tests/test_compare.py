@@ -6,9 +6,8 @@ from concurrent.futures import ProcessPoolExecutor
 import h5py
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
-from torch import nn
+from tiny_nets import three_conv_net
 
 from filterdb import open_database
 from filterdb.analysis import cache
@@ -22,19 +21,9 @@ from filterdb.errors import FilterDBError
 from filterdb.store import FilterDB
 
 
-def net(seed: int, dead_first: int = 0) -> nn.Module:
-    """Three 3x3 convs; the first ``dead_first`` filters of the first layer are zero."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 1))
-    with torch.no_grad():
-        model[0].weight[:dead_first] = 0
-    return model
-
-
 def add(db, name, training, dataset="digits", seed=0, dead_first=0):
-    return add_module(db, net(seed, dead_first), source="test", name=name, input_shape=(1, 8, 8),
-                         record={"training": training, "dataset": dataset, "architecture": "cnn"})
+    return add_module(db, three_conv_net(seed, dead_first), source="test", name=name, input_shape=(1, 8, 8),
+                      record={"training": training, "dataset": dataset, "architecture": "cnn"})
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +143,7 @@ def test_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
 def test_nan_weights_are_rejected_naming_model_and_layer(tmp_path):
     path = tmp_path / "db"
     with FilterDB.open(path, "a") as db:
-        mid = add_module(db, net(0), source="test", name="broken", input_shape=(1, 8, 8), record={"training": "normal"})
+        mid = add_module(db, three_conv_net(0), source="test", name="broken", input_shape=(1, 8, 8), record={"training": "normal"})
         shard = db.shard_path(mid)
     with h5py.File(shard, "r+") as f:  # extraction refuses NaN: corrupt the stored filters of layer "2"
         f["filters/3x3"][10, 1, 1] = np.nan
@@ -312,10 +301,10 @@ def test_matched_pairs_by_hand(tmp_path):
     with FilterDB.open(path, "a") as db:
         for i in range(4):  # robust twins have 2 of 4 first-layer filters dead
             for training, dead in (("robust", 2), ("normal", 0)):
-                add_module(db, net(i, dead), source="test", name=f"{training}-{i}", input_shape=(1, 8, 8),
+                add_module(db, three_conv_net(i, dead), source="test", name=f"{training}-{i}", input_shape=(1, 8, 8),
                               record={"training": training, "architecture": "cnn", "pair": f"p{i}@0",
                                       "pair_role": training, "seed": i})
-        add_module(db, net(9), source="test", name="loner", input_shape=(1, 8, 8), record={"training": "normal"})
+        add_module(db, three_conv_net(9), source="test", name="loner", input_shape=(1, 8, 8), record={"training": "normal"})
     result = compare_groups(path, "robust", "normal", layer="first", metrics=["sparsity", "l1_norm"])
     row = result.tests.set_index("metric").loc["sparsity"]
     assert (row["n_a"], row["n_b"], row["n_pairs"]) == (4, 5, 4)  # the loner is in no pair

@@ -7,9 +7,8 @@ from pathlib import Path
 import h5py
 import pandas as pd
 import pytest
-import torch
 from cli_results import one_error_line, run
-from torch import nn
+from tiny_nets import three_conv_net
 
 from filterdb import open_database
 from filterdb.analysis.compare import compare_groups
@@ -23,15 +22,6 @@ from filterdb.store import FilterDB
 FIGURES = Path(__file__).resolve().parent.parent / "figures"
 
 
-def net(seed: int, dead_first: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 1))
-    with torch.no_grad():
-        model[0].weight[:dead_first] = 0
-    return model
-
-
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """3 robust (half the first layer dead) and 3 normal models, and the modules themselves."""
@@ -41,7 +31,7 @@ def source(tmp_path_factory):
         for i in range(3):
             for training, seed, dead in (("robust", i, 2), ("normal", 10 + i, 0)):
                 name = f"{training}-{i}"
-                modules[name] = net(seed, dead)
+                modules[name] = three_conv_net(seed, dead)
                 add_module(db, modules[name], source="test", name=name, input_shape=(1, 8, 8),
                               record={"training": training, "dataset": "digits", "architecture": "cnn", "seed": i})
     return path, modules
