@@ -348,7 +348,7 @@ def labelings(n_a: int, n_b: int, n_permutations: int = PERMUTATIONS, seed: int 
 @functools.lru_cache(maxsize=4)
 def packed_labelings(n_a: int, n_b: int, n_permutations: int = PERMUTATIONS, seed: int = 0
                      ) -> tuple[PackedMasks, bool]:
-    """:func:`labelings` bit-packed (a tenth of the memory, unpacked a block at a time by the
+    """:func:`labelings` bit-packed (an eighth of the memory, unpacked a block at a time by the
     products that take them). Cached: every metric and the divergence of a comparison share them."""
     n = n_a + n_b
     if math.comb(n, n_a) <= n_permutations:
